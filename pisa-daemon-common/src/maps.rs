@@ -1,0 +1,282 @@
+//! Map keys and values. Field names are part of the operator interface:
+//! `bpftool map dump pinned …` prints them through BTF.
+
+/// Class ids are indices into the class arrays. Id 0 means "no class".
+pub const MAX_CLASSES: u32 = 16384;
+/// Capacity of the endpoint-rule LPM trie.
+pub const MAX_ENDPOINT_RULES: u32 = 65536;
+/// Capacity of the flow-tag hash. Full means the agent refuses new tags.
+pub const MAX_FLOW_TAGS: u32 = 65536;
+/// Capacity of the per-interface maps.
+pub const MAX_IFACES: u32 = 4096;
+
+/// `IfaceKey::direction` for the egress hook.
+pub const DIRECTION_EGRESS: u32 = 0;
+/// `IfaceKey::direction` for the ingress hook.
+pub const DIRECTION_INGRESS: u32 = 1;
+
+/// Key of `IFACE_STATS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IfaceKey {
+    pub ifindex: u32,
+    /// `DIRECTION_EGRESS` or `DIRECTION_INGRESS`.
+    pub direction: u32,
+}
+
+/// Value of `IFACE_STATS` (one per CPU; sum them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    pub packets: u64,
+    /// `skb->len` at the hook: the frame including its MAC header, if any.
+    pub bytes: u64,
+}
+
+/// `IfaceConfig::flags`: the device has no MAC header (tunnels such as
+/// `tunl0`, `wg0`); parsing starts at the IP header.
+pub const IFACE_FLAG_L3: u32 = 1;
+
+/// Value of `IFACE_CONFIG`, keyed by ifindex (`u32`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfaceConfig {
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+/// Shaping modes (`ClassConfig::mode`).
+pub const MODE_NONE: u8 = 0;
+/// Set `skb->priority` to the class's HTB handle; the qdisc shapes.
+pub const MODE_HTB: u8 = 1;
+/// Earliest departure time in `skb->tstamp`; sch_fq paces.
+pub const MODE_EDT: u8 = 2;
+/// Token bucket in the program; packets over rate + burst are dropped.
+pub const MODE_POLICE: u8 = 3;
+
+/// `ClassConfig::state`: the slot is free; rules pointing here are ignored.
+pub const CLASS_STATE_FREE: u8 = 0;
+/// `ClassConfig::state`: the class is in force.
+pub const CLASS_STATE_ACTIVE: u8 = 1;
+
+/// Value of `CLASS_CONFIG`, indexed by class id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassConfig {
+    /// Guaranteed rate, bytes per second (wire bytes).
+    pub rate_bytes: u64,
+    /// Ceiling the class may borrow up to, bytes per second.
+    pub ceil_bytes: u64,
+    /// EDT: packets that would leave later than this are dropped.
+    pub horizon_ns: u64,
+    /// Bucket depth in bytes: the most a class may send at once after idling.
+    pub burst_bytes: u32,
+    /// HTB mode: the value written to `skb->priority` (major << 16 | minor).
+    pub htb_handle: u32,
+    /// One of the `MODE_*` constants.
+    pub mode: u8,
+    /// 0 (guaranteed) .. 7; mirrors the HTB prio of the class.
+    pub priority: u8,
+    /// `CLASS_STATE_FREE` or `CLASS_STATE_ACTIVE`.
+    pub state: u8,
+    pub _pad: [u8; 5],
+}
+
+/// Value of `CLASS_PACE`, indexed by class id. Shared by all CPUs and updated
+/// with compare-and-swap, so several CPUs pacing one class stay exact.
+/// Kept apart from `ClassConfig` so that a rate change never resets it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassPace {
+    /// Theoretical arrival time (GCRA) on the `bpf_ktime_get_ns` clock.
+    pub tat_ns: u64,
+}
+
+/// Value of `CLASS_STATS` (one per CPU; sum them), indexed by class id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Dropped by the police bucket or beyond the EDT horizon.
+    pub drops: u64,
+    /// EDT: sent with a departure time in the future.
+    pub delayed: u64,
+}
+
+/// `EndpointMatch::side`: the rule matches the packet's destination
+/// (requests to the database).
+pub const SIDE_DST: u8 = 1;
+/// `EndpointMatch::side`: the rule matches the packet's source
+/// (responses from the database).
+pub const SIDE_SRC: u8 = 2;
+
+/// Address family in keys (`EndpointMatch::family`, `FlowKey::family`).
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+/// IP protocol numbers.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// The LPM trie matches this many bits of `EndpointMatch` before the address
+/// starts; a rule for `addr/len` uses `prefix_len = ENDPOINT_FIXED_BITS + len`.
+pub const ENDPOINT_FIXED_BITS: u32 = 64;
+
+/// Data part of an `ENDPOINTS` LPM key (the kernel key is
+/// `{prefix_len: u32, data: EndpointMatch}`).
+/// IPv4 addresses occupy the first 4 bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointMatch {
+    /// `SIDE_DST` or `SIDE_SRC`.
+    pub side: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub protocol: u8,
+    pub _pad: u8,
+    /// Network byte order; 0 is the any-port rule.
+    pub port_be: u16,
+    pub _pad2: u16,
+    pub addr: [u8; 16],
+}
+
+/// Value of `ENDPOINTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EndpointRule {
+    pub class_id: u32,
+    /// The address prefix length of the rule (0..=128), so the program can
+    /// compare an exact-port match against a wildcard-port match.
+    pub addr_prefix_len: u32,
+}
+
+/// Key of `FLOW_TAGS`: one connection direction. The agent inserts both
+/// directions of a tagged connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub protocol: u8,
+    pub _pad: u16,
+    /// Network byte order.
+    pub src_port_be: u16,
+    /// Network byte order.
+    pub dst_port_be: u16,
+    pub src_addr: [u8; 16],
+    pub dst_addr: [u8; 16],
+}
+
+/// Value of `FLOW_TAGS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowTag {
+    pub class_id: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which the tag is ignored;
+    /// 0 means it never expires.
+    pub expires_ns: u64,
+}
+
+/// Indices of `REASON_STATS`: why a packet was not shaped.
+pub mod reason {
+    /// Parsed fine; no flow tag and no endpoint rule matched.
+    pub const UNMATCHED: u32 = 0;
+    /// Not IPv4/IPv6 (ARP, LLDP, …): passes untouched.
+    pub const NOT_IP: u32 = 1;
+    /// Fail open: a header runs past the end of the packet.
+    pub const TRUNCATED: u32 = 2;
+    /// Fail open: IP version or header length is impossible.
+    pub const BAD_IP_HEADER: u32 = 3;
+    /// Fail open: more IPv6 extension headers than the bounded walk allows.
+    pub const IPV6_EXT_LIMIT: u32 = 4;
+    /// Fail open: a non-first fragment carries no ports.
+    pub const FRAGMENT: u32 = 5;
+    /// Parsed fine, but neither TCP nor UDP (ICMP, SCTP, …).
+    pub const OTHER_L4: u32 = 6;
+    /// A flow tag matched but had expired; endpoint rules were used instead.
+    pub const TAG_EXPIRED: u32 = 7;
+    /// A rule or tag pointed at a class slot that is not active.
+    pub const CLASS_INACTIVE: u32 = 8;
+    /// Fail open: more than one VLAN tag (QinQ) in the packet.
+    pub const VLAN_DEPTH: u32 = 9;
+    /// Number of reasons; the size of `REASON_STATS`.
+    pub const COUNT: u32 = 10;
+
+    /// Names used in metrics labels and `status` output, by index.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "unmatched",
+        "not_ip",
+        "truncated",
+        "bad_ip_header",
+        "ipv6_ext_limit",
+        "fragment",
+        "other_l4",
+        "tag_expired",
+        "class_inactive",
+        "vlan_depth",
+    ];
+
+    /// Reasons where the program could not fully parse the packet and let it
+    /// pass ("fail open"), as opposed to traffic that is simply not ours.
+    pub const fn is_fail_open(reason: u32) -> bool {
+        matches!(
+            reason,
+            TRUNCATED | BAD_IP_HEADER | IPV6_EXT_LIMIT | FRAGMENT | VLAN_DEPTH
+        )
+    }
+}
+
+/// Value of `REASON_STATS` (one per CPU; sum them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonStats {
+    pub packets: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], contain only integers and byte
+    // arrays, and have explicit padding fields, so every bit pattern is valid.
+    unsafe impl aya::Pod for IfaceKey {}
+    unsafe impl aya::Pod for IfaceStats {}
+    unsafe impl aya::Pod for IfaceConfig {}
+    unsafe impl aya::Pod for ClassConfig {}
+    unsafe impl aya::Pod for ClassPace {}
+    unsafe impl aya::Pod for ClassStats {}
+    unsafe impl aya::Pod for EndpointMatch {}
+    unsafe impl aya::Pod for EndpointRule {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowTag {}
+    unsafe impl aya::Pod for ReasonStats {}
+}
+
+// Layouts are part of the pinned-map ABI: assert them so a reordered field
+// fails the build rather than a running node.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<IfaceKey>() == 8);
+    assert!(size_of::<IfaceStats>() == 16);
+    assert!(size_of::<IfaceConfig>() == 8);
+    assert!(size_of::<ClassConfig>() == 40);
+    assert!(offset_of!(ClassConfig, burst_bytes) == 24);
+    assert!(offset_of!(ClassConfig, htb_handle) == 28);
+    assert!(offset_of!(ClassConfig, mode) == 32);
+    assert!(offset_of!(ClassConfig, state) == 34);
+    assert!(size_of::<ClassPace>() == 8);
+    assert!(size_of::<ClassStats>() == 32);
+    assert!(size_of::<EndpointMatch>() == 24);
+    assert!(offset_of!(EndpointMatch, port_be) == 4);
+    assert!(offset_of!(EndpointMatch, addr) == 8);
+    assert!(ENDPOINT_FIXED_BITS as usize == offset_of!(EndpointMatch, addr) * 8);
+    assert!(size_of::<EndpointRule>() == 8);
+    assert!(size_of::<FlowKey>() == 40);
+    assert!(offset_of!(FlowKey, src_addr) == 8);
+    assert!(offset_of!(FlowKey, dst_addr) == 24);
+    assert!(size_of::<FlowTag>() == 16);
+    assert!(size_of::<ReasonStats>() == 8);
+    assert!(align_of::<ClassConfig>() == 8);
+    assert!(reason::NAMES.len() == reason::COUNT as usize);
+};

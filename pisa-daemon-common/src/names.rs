@@ -1,0 +1,44 @@
+//! Names of kernel objects. The kernel truncates object names to 15 bytes,
+//! so every name here fits; `bpftool prog show` and `bpftool map show` print
+//! exactly these strings.
+
+/// The egress classifier program.
+pub const PROG_EGRESS: &str = "pisa_tc_egress";
+
+/// Per-interface, per-direction packet and byte counters (per CPU).
+pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
+/// Per-interface settings written by the agent (L3 device or not).
+pub const MAP_IFACE_CONFIG: &str = "IFACE_CONFIG";
+/// Per-class configuration: mode, rate, ceil, burst, priority, state.
+pub const MAP_CLASS_CONFIG: &str = "CLASS_CONFIG";
+/// Per-class pacing state shared by all CPUs (the theoretical arrival time).
+pub const MAP_CLASS_PACE: &str = "CLASS_PACE";
+/// Per-class counters (per CPU): packets, bytes, drops, delayed.
+pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
+/// Endpoint rules: LPM trie of (side, family, protocol, port, address).
+pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
+/// Flow tags from the SQL proxy: 5-tuple to class, with an expiry time.
+pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
+/// Reason counters (per CPU): unmatched traffic and fail-open reasons.
+pub const MAP_REASONS: &str = "REASON_STATS";
+
+/// Every map the program defines, in a stable order (used for pinning and cleanup).
+pub const ALL_MAPS: [&str; 8] = [
+    MAP_IFACE_STATS,
+    MAP_IFACE_CONFIG,
+    MAP_CLASS_CONFIG,
+    MAP_CLASS_PACE,
+    MAP_CLASS_STATS,
+    MAP_ENDPOINTS,
+    MAP_FLOW_TAGS,
+    MAP_REASONS,
+];
+
+const _: () = {
+    assert!(PROG_EGRESS.len() <= 15);
+    let mut i = 0;
+    while i < ALL_MAPS.len() {
+        assert!(ALL_MAPS[i].len() <= 15);
+        i += 1;
+    }
+};

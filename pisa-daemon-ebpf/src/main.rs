@@ -1,0 +1,72 @@
+//! Pisa-Daemon's tc program.
+//!
+//! Theory of operation. One program, `pisa_tc_egress`, sits at the egress
+//! hook (TCX, or clsact + cls_bpf on kernels before 6.6) of every interface
+//! the agent manages: node uplinks and the host side of pod veths. Requests
+//! to a database leave through the egress of the interface facing the
+//! database, responses through the one facing the client, so shaping both
+//! happens at an egress queue and no ifb is needed.
+//!
+//! For every packet it:
+//! 1. counts it per interface (`IFACE_STATS`);
+//! 2. parses L2 (Ethernet with one 802.1Q tag, or none on L3 devices), L3
+//!    (IPv4 with options, IPv6 with a bounded extension-header walk) and L4
+//!    (TCP/UDP ports) — see `parse`;
+//! 3. classifies it: a flow tag set by the SQL proxy wins, then the longest
+//!    endpoint prefix, exact port before any-port — see `classify`;
+//! 4. shapes it by the class's mode: HTB (set `skb->priority` so the HTB
+//!    qdisc the agent built enqueues it in the class), EDT (stamp a departure
+//!    time for sch_fq) or police (drop above rate + burst) — see `shape`.
+//!
+//! It never blocks traffic it does not understand: any parse failure passes
+//! the packet (fail open) and bumps a reason counter (`REASON_STATS`).
+#![no_std]
+#![no_main]
+// CAS on the class pacing state; see shape.rs.
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+mod classify;
+mod maps;
+mod parse;
+mod shape;
+mod stats;
+
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use pisa_daemon_common::{reason, DIRECTION_EGRESS};
+
+#[classifier]
+pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
+    match try_egress(&ctx) {
+        Ok(verdict) => verdict,
+        // Errors are reasons to let the packet go; they were counted already.
+        Err(verdict) => verdict,
+    }
+}
+
+#[inline(always)]
+fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
+    stats::count_iface(ctx, DIRECTION_EGRESS);
+    let flow = match parse::parse(ctx) {
+        Ok(flow) => flow,
+        Err(why) => {
+            stats::count_reason(why);
+            return Err(TC_ACT_OK);
+        }
+    };
+    let Some(matched) = classify::classify(&flow) else {
+        stats::count_reason(reason::UNMATCHED);
+        return Ok(TC_ACT_OK);
+    };
+    Ok(shape::shape(ctx, &matched))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

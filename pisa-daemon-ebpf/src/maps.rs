@@ -1,0 +1,42 @@
+//! Map definitions. All are BTF maps (`.maps` section) so that the kernel
+//! knows their key and value types and bpftool prints field names.
+
+use aya_ebpf::{
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    macros::btf_map,
+};
+use pisa_daemon_common::{
+    reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, FlowKey, FlowTag,
+    IfaceConfig, IfaceKey, IfaceStats, ReasonStats, MAX_CLASSES, MAX_ENDPOINT_RULES, MAX_FLOW_TAGS,
+    MAX_IFACES,
+};
+
+// Silences "unused" for the Key re-export the LPM map type relies on.
+#[allow(dead_code)]
+pub type EndpointKey = Key<EndpointMatch>;
+
+#[btf_map]
+pub static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceStats, { MAX_IFACES as usize }> =
+    PerCpuHashMap::new();
+
+#[btf_map]
+pub static IFACE_CONFIG: HashMap<u32, IfaceConfig, { MAX_IFACES as usize }> = HashMap::new();
+
+#[btf_map]
+pub static CLASS_CONFIG: Array<ClassConfig, { MAX_CLASSES as usize }> = Array::new();
+
+#[btf_map]
+pub static CLASS_PACE: Array<ClassPace, { MAX_CLASSES as usize }> = Array::new();
+
+#[btf_map]
+pub static CLASS_STATS: PerCpuArray<ClassStats, { MAX_CLASSES as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static ENDPOINTS: LpmTrie<EndpointMatch, EndpointRule, { MAX_ENDPOINT_RULES as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static FLOW_TAGS: HashMap<FlowKey, FlowTag, { MAX_FLOW_TAGS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static REASON_STATS: PerCpuArray<ReasonStats, { reason::COUNT as usize }> = PerCpuArray::new();

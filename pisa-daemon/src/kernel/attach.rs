@@ -1,0 +1,278 @@
+//! Attaching the classifier at egress of interfaces.
+//!
+//! TCX (Linux 6.6+) gives a link object that we pin per interface: the
+//! attachment then outlives the daemon, and re-opening the pin on start is
+//! how a restarted daemon adopts it. Older kernels get clsact + cls_bpf over
+//! netlink with a fixed priority and handle, so a restart finds (and
+//! replaces in place) its own filter instead of stacking a second one.
+
+use aya::{
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        LinkOrder, SchedClassifier, TcAttachType,
+    },
+    util::KernelVersion,
+};
+use pisa_daemon_common::{names::PROG_EGRESS, IfaceConfig, IFACE_FLAG_L3};
+use tracing::{info, warn};
+
+use super::{iface, Kernel, KernelError};
+
+/// cls_bpf priority and handle used on kernels without TCX.
+const NETLINK_PRIORITY: u16 = 0x5150;
+const NETLINK_HANDLE: TcHandle = TcHandle::new(0, 0x5150);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Tcx,
+    Netlink,
+}
+
+impl AttachMode {
+    /// TCX arrived in Linux 6.6 (commit e420bed02507).
+    pub fn probe() -> Self {
+        match KernelVersion::current() {
+            Ok(v) if v >= KernelVersion::new(6, 6, 0) => Self::Tcx,
+            _ => Self::Netlink,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attachment {
+    pub iface: String,
+    pub ifindex: u32,
+    pub mode: AttachMode,
+    /// TCX link id (`bpftool link show id …`), if any.
+    pub link_id: Option<u32>,
+    /// The attachment existed already (pinned by an earlier run).
+    pub adopted: bool,
+}
+
+impl Kernel {
+    /// Attaches the classifier at egress of `iface`, or adopts an existing
+    /// attachment made by this bpffs root. Idempotent.
+    pub fn attach_egress(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let flags = if itf.l3_only { IFACE_FLAG_L3 } else { 0 };
+        self.iface_config()?
+            .insert(itf.ifindex, IfaceConfig { flags, _pad: 0 }, 0)
+            .map_err(|source| KernelError::Map {
+                map: pisa_daemon_common::names::MAP_IFACE_CONFIG,
+                action: "inserting",
+                source,
+            })?;
+        let attachment = match AttachMode::probe() {
+            AttachMode::Tcx => self.attach_tcx(&itf)?,
+            AttachMode::Netlink => self.attach_netlink(&itf)?,
+        };
+        info!(
+            iface = %attachment.iface,
+            ifindex = attachment.ifindex,
+            mode = ?attachment.mode,
+            link_id = attachment.link_id,
+            adopted = attachment.adopted,
+            "classifier attached at egress"
+        );
+        Ok(attachment)
+    }
+
+    fn attach_tcx(&mut self, itf: &iface::Interface) -> Result<Attachment, KernelError> {
+        let link_path = self.layout.egress_link(&itf.name);
+        let attached_ids = tcx_egress_programs(&itf.name)?;
+        if link_path.exists() {
+            let pinned = PinnedLink::from_pin(&link_path).map_err(|source| KernelError::Link {
+                iface: itf.name.clone(),
+                action: "opening pinned",
+                source,
+            })?;
+            let fd_link = FdLink::from(pinned);
+            let link_info = fd_link.info().map_err(|source| KernelError::Link {
+                iface: itf.name.clone(),
+                action: "reading info of",
+                source,
+            })?;
+            if link_info.program_id() == self.program_id
+                && attached_ids.iter().any(|(id, _)| *id == self.program_id)
+            {
+                // Still in force: adopt it. Dropping our fd keeps the pin.
+                return Ok(Attachment {
+                    iface: itf.name.clone(),
+                    ifindex: itf.ifindex,
+                    mode: AttachMode::Tcx,
+                    link_id: Some(link_info.id()),
+                    adopted: true,
+                });
+            }
+            // The interface was re-created (a pod restarted) and the old
+            // link went defunct: drop the stale pin and attach afresh.
+            warn!(iface = %itf.name, "pinned link is stale; re-attaching");
+            std::fs::remove_file(&link_path)
+                .map_err(|e| KernelError::io("removing stale link pin", &link_path, e))?;
+        }
+        if let Some((prog_id, name)) = attached_ids
+            .iter()
+            .find(|(id, name)| name == PROG_EGRESS && *id != self.program_id)
+        {
+            return Err(KernelError::ForeignProgram {
+                iface: itf.name.clone(),
+                name: name.clone(),
+                prog_id: *prog_id,
+                root: self.layout.root().to_path_buf(),
+            });
+        }
+        let program = &mut self.program;
+        let link_id = program
+            .attach_with_options(
+                &itf.name,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| attach_error(&itf.name, source))?;
+        let link = take_link(program, link_id, &itf.name)?;
+        let fd_link = FdLink::try_from(link).map_err(|source| KernelError::Link {
+            iface: itf.name.clone(),
+            action: "converting",
+            source,
+        })?;
+        let link_info_id = fd_link.info().ok().map(|i| i.id());
+        fd_link.pin(&link_path).map_err(|source| KernelError::Pin {
+            path: link_path.clone(),
+            source,
+        })?;
+        Ok(Attachment {
+            iface: itf.name.clone(),
+            ifindex: itf.ifindex,
+            mode: AttachMode::Tcx,
+            link_id: link_info_id,
+            adopted: false,
+        })
+    }
+
+    fn attach_netlink(&mut self, itf: &iface::Interface) -> Result<Attachment, KernelError> {
+        match tc::qdisc_add_clsact(&itf.name) {
+            Ok(()) => {}
+            Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => {
+                return Err(attach_error(
+                    &itf.name,
+                    aya::programs::ProgramError::from(e),
+                ))
+            }
+        }
+        let options = NlOptions {
+            priority: NETLINK_PRIORITY,
+            handle: NETLINK_HANDLE,
+            ..NlOptions::default()
+        };
+        let program = &mut self.program;
+        let adopted = match program.attach_with_options(
+            &itf.name,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(options),
+        ) {
+            Ok(link_id) => {
+                // The filter must outlive this process: forget the handle
+                // whose Drop would delete it.
+                let link = take_link(program, link_id, &itf.name)?;
+                std::mem::forget(link);
+                false
+            }
+            Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
+                if e.raw_os_error() == Some(libc::EEXIST) =>
+            {
+                true
+            }
+            Err(source) => return Err(attach_error(&itf.name, source)),
+        };
+        Ok(Attachment {
+            iface: itf.name.clone(),
+            ifindex: itf.ifindex,
+            mode: AttachMode::Netlink,
+            link_id: None,
+            adopted,
+        })
+    }
+
+    /// Detaches from `iface` and forgets its per-interface entries.
+    /// Returns whether anything was attached.
+    pub fn detach_egress(&mut self, iface_name: &str) -> Result<bool, KernelError> {
+        let was_attached = detach_pinned(&self.layout, iface_name)?;
+        if let Ok(itf) = iface::lookup(iface_name) {
+            // Absent keys are fine: the interface may never have seen traffic.
+            let _ = self.iface_config()?.remove(&itf.ifindex);
+            for direction in [
+                pisa_daemon_common::DIRECTION_EGRESS,
+                pisa_daemon_common::DIRECTION_INGRESS,
+            ] {
+                let key = pisa_daemon_common::IfaceKey {
+                    ifindex: itf.ifindex,
+                    direction,
+                };
+                let _ = self.iface_stats()?.remove(&key);
+            }
+        }
+        Ok(was_attached)
+    }
+}
+
+/// Detaches what `layout` attached to `iface_name` (TCX pin or our netlink
+/// filter), without needing the program loaded. Used by cleanup too.
+pub(super) fn detach_pinned(
+    layout: &super::PinLayout,
+    iface_name: &str,
+) -> Result<bool, KernelError> {
+    let link_path = layout.egress_link(iface_name);
+    if link_path.exists() {
+        // Removing the last reference (the pin) destroys the link, which
+        // detaches the program from the interface.
+        std::fs::remove_file(&link_path)
+            .map_err(|e| KernelError::io("removing link pin", &link_path, e))?;
+        return Ok(true);
+    }
+    if AttachMode::probe() == AttachMode::Netlink && iface::lookup(iface_name).is_ok() {
+        return match tc::qdisc_detach_program(iface_name, TcAttachType::Egress, PROG_EGRESS) {
+            Ok(()) => Ok(true),
+            Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(attach_error(
+                iface_name,
+                aya::programs::ProgramError::from(e),
+            )),
+        };
+    }
+    Ok(false)
+}
+
+fn take_link(
+    program: &mut SchedClassifier,
+    link_id: tc::SchedClassifierLinkId,
+    iface: &str,
+) -> Result<SchedClassifierLink, KernelError> {
+    program
+        .take_link(link_id)
+        .map_err(|source| attach_error(iface, source))
+}
+
+fn attach_error(iface: &str, source: aya::programs::ProgramError) -> KernelError {
+    KernelError::Attach {
+        iface: iface.to_owned(),
+        source,
+    }
+}
+
+/// Programs attached at TCX egress of `iface`: (id, name).
+fn tcx_egress_programs(iface: &str) -> Result<Vec<(u32, String)>, KernelError> {
+    let (_revision, programs) =
+        SchedClassifier::query_tcx(iface, TcAttachType::Egress).map_err(|source| {
+            KernelError::Program {
+                program: PROG_EGRESS,
+                action: "querying TCX egress programs",
+                source,
+            }
+        })?;
+    Ok(programs
+        .iter()
+        .map(|p| (p.id(), p.name_as_str().unwrap_or_default().to_owned()))
+        .collect())
+}

@@ -1,0 +1,216 @@
+//! Loading the eBPF object and adopting pinned state.
+//!
+//! Maps are created pinned (or re-opened if already pinned) through aya's
+//! per-map pin paths; the program is loaded once and pinned, and every later
+//! start re-opens the pinned program. So a restarted daemon shares the exact
+//! kernel objects the previous one left running: nothing is detached, and
+//! traffic stays shaped across restarts and upgrades of the agent.
+
+use std::collections::BTreeSet;
+
+use aya::{
+    maps::{MapData, PerCpuHashMap},
+    programs::SchedClassifier,
+    Ebpf, EbpfLoader,
+};
+use pisa_daemon_common::{
+    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_EGRESS},
+    IfaceConfig, IfaceKey, IfaceStats,
+};
+use tracing::{debug, info};
+
+use super::{bpffs::PinLayout, caps, KernelError, EBPF_OBJECT};
+
+/// The loaded (or adopted) program and maps under one bpffs root.
+pub struct Kernel {
+    pub(super) layout: PinLayout,
+    pub(super) ebpf: Ebpf,
+    pub(super) program: SchedClassifier,
+    pub(super) program_id: u32,
+    /// Whether the program was already pinned when this process started.
+    adopted: bool,
+}
+
+impl Kernel {
+    /// Loads the embedded object under `layout`, adopting whatever a previous
+    /// run pinned there.
+    pub fn open(layout: PinLayout) -> Result<Self, KernelError> {
+        caps::ensure_capabilities()?;
+        layout.prepare()?;
+        raise_memlock_limit();
+
+        let map_paths: Vec<_> = ALL_MAPS
+            .iter()
+            .map(|name| (*name, layout.map(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(EBPF_OBJECT)
+            .map_err(|source| KernelError::Load { source })?;
+
+        let program_path = layout.program(PROG_EGRESS);
+        let adopted = program_path.exists();
+        if !adopted {
+            load_and_pin_program(&mut ebpf, &program_path)?;
+        }
+        let program =
+            SchedClassifier::from_pin(&program_path).map_err(|source| KernelError::Program {
+                program: PROG_EGRESS,
+                action: "opening pinned",
+                source,
+            })?;
+        let info = program.info().map_err(|source| KernelError::Program {
+            program: PROG_EGRESS,
+            action: "reading info of",
+            source,
+        })?;
+        let program_id = info.id();
+        ensure_program_uses_pinned_maps(&ebpf, &info, &layout)?;
+
+        if adopted {
+            info!(root = %layout.root().display(), program_id, "adopted pinned program and maps");
+        } else {
+            info!(root = %layout.root().display(), program_id, "loaded and pinned program and maps");
+        }
+        Ok(Self {
+            layout,
+            ebpf,
+            program,
+            program_id,
+            adopted,
+        })
+    }
+
+    pub fn layout(&self) -> &PinLayout {
+        &self.layout
+    }
+
+    /// The kernel id of the classifier (`bpftool prog show id …`).
+    pub fn program_id(&self) -> u32 {
+        self.program_id
+    }
+
+    /// True when this process found the program already pinned and reused it.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub(super) fn iface_config(
+        &mut self,
+    ) -> Result<aya::maps::HashMap<&mut MapData, u32, IfaceConfig>, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_IFACE_CONFIG)
+            .ok_or(KernelError::MapMissing {
+                map: MAP_IFACE_CONFIG,
+            })?;
+        aya::maps::HashMap::try_from(map).map_err(|source| KernelError::Map {
+            map: MAP_IFACE_CONFIG,
+            action: "opening",
+            source,
+        })
+    }
+
+    pub(super) fn iface_stats(
+        &mut self,
+    ) -> Result<PerCpuHashMap<&mut MapData, IfaceKey, IfaceStats>, KernelError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_IFACE_STATS)
+            .ok_or(KernelError::MapMissing {
+                map: MAP_IFACE_STATS,
+            })?;
+        PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map {
+            map: MAP_IFACE_STATS,
+            action: "opening",
+            source,
+        })
+    }
+}
+
+fn load_and_pin_program(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), KernelError> {
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROG_EGRESS)
+        .ok_or(KernelError::ProgramMissing {
+            program: PROG_EGRESS,
+        })?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            program: PROG_EGRESS,
+            action: "typing",
+            source,
+        })?;
+    program.load().map_err(|source| KernelError::Program {
+        program: PROG_EGRESS,
+        action: "loading (verifier)",
+        source,
+    })?;
+    program.pin(path).map_err(|source| KernelError::Pin {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    debug!(path = %path.display(), "pinned program");
+    Ok(())
+}
+
+/// A pinned program from an earlier run must point at the pinned maps we
+/// just opened; otherwise someone removed maps by hand and the state is
+/// split-brained. Refuse rather than shape with maps nobody reads.
+fn ensure_program_uses_pinned_maps(
+    ebpf: &Ebpf,
+    info: &aya::programs::ProgramInfo,
+    layout: &PinLayout,
+) -> Result<(), KernelError> {
+    let Ok(Some(program_maps)) = info.map_ids() else {
+        return Ok(());
+    };
+    let program_maps: BTreeSet<u32> = program_maps.into_iter().collect();
+    for (name, map) in ebpf.maps() {
+        let id = match map_data(map).and_then(|data| data.info().ok()) {
+            Some(info) => info.id(),
+            None => continue,
+        };
+        // aya's internal maps (.rodata/.bss) are not pinned and not listed.
+        if ALL_MAPS.contains(&name) && !program_maps.contains(&id) {
+            return Err(KernelError::io(
+                "adopting pinned state under",
+                layout.root(),
+                std::io::Error::other(format!(
+                    "the pinned program does not use the pinned map {name} (id {id}); the pinned \
+                     state is inconsistent: run `pisa-daemon cleanup --bpffs {}` and start again",
+                    layout.root().display()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
+    use aya::maps::Map;
+    match map {
+        Map::Array(m)
+        | Map::HashMap(m)
+        | Map::LpmTrie(m)
+        | Map::PerCpuArray(m)
+        | Map::PerCpuHashMap(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it so map
+/// creation does not fail with a misleading EPERM there. Best effort.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if rc != 0 {
+        debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

@@ -1,0 +1,123 @@
+//! Operations on the pinned objects alone, without loading the program:
+//! reading counters (for `status` and tests) and removing everything.
+
+use aya::maps::{Map, MapData, PerCpuHashMap};
+use pisa_daemon_common::{
+    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_EGRESS},
+    IfaceKey, IfaceStats,
+};
+use tracing::info;
+
+use super::{attach::detach_pinned, bpffs, KernelError, PinLayout};
+
+fn open_map(layout: &PinLayout, name: &'static str) -> Result<Map, KernelError> {
+    let data = MapData::from_pin(layout.map(name)).map_err(|source| KernelError::Map {
+        map: name,
+        action: "opening pinned",
+        source,
+    })?;
+    Map::from_map_data(data).map_err(|source| KernelError::Map {
+        map: name,
+        action: "typing pinned",
+        source,
+    })
+}
+
+/// Sum of the per-CPU interface counters from the pinned `IFACE_STATS`.
+pub fn iface_stats(
+    layout: &PinLayout,
+    ifindex: u32,
+    direction: u32,
+) -> Result<IfaceStats, KernelError> {
+    let map = open_map(layout, MAP_IFACE_STATS)?;
+    let stats: PerCpuHashMap<_, IfaceKey, IfaceStats> =
+        PerCpuHashMap::try_from(map).map_err(|source| KernelError::Map {
+            map: MAP_IFACE_STATS,
+            action: "typing pinned",
+            source,
+        })?;
+    let key = IfaceKey { ifindex, direction };
+    match stats.get(&key, 0) {
+        Ok(per_cpu) => Ok(per_cpu
+            .iter()
+            .fold(IfaceStats::default(), |acc, s| IfaceStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            })),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(IfaceStats::default()),
+        Err(source) => Err(KernelError::Map {
+            map: MAP_IFACE_STATS,
+            action: "reading",
+            source,
+        }),
+    }
+}
+
+/// What `cleanup` removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    pub detached: Vec<String>,
+    pub unpinned: usize,
+}
+
+/// Detaches every interface this root attached and removes every pin, then
+/// the root directory itself. Objects of other roots or tools are untouched.
+pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
+    let mut report = CleanupReport::default();
+    if !layout.root().exists() {
+        return Ok(report);
+    }
+    bpffs::ensure_bpffs(layout.root())?;
+
+    let mut ifaces = layout.pinned_egress_links()?;
+    // Without TCX nothing is pinned per interface; the interfaces we
+    // configured are the keys of IFACE_CONFIG.
+    ifaces.extend(configured_interfaces(layout));
+    ifaces.sort();
+    ifaces.dedup();
+    for iface in ifaces {
+        if detach_pinned(layout, &iface)? {
+            info!(%iface, "detached");
+            report.detached.push(iface);
+        }
+    }
+
+    let mut pins = vec![layout.program(PROG_EGRESS)];
+    pins.extend(ALL_MAPS.iter().map(|name| layout.map(name)));
+    for pin in pins {
+        match std::fs::remove_file(&pin) {
+            Ok(()) => report.unpinned += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KernelError::io("unpinning", pin, e)),
+        }
+    }
+    for dir in [
+        layout.links_dir(),
+        layout.maps_dir(),
+        layout.programs_dir(),
+        layout.root().to_path_buf(),
+    ] {
+        match std::fs::remove_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KernelError::io("removing directory", dir, e)),
+        }
+    }
+    Ok(report)
+}
+
+fn configured_interfaces(layout: &PinLayout) -> Vec<String> {
+    let Ok(map) = open_map(layout, MAP_IFACE_CONFIG) else {
+        return Vec::new();
+    };
+    let Ok(config) = aya::maps::HashMap::<_, u32, pisa_daemon_common::IfaceConfig>::try_from(map)
+    else {
+        return Vec::new();
+    };
+    config
+        .keys()
+        .filter_map(Result::ok)
+        .filter_map(|ifindex| nix::net::if_::if_indextoname(ifindex).ok())
+        .filter_map(|name| name.into_string().ok())
+        .collect()
+}
