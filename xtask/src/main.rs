@@ -1,1 +1,45 @@
-fn main() {}
+//! Developer tasks: `cargo xtask <task>`. This is where shelling out is fine:
+//! installing packages, driving cargo, building demo topologies.
+
+mod demo;
+mod setup;
+mod shell;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Pisa-Daemon developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install everything the build and the tests need (idempotent).
+    Setup,
+    /// Build the eBPF object and the daemon (release) that embeds it.
+    BuildEbpf,
+    /// Setup, fmt, clippy, unit tests, then the root integration tests.
+    Test {
+        /// Only run integration tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Skip setup (for quick iterations on a prepared machine).
+        #[arg(long)]
+        no_setup: bool,
+    },
+    /// Setup, build, and shape real traffic in a throwaway network topology.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::BuildEbpf => setup::build_release(),
+        Task::Test { filter, no_setup } => test::run(filter.as_deref(), no_setup),
+        Task::Demo => demo::run(),
+    }
+}

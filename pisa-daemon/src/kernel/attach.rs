@@ -225,10 +225,17 @@ pub(super) fn detach_pinned(
 ) -> Result<bool, KernelError> {
     let link_path = layout.egress_link(iface_name);
     if link_path.exists() {
+        let program_id = PinnedLink::from_pin(&link_path)
+            .ok()
+            .and_then(|pinned| FdLink::from(pinned).info().ok())
+            .map(|info| info.program_id());
         // Removing the last reference (the pin) destroys the link, which
         // detaches the program from the interface.
         std::fs::remove_file(&link_path)
             .map_err(|e| KernelError::io("removing link pin", &link_path, e))?;
+        if let Some(program_id) = program_id {
+            wait_for_tcx_release(iface_name, program_id);
+        }
         return Ok(true);
     }
     if AttachMode::probe() == AttachMode::Netlink && iface::lookup(iface_name).is_ok() {
@@ -242,6 +249,23 @@ pub(super) fn detach_pinned(
         };
     }
     Ok(false)
+}
+
+/// The kernel frees a TCX link from a workqueue after its last reference
+/// goes, so the program stays attached for a moment after the unpin. Wait
+/// for that, so that detach is synchronous and an immediate re-attach does
+/// not fail with EEXIST.
+fn wait_for_tcx_release(iface: &str, program_id: u32) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        match tcx_egress_programs(iface) {
+            Ok(ids) if ids.iter().any(|(id, _)| *id == program_id) => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            _ => return,
+        }
+    }
+    warn!(iface, program_id, "TCX link still attached 2 s after unpin");
 }
 
 fn take_link(

@@ -1,0 +1,128 @@
+//! Attaching through the daemon's library: real program, real veth, real
+//! TCP traffic, counters compared with the kernel's own interface counters.
+
+mod support;
+
+use pisa_daemon::kernel::{pinned, AttachMode, Kernel};
+use pisa_daemon_common::DIRECTION_EGRESS;
+use support::*;
+
+#[test]
+fn egress_counters_equal_interface_counters_under_tcp_traffic() {
+    require_root();
+    let veth = VethToNs::new();
+    let root = BpffsRoot::new();
+    let mut kernel = Kernel::open(root.layout()).expect("loading the program");
+    let attachment = kernel.attach_egress(&veth.host).expect("attaching");
+    assert_eq!(attachment.mode, AttachMode::probe());
+    assert_eq!(attachment.ifindex, veth.host_ifindex());
+    assert!(!attachment.adopted, "fresh root must not adopt anything");
+
+    let server = iperf3_server(&veth.ns, &veth.ns_ip, 5201);
+    let before_program = pinned::iface_stats(&root.layout(), veth.host_ifindex(), DIRECTION_EGRESS)
+        .expect("reading counters");
+    let before_iface = veth.host_tx();
+
+    // Host -> namespace: the data segments leave through the host end's egress.
+    let report = iperf3_client(&veth.ns_ip, 5201, &["-t", "2"]);
+    drop(server);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+
+    let after_program = pinned::iface_stats(&root.layout(), veth.host_ifindex(), DIRECTION_EGRESS)
+        .expect("reading counters");
+    let after_iface = veth.host_tx();
+    let sent = report["end"]["sum_sent"]["bytes"]
+        .as_u64()
+        .expect("iperf3 bytes");
+
+    let program_packets = after_program.packets - before_program.packets;
+    let program_bytes = after_program.bytes - before_program.bytes;
+    let iface_packets = after_iface.0 - before_iface.0;
+    let iface_bytes = after_iface.1 - before_iface.1;
+    assert!(sent > 1_000_000, "iperf3 sent only {sent} bytes");
+    assert!(
+        program_packets > 100,
+        "program saw {program_packets} packets"
+    );
+    assert_eq!(
+        program_packets, iface_packets,
+        "per-CPU packet counters must add up to the interface's tx_packets"
+    );
+    assert_eq!(
+        program_bytes, iface_bytes,
+        "per-CPU byte counters must add up to the interface's tx_bytes"
+    );
+    assert!(
+        program_bytes >= sent,
+        "wire bytes {program_bytes} < payload bytes {sent}"
+    );
+}
+
+#[test]
+fn attach_is_idempotent_and_reopening_adopts_the_same_objects() {
+    require_root();
+    let veth = VethToNs::new();
+    let root = BpffsRoot::new();
+    let (program_id, link_id) = {
+        let mut kernel = Kernel::open(root.layout()).expect("loading");
+        assert!(!kernel.adopted());
+        let first = kernel.attach_egress(&veth.host).expect("attaching");
+        let again = kernel.attach_egress(&veth.host).expect("attaching again");
+        assert!(again.adopted, "a second attach must adopt, not stack");
+        assert_eq!(first.link_id, again.link_id);
+        (kernel.program_id(), first.link_id)
+    };
+    // A new process would do exactly this on restart.
+    let mut kernel = Kernel::open(root.layout()).expect("re-opening");
+    assert!(kernel.adopted());
+    assert_eq!(
+        kernel.program_id(),
+        program_id,
+        "same program after re-open"
+    );
+    let adopted = kernel.attach_egress(&veth.host).expect("adopting");
+    assert!(adopted.adopted);
+    assert_eq!(adopted.link_id, link_id, "same link after re-open");
+    let attached = bpftool_prog_ids("pisa_tc_egress");
+    assert!(attached.contains(&u64::from(program_id)));
+}
+
+#[test]
+fn detach_removes_the_link_and_cleanup_removes_everything() {
+    require_root();
+    let veth = VethToNs::new();
+    let root = BpffsRoot::new();
+    let program_id = {
+        let mut kernel = Kernel::open(root.layout()).expect("loading");
+        kernel.attach_egress(&veth.host).expect("attaching");
+        assert!(kernel.detach_egress(&veth.host).expect("detaching"));
+        assert!(!root.layout().egress_link(&veth.host).exists());
+        assert!(!kernel.detach_egress(&veth.host).expect("detaching twice"));
+        kernel.attach_egress(&veth.host).expect("re-attaching");
+        kernel.program_id()
+    };
+    let report = pinned::cleanup(&root.layout()).expect("cleanup");
+    assert_eq!(report.detached, vec![veth.host.clone()]);
+    assert!(!root.path.exists(), "cleanup must remove the root");
+    assert!(
+        !bpftool_prog_ids("pisa_tc_egress").contains(&u64::from(program_id)),
+        "program {program_id} still loaded after cleanup"
+    );
+}
+
+#[test]
+fn foreign_attachment_from_another_root_is_refused_with_advice() {
+    require_root();
+    let veth = VethToNs::new();
+    let first = BpffsRoot::new();
+    let second = BpffsRoot::new();
+    let mut owner = Kernel::open(first.layout()).expect("loading first");
+    owner.attach_egress(&veth.host).expect("attaching first");
+    let mut intruder = Kernel::open(second.layout()).expect("loading second");
+    let err = intruder
+        .attach_egress(&veth.host)
+        .expect_err("a second root must not stack a second classifier");
+    let msg = err.to_string();
+    assert!(msg.contains("already has `pisa_tc_egress`"), "{msg}");
+    assert!(msg.contains("pisa-daemon cleanup --bpffs"), "{msg}");
+}

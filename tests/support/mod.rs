@@ -1,0 +1,409 @@
+//! Shared fixtures for the root integration tests: uniquely named network
+//! namespaces and veths, bpffs roots, and child processes, each removed by
+//! an RAII guard even when the test panics.
+//!
+//! Tests use `ip`, `tc`, `bpftool` and `iperf3` to check the daemon from the
+//! outside, as an operator would. A missing tool or missing root is a test
+//! failure, never a skip.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use pisa_daemon::kernel::PinLayout;
+
+/// Fails the test loudly unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test needs root (CAP_BPF, CAP_NET_ADMIN, netns); run `cargo xtask test` as root"
+    );
+}
+
+/// Fails loudly when an external tool is missing.
+pub fn require_tool(tool: &str) {
+    let found = std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|dir| Path::new(dir).join(tool).exists());
+    assert!(found, "`{tool}` is not installed; run `cargo xtask setup`");
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name unique to this process and call, at most 15 bytes (IFNAMSIZ - 1).
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{prefix}{}x{n}", std::process::id() % 100_000);
+    assert!(name.len() <= 15, "name {name} too long");
+    name
+}
+
+/// A /24 subnet octet unique to this process and call, so parallel test
+/// binaries never share addresses.
+pub fn unique_octet() -> u8 {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (((std::process::id() + n * 7) % 200) + 20) as u8
+}
+
+/// Runs a command and returns stdout; panics with stderr on failure.
+pub fn sh(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("starting `{program}`: {e}"));
+    assert!(
+        out.status.success(),
+        "`{program} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command, ignoring failure (for teardown).
+pub fn sh_quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new() -> Self {
+        let name = unique("pn");
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Runs a command inside the namespace; panics on failure.
+    pub fn exec(&self, args: &[&str]) -> String {
+        let mut full = vec!["netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full)
+    }
+
+    /// Spawns a long-running command inside the namespace.
+    pub fn spawn(&self, args: &[&str]) -> ChildGuard {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {args:?} in {}: {e}", self.name));
+        ChildGuard::new(child, format!("{args:?} in netns {}", self.name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh_quiet("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// A veth pair with one end in the host namespace and the other in `ns`,
+/// addressed as `10.<octet>.0.1/24` (host) and `10.<octet>.0.2/24` (ns).
+/// IPv6 is off on both ends so that nothing but the test's own traffic
+/// (and the ARP it causes) crosses the link.
+pub struct VethToNs {
+    pub host: String,
+    pub peer: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+    pub subnet: String,
+    pub ns: Netns,
+}
+
+impl VethToNs {
+    pub fn new() -> Self {
+        let ns = Netns::new();
+        let host = unique("ph");
+        let peer = unique("pp");
+        let octet = unique_octet();
+        let host_ip = format!("10.{octet}.0.1");
+        let ns_ip = format!("10.{octet}.0.2");
+        let subnet = format!("10.{octet}.0.0/24");
+        sh(
+            "ip",
+            &[
+                "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns.name,
+            ],
+        );
+        let pair = Self {
+            host,
+            peer,
+            host_ip,
+            ns_ip,
+            subnet,
+            ns,
+        };
+        sh(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", pair.host),
+            ],
+        );
+        pair.ns.exec(&[
+            "sysctl",
+            "-qw",
+            &format!("net.ipv6.conf.{}.disable_ipv6=1", pair.peer),
+        ]);
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", pair.host_ip),
+                "dev",
+                &pair.host,
+            ],
+        );
+        sh("ip", &["link", "set", &pair.host, "up"]);
+        pair.ns.exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", pair.ns_ip),
+            "dev",
+            &pair.peer,
+        ]);
+        pair.ns.exec(&["ip", "link", "set", &pair.peer, "up"]);
+        pair
+    }
+
+    pub fn host_ifindex(&self) -> u32 {
+        read_u64(&format!("/sys/class/net/{}/ifindex", self.host)) as u32
+    }
+
+    /// The kernel's own transmit counters of the host end.
+    pub fn host_tx(&self) -> (u64, u64) {
+        (
+            read_u64(&format!(
+                "/sys/class/net/{}/statistics/tx_packets",
+                self.host
+            )),
+            read_u64(&format!("/sys/class/net/{}/statistics/tx_bytes", self.host)),
+        )
+    }
+}
+
+impl Drop for VethToNs {
+    fn drop(&mut self) {
+        // Deleting one end deletes both; the namespace guard follows.
+        sh_quiet("ip", &["link", "del", &self.host]);
+    }
+}
+
+fn read_u64(path: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading {path}: {e}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("parsing {path}: {e}"))
+}
+
+/// A unique bpffs root, cleaned up (detached and unpinned) on drop.
+pub struct BpffsRoot {
+    pub path: PathBuf,
+}
+
+impl BpffsRoot {
+    pub fn new() -> Self {
+        let path = PathBuf::from("/sys/fs/bpf").join(unique("pisa-t"));
+        assert!(
+            !path.exists(),
+            "{} exists already; a previous run leaked it",
+            path.display()
+        );
+        Self { path }
+    }
+
+    pub fn layout(&self) -> PinLayout {
+        PinLayout::new(&self.path)
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for BpffsRoot {
+    fn drop(&mut self) {
+        if let Err(e) = pisa_daemon::kernel::pinned::cleanup(&self.layout()) {
+            eprintln!("cleanup of {} failed: {e}", self.path.display());
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct ChildGuard {
+    pub child: Option<Child>,
+    what: String,
+}
+
+impl ChildGuard {
+    pub fn new(child: Child, what: String) -> Self {
+        Self {
+            child: Some(child),
+            what,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Sends `signal` and waits up to `timeout` for exit; returns the status.
+    pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("child already reaped");
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for child") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?} of signal {signal}",
+                    self.what
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Fails if the child has exited; includes its stderr.
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("child already reaped");
+        if let Some(status) = child.try_wait().expect("waiting for child") {
+            let mut err = String::new();
+            if let Some(mut stderr) = child.stderr.take() {
+                use std::io::Read;
+                let _ = stderr.read_to_string(&mut err);
+            }
+            panic!("{} exited early ({status}): {err}", self.what);
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until something listens on TCP `port` inside `ns`. Uses `ss`, not
+/// a probe connection: iperf3 treats any connection as a test.
+pub fn wait_for_listener(ns: &Netns, port: u16) {
+    let filter = format!("sport = :{port}");
+    wait_until(
+        &format!("a listener on port {port}"),
+        Duration::from_secs(10),
+        || !ns.exec(&["ss", "-Hltn", &filter]).trim().is_empty(),
+    );
+}
+
+/// Starts an iperf3 server inside `ns` and waits until it listens.
+pub fn iperf3_server(ns: &Netns, bind: &str, port: u16) -> ChildGuard {
+    require_tool("iperf3");
+    let port_s = port.to_string();
+    let server = ns.spawn(&["iperf3", "-s", "-B", bind, "-p", &port_s]);
+    wait_for_listener(ns, port);
+    server
+}
+
+/// Runs an iperf3 client from the host namespace and returns its JSON.
+pub fn iperf3_client(server: &str, port: u16, args: &[&str]) -> serde_json::Value {
+    let port_s = port.to_string();
+    let mut full = vec!["-c", server, "-p", &port_s, "-J"];
+    full.extend_from_slice(args);
+    let out = sh("iperf3", &full);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("iperf3 JSON: {e}: {out}"))
+}
+
+/// Path of the daemon binary built for these tests.
+pub fn daemon_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pisa-daemon")
+}
+
+/// Starts `pisa-daemon` with `args`, stderr captured.
+pub fn spawn_daemon(args: &[&str]) -> ChildGuard {
+    let child = Command::new(daemon_bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning pisa-daemon");
+    ChildGuard::new(child, format!("pisa-daemon {}", args.join(" ")))
+}
+
+/// Runs `pisa-daemon` to completion: (success, stdout, stderr).
+pub fn run_daemon(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(daemon_bin())
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running pisa-daemon");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `bpftool -j …` parsed as JSON.
+pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
+    require_tool("bpftool");
+    let mut full = vec!["-j"];
+    full.extend_from_slice(args);
+    let out = sh("bpftool", &full);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool JSON: {e}: {out}"))
+}
+
+/// Ids of loaded programs with this name, from `bpftool prog show`.
+pub fn bpftool_prog_ids(name: &str) -> Vec<u64> {
+    bpftool_json(&["prog", "show"])
+        .as_array()
+        .expect("bpftool prog show: array")
+        .iter()
+        .filter(|p| p["name"] == name)
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}

@@ -1,0 +1,152 @@
+//! `cargo xtask setup`: the recipe of `../shared/TOOLCHAIN.md`, idempotent.
+//! Each step checks first and does nothing when the machine is already right.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use crate::shell::{capture, cmd, is_root, output};
+
+/// Debian packages the build, the tests and the demo need.
+pub const PACKAGES: &[&str] = &[
+    // eBPF toolchain: rustc 1.96 with LLVM 22 and std sources for build-std.
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    // Kernel tools the tests use to check the daemon from outside.
+    "bpftool",
+    "iproute2",
+    "iperf3",
+    "procps",
+    "iputils-ping",
+    "util-linux",
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run_setup_steps() -> Result<()> {
+    if !is_root() {
+        bail!("setup installs Debian packages and mounts bpffs: run it as root");
+    }
+    apt_packages(PACKAGES)?;
+    bpf_linker()?;
+    bpffs()?;
+    Ok(())
+}
+
+pub fn run() -> Result<()> {
+    run_setup_steps()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn installed(package: &str) -> bool {
+    capture("dpkg-query", &["-W", "-f=${Status}", package])
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn apt_packages(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+        return Ok(());
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    cmd("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(missing.iter().copied());
+    let status = std::process::Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .context("running apt-get install")?;
+    if !status.success() {
+        bail!("apt-get install {} failed: {status}", missing.join(" "));
+    }
+    Ok(())
+}
+
+fn cargo_bin(tool: &str) -> String {
+    let home = std::env::var("CARGO_HOME").unwrap_or_else(|_| {
+        format!(
+            "{}/.cargo",
+            std::env::var("HOME").unwrap_or_else(|_| "/root".into())
+        )
+    });
+    format!("{home}/bin/{tool}")
+}
+
+fn bpf_linker() -> Result<()> {
+    let linker = cargo_bin("bpf-linker");
+    let current = capture(&linker, &["--version"])
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default();
+    if current == format!("bpf-linker {BPF_LINKER_VERSION}") {
+        eprintln!("setup: {current} present");
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (2-4 minutes)");
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let status = std::process::Command::new("cargo")
+        .args([
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+            "--locked",
+        ])
+        .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+        .env("PATH", path)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!("cargo install bpf-linker failed: {status}");
+    }
+    Ok(())
+}
+
+fn bpffs() -> Result<()> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        line.split_whitespace().nth(1) == Some("/sys/fs/bpf") && line.contains(" bpf ")
+    });
+    if mounted {
+        eprintln!("setup: bpffs mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    if !Path::new("/sys/fs/bpf").exists() {
+        std::fs::create_dir_all("/sys/fs/bpf").context("creating /sys/fs/bpf")?;
+    }
+    cmd("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"])
+}
+
+/// Builds the daemon in release mode; its build script builds the eBPF
+/// object with Debian's rustc and embeds it.
+pub fn build_release() -> Result<()> {
+    cmd("cargo", &["build", "--release", "--package", "pisa-daemon"])?;
+    let object = output(
+        "find",
+        &[
+            "target/bpf/bpfel-unknown-none/release",
+            "-maxdepth",
+            "1",
+            "-name",
+            "pisa-daemon-ebpf",
+        ],
+    )?;
+    eprintln!(
+        "built target/release/pisa-daemon (embeds {})",
+        object.trim()
+    );
+    Ok(())
+}
