@@ -78,8 +78,16 @@ pub fn parse(ctx: &TcContext) -> Result<FlowKey, u32> {
     };
 
     let (ethertype, l3_offset) = if l3_device {
-        // No MAC header: the kernel's skb->protocol says what follows.
-        (u16::from_be(ctx.skb.protocol() as u16), 0)
+        // No MAC header: the IP version nibble says what follows. (It is
+        // as reliable as skb->protocol on tunnels, and also holds under
+        // BPF_PROG_TEST_RUN, which always derives protocol from a MAC header.)
+        let first: u8 = load(ctx, 0)?;
+        let ethertype = match first >> 4 {
+            4 => ETH_P_IP,
+            6 => ETH_P_IPV6,
+            _ => return Err(reason::NOT_IP),
+        };
+        (ethertype, 0)
     } else {
         ethernet(ctx)?
     };

@@ -7,6 +7,8 @@
 //! failure, never a skip.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod packet;
+
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},

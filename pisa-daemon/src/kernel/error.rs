@@ -43,6 +43,42 @@ pub enum KernelError {
         root: PathBuf,
     },
 
+    #[error(
+        "interface `{iface}` has a root qdisc `{kind}` (handle {handle:#x}) that Pisa-Daemon did \
+         not create; refusing to replace it. Remove it (`tc qdisc del dev {iface} root`) or leave \
+         this interface to its owner"
+    )]
+    ForeignQdisc {
+        iface: String,
+        kind: String,
+        handle: u32,
+    },
+
+    #[error(
+        "class {class_id} uses mode `edt`, which needs the sch_fq qdisc, and this kernel has none \
+         (CONFIG_NET_SCH_FQ); use mode `htb` or `police` on this node"
+    )]
+    EdtNeedsFq { class_id: u32 },
+
+    #[error(
+        "class {class_id} uses mode `{mode}` but interface `{iface}` already paces with `{other}`; \
+         one interface holds either an HTB tree or sch_fq at its root, not both"
+    )]
+    ModeConflict {
+        class_id: u32,
+        mode: &'static str,
+        other: &'static str,
+        iface: String,
+    },
+
+    #[error("interface `{iface}`: {action} failed: {source}")]
+    Netlink {
+        iface: String,
+        action: &'static str,
+        #[source]
+        source: super::netlink::NetlinkError,
+    },
+
     #[error("loading the embedded eBPF object failed: {source}")]
     Load {
         #[source]

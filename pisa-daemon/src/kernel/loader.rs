@@ -6,7 +6,7 @@
 //! kernel objects the previous one left running: nothing is detached, and
 //! traffic stays shaped across restarts and upgrades of the agent.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::{
     maps::{MapData, PerCpuHashMap},
@@ -19,7 +19,14 @@ use pisa_daemon_common::{
 };
 use tracing::{debug, info};
 
-use super::{bpffs::PinLayout, caps, KernelError, EBPF_OBJECT};
+use super::{
+    bpffs::PinLayout, caps, features, netlink::RtNetlink, ClassSpec, Features, KernelError,
+    RuleMatch, EBPF_OBJECT,
+};
+
+/// Capacity assumed for an interface's HTB link class when none is given:
+/// 10 Gbit/s. Classes borrow up to their ceil within it.
+pub const DEFAULT_LINK_RATE_BYTES: u64 = 10_000_000_000 / 8;
 
 /// The loaded (or adopted) program and maps under one bpffs root.
 pub struct Kernel {
@@ -29,6 +36,13 @@ pub struct Kernel {
     pub(super) program_id: u32,
     /// Whether the program was already pinned when this process started.
     adopted: bool,
+    pub(super) features: Features,
+    /// The HTB link class rate (bytes/s) on every interface.
+    pub(super) link_rate_bytes: u64,
+    pub(super) classes: BTreeMap<u32, ClassSpec>,
+    pub(super) rules: BTreeMap<RuleMatch, u32>,
+    pub(super) ifaces: BTreeSet<String>,
+    pub(super) netlink: Option<RtNetlink>,
 }
 
 impl Kernel {
@@ -75,13 +89,27 @@ impl Kernel {
         } else {
             info!(root = %layout.root().display(), program_id, "loaded and pinned program and maps");
         }
-        Ok(Self {
+        let mut kernel = Self {
             layout,
             ebpf,
             program,
             program_id,
             adopted,
-        })
+            features: features::probe(),
+            link_rate_bytes: DEFAULT_LINK_RATE_BYTES,
+            classes: BTreeMap::new(),
+            rules: BTreeMap::new(),
+            ifaces: BTreeSet::new(),
+            netlink: None,
+        };
+        kernel.load_caches()?;
+        Ok(kernel)
+    }
+
+    /// Sets the capacity (bytes/s) of the HTB link class on every interface:
+    /// what classes share and borrow from. Applies to classes written later.
+    pub fn set_link_rate(&mut self, rate_bytes: u64) {
+        self.link_rate_bytes = rate_bytes;
     }
 
     pub fn layout(&self) -> &PinLayout {

@@ -1,18 +1,26 @@
 //! The only module that touches aya and netlink: loading the embedded eBPF
 //! object, pinning, attaching to interfaces, reading and writing maps.
 
+mod apply;
 mod attach;
 pub mod bpffs;
 pub mod caps;
+mod dataplane;
 mod error;
+pub mod features;
+pub mod htb;
 pub mod iface;
 mod loader;
+mod netlink;
 pub mod pinned;
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::PinLayout;
+pub use dataplane::{
+    ClassSpec, Dataplane, FakeDataplane, Features, Protocol, RuleMatch, ShapingMode, Side,
+};
 pub use error::KernelError;
-pub use loader::Kernel;
+pub use loader::{Kernel, DEFAULT_LINK_RATE_BYTES};
 
 /// The eBPF object, built by `build.rs` from `pisa-daemon-ebpf` and embedded
 /// so the binary is self-contained.

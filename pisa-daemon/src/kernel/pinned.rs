@@ -8,7 +8,7 @@ use pisa_daemon_common::{
 };
 use tracing::info;
 
-use super::{attach::detach_pinned, bpffs, KernelError, PinLayout};
+use super::{apply::remove_htb_root, attach::detach_pinned, bpffs, KernelError, PinLayout};
 
 fn open_map(layout: &PinLayout, name: &'static str) -> Result<Map, KernelError> {
     let data = MapData::from_pin(layout.map(name)).map_err(|source| KernelError::Map {
@@ -76,7 +76,9 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
     ifaces.sort();
     ifaces.dedup();
     for iface in ifaces {
-        if detach_pinned(layout, &iface)? {
+        let detached = detach_pinned(layout, &iface)?;
+        remove_htb_root(&iface)?;
+        if detached {
             info!(%iface, "detached");
             report.detached.push(iface);
         }

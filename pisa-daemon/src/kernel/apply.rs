@@ -1,0 +1,525 @@
+//! `Dataplane` for the real kernel: map writes through aya, HTB through
+//! rtnetlink. Caches of classes and rules are read back from the pinned
+//! maps when the daemon starts (adoption) and kept in step on every write.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use aya::maps::{Array, LpmTrie, PerCpuArray, PerCpuValues};
+use pisa_daemon_common::{
+    names::{MAP_CLASS_CONFIG, MAP_CLASS_PACE, MAP_CLASS_STATS, MAP_ENDPOINTS, MAP_REASONS},
+    reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, ReasonStats,
+    CLASS_STATE_ACTIVE, MAX_CLASSES,
+};
+use tracing::{debug, info};
+
+use super::{
+    htb::{self, ClassWrite, HtbClass, RootQdisc, LINK_CLASS_MINOR},
+    iface,
+    netlink::RtNetlink,
+    Attachment, ClassSpec, Dataplane, Features, Kernel, KernelError, RuleMatch, ShapingMode,
+};
+
+fn map_err(
+    map: &'static str,
+    action: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map {
+        map,
+        action,
+        source,
+    }
+}
+
+impl Kernel {
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(KernelError::MapMissing { map: name })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+        self.ebpf
+            .map(name)
+            .ok_or(KernelError::MapMissing { map: name })
+    }
+
+    /// Reads active classes and rules from the pinned maps (adoption).
+    pub(super) fn load_caches(&mut self) -> Result<(), KernelError> {
+        let config: Array<_, ClassConfig> = Array::try_from(self.map(MAP_CLASS_CONFIG)?)
+            .map_err(map_err(MAP_CLASS_CONFIG, "opening"))?;
+        let mut classes = BTreeMap::new();
+        for class_id in 1..MAX_CLASSES {
+            let raw = config
+                .get(&class_id, 0)
+                .map_err(map_err(MAP_CLASS_CONFIG, "reading"))?;
+            if raw.state != CLASS_STATE_ACTIVE {
+                continue;
+            }
+            if let Some(mode) = ShapingMode::from_raw(raw.mode) {
+                classes.insert(
+                    class_id,
+                    ClassSpec {
+                        class_id,
+                        mode,
+                        rate_bytes: raw.rate_bytes,
+                        ceil_bytes: raw.ceil_bytes,
+                        burst_bytes: raw.burst_bytes,
+                        priority: raw.priority,
+                        horizon_ns: raw.horizon_ns,
+                    },
+                );
+            }
+        }
+        let trie: LpmTrie<_, EndpointMatch, EndpointRule> =
+            LpmTrie::try_from(self.map(MAP_ENDPOINTS)?)
+                .map_err(map_err(MAP_ENDPOINTS, "opening"))?;
+        let mut rules = BTreeMap::new();
+        for key in trie.keys() {
+            let key = key.map_err(map_err(MAP_ENDPOINTS, "listing"))?;
+            let value = trie
+                .get(&key, 0)
+                .map_err(map_err(MAP_ENDPOINTS, "reading"))?;
+            if let Some(rule) = RuleMatch::from_kernel(key.prefix_len(), &key.data()) {
+                rules.insert(rule, value.class_id);
+            }
+        }
+        let ifaces: BTreeSet<String> = self.layout.pinned_egress_links()?.into_iter().collect();
+        if !classes.is_empty() || !rules.is_empty() {
+            info!(
+                classes = classes.len(),
+                rules = rules.len(),
+                "adopted pinned classes and rules"
+            );
+        }
+        self.classes = classes;
+        self.rules = rules;
+        self.ifaces = ifaces;
+        Ok(())
+    }
+
+    fn netlink(&mut self) -> Result<&mut RtNetlink, KernelError> {
+        if self.netlink.is_none() {
+            let nl = RtNetlink::open().map_err(|source| KernelError::Netlink {
+                iface: String::new(),
+                action: "opening rtnetlink",
+                source,
+            })?;
+            self.netlink = Some(nl);
+        }
+        self.netlink
+            .as_mut()
+            .ok_or(KernelError::MapMissing { map: "rtnetlink" })
+    }
+
+    fn link_class(&self) -> HtbClass {
+        HtbClass {
+            minor: LINK_CLASS_MINOR,
+            parent_minor: 0,
+            rate_bytes: self.link_rate_bytes,
+            ceil_bytes: self.link_rate_bytes,
+            burst_bytes: default_burst(self.link_rate_bytes),
+            cburst_bytes: default_burst(self.link_rate_bytes),
+            prio: 0,
+        }
+    }
+
+    /// Makes sure `iface` has our HTB root and link class.
+    fn ensure_htb_root(&mut self, iface_name: &str) -> Result<u32, KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let link_class = self.link_class();
+        let nl = self.netlink()?;
+        let nl_err = |action: &'static str| {
+            let iface = iface_name.to_owned();
+            move |source| KernelError::Netlink {
+                iface,
+                action,
+                source,
+            }
+        };
+        match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
+            RootQdisc::Ours => {
+                let minors =
+                    htb::class_minors(nl, itf.ifindex).map_err(nl_err("listing classes"))?;
+                let write = if minors.contains(&LINK_CLASS_MINOR) {
+                    ClassWrite::Change
+                } else {
+                    ClassWrite::Create
+                };
+                htb::write_class(nl, itf.ifindex, &link_class, write)
+                    .map_err(nl_err("writing the link class"))?;
+            }
+            RootQdisc::KernelDefault { kind } => {
+                debug!(iface = iface_name, replaced = %kind, "installing HTB root");
+                htb::create_root(nl, itf.ifindex).map_err(nl_err("creating the HTB root qdisc"))?;
+                htb::write_class(nl, itf.ifindex, &link_class, ClassWrite::Create)
+                    .map_err(nl_err("creating the link class"))?;
+            }
+            RootQdisc::Foreign { kind, handle } => {
+                return Err(KernelError::ForeignQdisc {
+                    iface: iface_name.to_owned(),
+                    kind,
+                    handle,
+                })
+            }
+        }
+        Ok(itf.ifindex)
+    }
+
+    fn write_htb_leaf(&mut self, iface_name: &str, class: &ClassSpec) -> Result<(), KernelError> {
+        let ifindex = self.ensure_htb_root(iface_name)?;
+        let leaf = HtbClass {
+            minor: class.class_id as u16,
+            parent_minor: LINK_CLASS_MINOR,
+            rate_bytes: class.rate_bytes,
+            ceil_bytes: class.ceil_bytes,
+            burst_bytes: class.burst_bytes,
+            cburst_bytes: class.burst_bytes,
+            prio: u32::from(class.priority.min(7)),
+        };
+        let nl = self.netlink()?;
+        let exists = htb::class_minors(nl, ifindex)
+            .map_err(|source| KernelError::Netlink {
+                iface: iface_name.to_owned(),
+                action: "listing classes",
+                source,
+            })?
+            .contains(&leaf.minor);
+        let write = if exists {
+            ClassWrite::Change
+        } else {
+            ClassWrite::Create
+        };
+        htb::write_class(nl, ifindex, &leaf, write).map_err(|source| KernelError::Netlink {
+            iface: iface_name.to_owned(),
+            action: if exists {
+                "changing an HTB class"
+            } else {
+                "creating an HTB class"
+            },
+            source,
+        })
+    }
+
+    fn delete_htb_leaf(&mut self, iface_name: &str, class_id: u32) -> Result<(), KernelError> {
+        let Ok(itf) = iface::lookup(iface_name) else {
+            return Ok(()); // the interface is gone, and its classes with it
+        };
+        let nl = self.netlink()?;
+        match htb::delete_class(nl, itf.ifindex, class_id as u16) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+            Err(source) => Err(KernelError::Netlink {
+                iface: iface_name.to_owned(),
+                action: "deleting an HTB class",
+                source,
+            }),
+        }
+    }
+
+    /// Removes our HTB root from `iface`, if it is ours.
+    pub(super) fn delete_htb_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
+        let Ok(itf) = iface::lookup(iface_name) else {
+            return Ok(());
+        };
+        let nl = self.netlink()?;
+        remove_our_root(nl, iface_name, itf.ifindex)
+    }
+
+    fn write_class_config(
+        &mut self,
+        class_id: u32,
+        config: ClassConfig,
+    ) -> Result<(), KernelError> {
+        let mut map: Array<_, ClassConfig> = Array::try_from(self.map_mut(MAP_CLASS_CONFIG)?)
+            .map_err(map_err(MAP_CLASS_CONFIG, "opening"))?;
+        map.set(class_id, config, 0)
+            .map_err(map_err(MAP_CLASS_CONFIG, "writing"))
+    }
+
+    /// A reused slot starts clean: counters and pacing state of a deleted
+    /// class must not leak into a new one.
+    fn reset_class_slot(&mut self, class_id: u32) -> Result<(), KernelError> {
+        let mut pace: Array<_, ClassPace> = Array::try_from(self.map_mut(MAP_CLASS_PACE)?)
+            .map_err(map_err(MAP_CLASS_PACE, "opening"))?;
+        pace.set(class_id, ClassPace::default(), 0)
+            .map_err(map_err(MAP_CLASS_PACE, "writing"))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
+            KernelError::io("counting CPUs in", "/sys/devices/system/cpu/possible", e)
+        })?;
+        let zeros = PerCpuValues::try_from(vec![ClassStats::default(); cpus])
+            .map_err(|e| KernelError::io("building per-CPU zeros for", "CLASS_STATS", e))?;
+        let mut stats: PerCpuArray<_, ClassStats> =
+            PerCpuArray::try_from(self.map_mut(MAP_CLASS_STATS)?)
+                .map_err(map_err(MAP_CLASS_STATS, "opening"))?;
+        stats
+            .set(class_id, zeros, 0)
+            .map_err(map_err(MAP_CLASS_STATS, "writing"))
+    }
+
+    fn check_mode(&self, class: &ClassSpec) -> Result<(), KernelError> {
+        if class.mode == ShapingMode::Edt && !self.features.sch_fq {
+            return Err(KernelError::EdtNeedsFq {
+                class_id: class.class_id,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn remove_our_root(nl: &mut RtNetlink, iface_name: &str, ifindex: u32) -> Result<(), KernelError> {
+    let root = htb::root_qdisc(nl, ifindex).map_err(|source| KernelError::Netlink {
+        iface: iface_name.to_owned(),
+        action: "reading root qdisc",
+        source,
+    })?;
+    if root != RootQdisc::Ours {
+        return Ok(());
+    }
+    htb::delete_root(nl, ifindex).map_err(|source| KernelError::Netlink {
+        iface: iface_name.to_owned(),
+        action: "deleting the HTB root qdisc",
+        source,
+    })
+}
+
+/// Removes our HTB root from an interface without a loaded program (cleanup).
+pub(super) fn remove_htb_root(iface_name: &str) -> Result<(), KernelError> {
+    let Ok(itf) = iface::lookup(iface_name) else {
+        return Ok(());
+    };
+    let mut nl = RtNetlink::open().map_err(|source| KernelError::Netlink {
+        iface: iface_name.to_owned(),
+        action: "opening rtnetlink",
+        source,
+    })?;
+    remove_our_root(&mut nl, iface_name, itf.ifindex)
+}
+
+/// Burst when a claim gives none: 10 ms at the rate, and never less than
+/// one 64 KiB GSO super-packet, so HTB does not stall on segmentation
+/// offload sized skbs.
+pub fn default_burst(rate_bytes: u64) -> u32 {
+    (rate_bytes / 100).clamp(64 * 1024, u64::from(u32::MAX)) as u32
+}
+
+fn to_config(class: &ClassSpec) -> ClassConfig {
+    ClassConfig {
+        rate_bytes: class.rate_bytes,
+        ceil_bytes: class.ceil_bytes,
+        horizon_ns: class.horizon_ns,
+        burst_bytes: class.burst_bytes,
+        htb_handle: htb::htb_handle(class.class_id),
+        mode: class.mode.as_raw(),
+        priority: class.priority,
+        state: CLASS_STATE_ACTIVE,
+        _pad: [0; 5],
+    }
+}
+
+impl Dataplane for Kernel {
+    fn features(&self) -> Features {
+        self.features
+    }
+
+    fn attach(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
+        let attachment = self.attach_egress(iface_name)?;
+        let htb_classes: Vec<ClassSpec> = self
+            .classes
+            .values()
+            .filter(|c| c.mode == ShapingMode::Htb)
+            .copied()
+            .collect();
+        for class in &htb_classes {
+            self.write_htb_leaf(iface_name, class)?;
+        }
+        self.ifaces.insert(iface_name.to_owned());
+        Ok(attachment)
+    }
+
+    fn detach(&mut self, iface_name: &str) -> Result<bool, KernelError> {
+        let was = self.detach_egress(iface_name)?;
+        self.delete_htb_root(iface_name)?;
+        self.ifaces.remove(iface_name);
+        Ok(was)
+    }
+
+    fn interfaces(&self) -> BTreeSet<String> {
+        self.ifaces.clone()
+    }
+
+    fn classes(&self) -> &BTreeMap<u32, ClassSpec> {
+        &self.classes
+    }
+
+    fn put_class(&mut self, class: &ClassSpec) -> Result<(), KernelError> {
+        self.check_mode(class)?;
+        let previous = self.classes.get(&class.class_id).copied();
+        let ifaces: Vec<String> = self.ifaces.iter().cloned().collect();
+        // The HTB leaf exists before the program may point packets at it.
+        if class.mode == ShapingMode::Htb {
+            for iface in &ifaces {
+                self.write_htb_leaf(iface, class)?;
+            }
+        }
+        if previous.is_none() {
+            self.reset_class_slot(class.class_id)?;
+        }
+        self.write_class_config(class.class_id, to_config(class))?;
+        if previous.is_some_and(|p| p.mode == ShapingMode::Htb) && class.mode != ShapingMode::Htb {
+            for iface in &ifaces {
+                self.delete_htb_leaf(iface, class.class_id)?;
+            }
+        }
+        self.classes.insert(class.class_id, *class);
+        Ok(())
+    }
+
+    fn delete_class(&mut self, class_id: u32) -> Result<(), KernelError> {
+        let Some(previous) = self.classes.get(&class_id).copied() else {
+            return Ok(());
+        };
+        // The program stops using the class first; then its leaf goes.
+        self.write_class_config(class_id, ClassConfig::default())?;
+        if previous.mode == ShapingMode::Htb {
+            let ifaces: Vec<String> = self.ifaces.iter().cloned().collect();
+            for iface in &ifaces {
+                self.delete_htb_leaf(iface, class_id)?;
+            }
+        }
+        self.classes.remove(&class_id);
+        Ok(())
+    }
+
+    fn rules(&self) -> &BTreeMap<RuleMatch, u32> {
+        &self.rules
+    }
+
+    fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError> {
+        let (prefix_len, data) = rule.to_kernel();
+        let mut trie: LpmTrie<_, EndpointMatch, EndpointRule> =
+            LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?)
+                .map_err(map_err(MAP_ENDPOINTS, "opening"))?;
+        let value = EndpointRule {
+            class_id,
+            addr_prefix_len: u32::from(rule.prefix_len),
+        };
+        trie.insert(&aya::maps::lpm_trie::Key::new(prefix_len, data), value, 0)
+            .map_err(map_err(MAP_ENDPOINTS, "inserting"))?;
+        self.rules.insert(*rule, class_id);
+        Ok(())
+    }
+
+    fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {
+        let (prefix_len, data) = rule.to_kernel();
+        let mut trie: LpmTrie<_, EndpointMatch, EndpointRule> =
+            LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?)
+                .map_err(map_err(MAP_ENDPOINTS, "opening"))?;
+        match trie.remove(&aya::maps::lpm_trie::Key::new(prefix_len, data)) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(source) => return Err(map_err(MAP_ENDPOINTS, "removing")(source)),
+        }
+        self.rules.remove(rule);
+        Ok(())
+    }
+
+    fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError> {
+        let stats: PerCpuArray<_, ClassStats> = PerCpuArray::try_from(self.map(MAP_CLASS_STATS)?)
+            .map_err(map_err(MAP_CLASS_STATS, "opening"))?;
+        let mut out = BTreeMap::new();
+        for class_id in self.classes.keys() {
+            let per_cpu = stats
+                .get(class_id, 0)
+                .map_err(map_err(MAP_CLASS_STATS, "reading"))?;
+            out.insert(*class_id, sum_class_stats(per_cpu.iter()));
+        }
+        Ok(out)
+    }
+
+    fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
+        let stats: PerCpuArray<_, ReasonStats> = PerCpuArray::try_from(self.map(MAP_REASONS)?)
+            .map_err(map_err(MAP_REASONS, "opening"))?;
+        (0..reason::COUNT)
+            .map(|index| {
+                stats
+                    .get(&index, 0)
+                    .map(|per_cpu| per_cpu.iter().map(|s| s.packets).sum())
+                    .map_err(map_err(MAP_REASONS, "reading"))
+            })
+            .collect()
+    }
+}
+
+pub fn sum_class_stats<'a>(per_cpu: impl Iterator<Item = &'a ClassStats>) -> ClassStats {
+    per_cpu.fold(ClassStats::default(), |acc, s| ClassStats {
+        packets: acc.packets + s.packets,
+        bytes: acc.bytes + s.bytes,
+        drops: acc.drops + s.drops,
+        delayed: acc.delayed + s.delayed,
+    })
+}
+
+impl Kernel {
+    /// Tags one direction of a connection with a class (the gRPC issue
+    /// builds on this). `tag.expires_ns` is on the CLOCK_MONOTONIC clock.
+    pub fn put_flow_tag(
+        &mut self,
+        key: &pisa_daemon_common::FlowKey,
+        tag: &pisa_daemon_common::FlowTag,
+    ) -> Result<(), KernelError> {
+        let name = pisa_daemon_common::names::MAP_FLOW_TAGS;
+        let mut tags: aya::maps::HashMap<
+            _,
+            pisa_daemon_common::FlowKey,
+            pisa_daemon_common::FlowTag,
+        > = aya::maps::HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+        tags.insert(key, tag, 0).map_err(map_err(name, "inserting"))
+    }
+
+    pub fn delete_flow_tag(
+        &mut self,
+        key: &pisa_daemon_common::FlowKey,
+    ) -> Result<(), KernelError> {
+        let name = pisa_daemon_common::names::MAP_FLOW_TAGS;
+        let mut tags: aya::maps::HashMap<
+            _,
+            pisa_daemon_common::FlowKey,
+            pisa_daemon_common::FlowTag,
+        > = aya::maps::HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+        match tags.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(map_err(name, "removing")(source)),
+        }
+    }
+
+    /// Sets the interface's L3 flag without attaching (for program tests
+    /// that run crafted packets "as if" on that device).
+    pub fn set_iface_l3(&mut self, ifindex: u32, l3_only: bool) -> Result<(), KernelError> {
+        let flags = if l3_only {
+            pisa_daemon_common::IFACE_FLAG_L3
+        } else {
+            0
+        };
+        self.iface_config()?
+            .insert(
+                ifindex,
+                pisa_daemon_common::IfaceConfig { flags, _pad: 0 },
+                0,
+            )
+            .map_err(map_err(
+                pisa_daemon_common::names::MAP_IFACE_CONFIG,
+                "inserting",
+            ))
+    }
+
+    /// Replaces the probed features. For tests that exercise the program's
+    /// EDT arithmetic on a kernel without sch_fq (nothing paces there, but
+    /// the stamped departure times can still be checked).
+    pub fn override_features(&mut self, features: Features) {
+        self.features = features;
+    }
+
+    /// The loaded classifier, e.g. for `BPF_PROG_TEST_RUN`.
+    pub fn program(&self) -> &aya::programs::SchedClassifier {
+        &self.program
+    }
+}

@@ -1,0 +1,38 @@
+//! Kernel feature probes. Each answers from what the running kernel
+//! exposes, without changing any interface.
+
+use std::path::Path;
+
+use super::{AttachMode, Features};
+
+pub fn probe() -> Features {
+    Features {
+        tcx: AttachMode::probe() == AttachMode::Tcx,
+        sch_fq: sch_fq_available(),
+        btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+    }
+}
+
+/// sch_fq is usable when it is loaded, built in, or installed as a module
+/// the kernel can load on demand (qdisc creation autoloads `sch_fq`).
+fn sch_fq_available() -> bool {
+    let loaded = std::fs::read_to_string("/proc/modules")
+        .map(|m| m.lines().any(|l| l.starts_with("sch_fq ")))
+        .unwrap_or(false);
+    if loaded || Path::new("/sys/module/sch_fq").exists() {
+        return true;
+    }
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let modules = Path::new("/lib/modules").join(release.trim());
+    let builtin = std::fs::read_to_string(modules.join("modules.builtin"))
+        .map(|b| b.lines().any(|l| l.ends_with("/sch_fq.ko")))
+        .unwrap_or(false);
+    let module = ["", ".xz", ".zst", ".gz"].iter().any(|ext| {
+        modules
+            .join(format!("kernel/net/sched/sch_fq.ko{ext}"))
+            .exists()
+    });
+    builtin || module
+}

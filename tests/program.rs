@@ -1,0 +1,509 @@
+//! The real eBPF object run on crafted packets with BPF_PROG_TEST_RUN:
+//! verdicts, `skb->priority`, `skb->tstamp` and every counter.
+
+mod support;
+
+use std::net::IpAddr;
+
+use aya::programs::{TestRun, TestRunOptions};
+use pisa_daemon::kernel::{
+    ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
+};
+use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, FAMILY_V4, FAMILY_V6};
+use support::{packet::*, *};
+
+const TC_ACT_OK: i32 = 0;
+const TC_ACT_SHOT: i32 = 2;
+/// `struct __sk_buff` offsets (uapi/linux/bpf.h).
+const SKB_SIZE: usize = 192;
+const SKB_PRIORITY: usize = 32;
+const SKB_IFINDEX: usize = 40;
+const SKB_TSTAMP: usize = 152;
+const LOOPBACK: u32 = 1;
+
+struct Outcome {
+    verdict: i32,
+    priority: u32,
+    tstamp: u64,
+}
+
+struct Harness {
+    kernel: Kernel,
+    _root: BpffsRoot,
+}
+
+impl Harness {
+    fn new() -> Self {
+        require_root();
+        let root = BpffsRoot::new();
+        let kernel = Kernel::open(root.layout()).expect("loading the program");
+        Self {
+            kernel,
+            _root: root,
+        }
+    }
+
+    fn run_on(&self, frame: &[u8], ifindex: u32) -> Outcome {
+        self.try_run_on(frame, ifindex).expect("BPF_PROG_TEST_RUN")
+    }
+
+    fn try_run_on(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+    ) -> Result<Outcome, aya::programs::ProgramError> {
+        let mut ctx_in = [0u8; SKB_SIZE];
+        // ifindex 1 (lo) leaves the kernel's default device in place.
+        ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut ctx_out = [0u8; SKB_SIZE];
+        let mut data_out = vec![0u8; frame.len() + 256];
+        let result = self.kernel.program().test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut data_out),
+            ctx_in: Some(&ctx_in),
+            ctx_out: Some(&mut ctx_out),
+            ..TestRunOptions::default()
+        })?;
+        Ok(Outcome {
+            verdict: result.return_value as i32,
+            priority: u32::from_ne_bytes(
+                ctx_out[SKB_PRIORITY..SKB_PRIORITY + 4].try_into().unwrap(),
+            ),
+            tstamp: u64::from_ne_bytes(ctx_out[SKB_TSTAMP..SKB_TSTAMP + 8].try_into().unwrap()),
+        })
+    }
+
+    fn run(&self, packet: &Packet) -> Outcome {
+        self.run_on(&packet.bytes(), LOOPBACK)
+    }
+
+    fn class(&mut self, class_id: u32, mode: ShapingMode, rate_bytes: u64, burst_bytes: u32) {
+        self.kernel
+            .put_class(&ClassSpec {
+                class_id,
+                mode,
+                rate_bytes,
+                ceil_bytes: rate_bytes,
+                burst_bytes,
+                priority: 3,
+                horizon_ns: 2_000_000_000,
+            })
+            .expect("put_class");
+    }
+
+    fn rule(&mut self, side: Side, cidr: &str, protocol: Protocol, port: u16, class_id: u32) {
+        let (addr, len) = cidr.split_once('/').expect("cidr");
+        self.kernel
+            .put_rule(
+                &RuleMatch {
+                    side,
+                    addr: addr.parse().expect("address"),
+                    prefix_len: len.parse().expect("prefix"),
+                    protocol,
+                    port,
+                },
+                class_id,
+            )
+            .expect("put_rule");
+    }
+
+    fn stats(&self, class_id: u32) -> ClassStats {
+        self.kernel
+            .class_stats()
+            .expect("class stats")
+            .get(&class_id)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn reasons(&self) -> Vec<u64> {
+        self.kernel.reason_stats().expect("reason stats")
+    }
+}
+
+fn htb_handle(class_id: u32) -> u32 {
+    pisa_daemon::kernel::htb::htb_handle(class_id)
+}
+
+fn flow_key(p: &Packet) -> FlowKey {
+    let mut key = FlowKey {
+        protocol: p.protocol,
+        src_port_be: p.sport.to_be(),
+        dst_port_be: p.dport.to_be(),
+        ..FlowKey::default()
+    };
+    for (addr, out) in [(p.src, &mut key.src_addr), (p.dst, &mut key.dst_addr)] {
+        match addr {
+            IpAddr::V4(v4) => {
+                key.family = FAMILY_V4;
+                out[..4].copy_from_slice(&v4.octets());
+            }
+            IpAddr::V6(v6) => {
+                key.family = FAMILY_V6;
+                *out = v6.octets();
+            }
+        }
+    }
+    key
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[test]
+fn every_parse_case_classifies_v4_v6_tcp_udp_vlan_and_l3() {
+    let mut h = Harness::new();
+    // An L3 device to run packets "on": the host end of a veth, flagged L3.
+    let veth = VethToNs::new();
+    h.kernel
+        .set_iface_l3(veth.host_ifindex(), true)
+        .expect("flag L3");
+    h.class(1, ShapingMode::Htb, 1_000_000, 65536);
+    h.rule(Side::Destination, "10.1.0.0/16", Protocol::Tcp, 0, 1);
+    h.rule(Side::Destination, "10.1.0.0/16", Protocol::Udp, 0, 1);
+    h.rule(Side::Destination, "fd00:1::/64", Protocol::Tcp, 0, 1);
+    h.rule(Side::Destination, "fd00:1::/64", Protocol::Udp, 0, 1);
+
+    let mut expected = 0;
+    for (src, dst) in [("10.9.0.1", "10.1.2.3"), ("fd00:9::1", "fd00:1::5")] {
+        for udp in [false, true] {
+            for variant in ["plain", "vlan", "l3"] {
+                let mut p = if udp {
+                    Packet::udp(src, 40000, dst, 5432)
+                } else {
+                    Packet::tcp(src, 40000, dst, 5432)
+                };
+                let ifindex = match variant {
+                    "vlan" => {
+                        p = p.vlan(42);
+                        LOOPBACK
+                    }
+                    "l3" => {
+                        p = p.l3();
+                        veth.host_ifindex()
+                    }
+                    _ => LOOPBACK,
+                };
+                let out = h.run_on(&p.bytes(), ifindex);
+                expected += 1;
+                let case = format!("{src}->{dst} udp={udp} {variant}");
+                assert_eq!(out.verdict, TC_ACT_OK, "{case}");
+                assert_eq!(out.priority, htb_handle(1), "{case}: not classified");
+                assert_eq!(h.stats(1).packets, expected, "{case}: class counter");
+            }
+        }
+    }
+    // IPv4 options and IPv6 extension headers move L4; ports still parse.
+    let mut with_options = Packet::tcp("10.9.0.1", 1, "10.1.0.1", 2);
+    with_options.ipv4_options = 12;
+    assert_eq!(
+        h.run(&with_options).priority,
+        htb_handle(1),
+        "IPv4 with options"
+    );
+    let mut with_ext = Packet::tcp("fd00:9::1", 1, "fd00:1::1", 2);
+    with_ext.ipv6_ext = vec![0, 60, 43, 44];
+    assert_eq!(
+        h.run(&with_ext).priority,
+        htb_handle(1),
+        "IPv6 with 4 extension headers"
+    );
+    assert_eq!(h.reasons()[reason::UNMATCHED as usize], 0);
+}
+
+#[test]
+fn unparseable_packets_pass_and_bump_their_reason() {
+    let h = Harness::new();
+    let tcp = Packet::tcp("10.1.0.1", 1000, "10.2.0.1", 3306);
+    let full = tcp.bytes();
+
+    let mut bad_version = full.clone();
+    bad_version[14] = 0x55;
+    let mut short_ihl = full.clone();
+    short_ihl[14] = 0x44;
+    let mut fragment = tcp.clone();
+    fragment.frag_offset = 100;
+    let mut deep_ext = Packet::tcp("fd00::1", 1, "fd00::2", 2);
+    deep_ext.ipv6_ext = vec![60; 7];
+    let mut arp = ethernet(&[], ETH_P_ARP);
+    arp.extend_from_slice(&[0u8; 28]);
+    let mut icmp = Packet::tcp("10.1.0.1", 0, "10.2.0.1", 0);
+    icmp.protocol = ICMP;
+
+    // BPF_PROG_TEST_RUN itself refuses an IPv4/IPv6 ethertype whose IP
+    // header is short, so truncated IP headers travel behind a VLAN tag,
+    // which the kernel does not look into (the program does).
+    let tagged = tcp.clone().vlan(5).bytes();
+    let tagged_v6 = Packet::tcp("fd00::1", 1, "fd00::2", 2).vlan(5).bytes();
+    let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+        (
+            "truncated IPv4 header",
+            tagged[..18 + 12].to_vec(),
+            reason::TRUNCATED,
+        ),
+        (
+            "truncated IPv6 header",
+            tagged_v6[..18 + 30].to_vec(),
+            reason::TRUNCATED,
+        ),
+        (
+            "truncated TCP ports",
+            full[..14 + 20 + 2].to_vec(),
+            reason::TRUNCATED,
+        ),
+        ("IP version 5", bad_version, reason::BAD_IP_HEADER),
+        ("IHL 4", short_ihl, reason::BAD_IP_HEADER),
+        ("non-first fragment", fragment.bytes(), reason::FRAGMENT),
+        (
+            "7 IPv6 extension headers",
+            deep_ext.bytes(),
+            reason::IPV6_EXT_LIMIT,
+        ),
+        (
+            "QinQ",
+            tcp.clone().vlan(1).vlan(2).bytes(),
+            reason::VLAN_DEPTH,
+        ),
+        ("ARP", arp, reason::NOT_IP),
+        ("ICMP", icmp.bytes(), reason::OTHER_L4),
+        ("no rule", full.clone(), reason::UNMATCHED),
+    ];
+    for (case, frame, why) in cases {
+        let before = h.reasons();
+        let out = h
+            .try_run_on(&frame, LOOPBACK)
+            .unwrap_or_else(|e| panic!("{case}: BPF_PROG_TEST_RUN: {e}"));
+        let after = h.reasons();
+        assert_eq!(out.verdict, TC_ACT_OK, "{case}: must fail open");
+        assert_eq!(out.priority, 0, "{case}: must not be classified");
+        for index in 0..reason::COUNT as usize {
+            let delta = after[index] - before[index];
+            let want = u64::from(index == why as usize);
+            assert_eq!(
+                delta,
+                want,
+                "{case}: reason {} moved by {delta}",
+                reason::NAMES[index]
+            );
+        }
+    }
+}
+
+#[test]
+fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
+    let mut h = Harness::new();
+    for class_id in 1..=5 {
+        h.class(class_id, ShapingMode::Htb, 1_000_000, 65536);
+    }
+    h.rule(Side::Destination, "10.5.0.0/16", Protocol::Tcp, 0, 1);
+    h.rule(Side::Destination, "10.5.1.0/24", Protocol::Tcp, 0, 2);
+    h.rule(Side::Destination, "10.5.1.0/24", Protocol::Tcp, 3306, 3);
+    h.rule(Side::Destination, "10.5.1.7/32", Protocol::Tcp, 0, 4);
+
+    let to = |dst: &str, port: u16| Packet::tcp("10.9.9.9", 50000, dst, port);
+    assert_eq!(
+        h.run(&to("10.5.2.1", 3306)).priority,
+        htb_handle(1),
+        "/16 only"
+    );
+    assert_eq!(
+        h.run(&to("10.5.1.1", 80)).priority,
+        htb_handle(2),
+        "/24 any-port"
+    );
+    assert_eq!(
+        h.run(&to("10.5.1.1", 3306)).priority,
+        htb_handle(3),
+        "/24 exact port beats /24 any"
+    );
+    assert_eq!(
+        h.run(&to("10.5.1.7", 3306)).priority,
+        htb_handle(4),
+        "/32 any beats /24 exact"
+    );
+    assert_eq!(
+        h.run(&to("10.6.0.1", 3306)).priority,
+        0,
+        "no rule: default path"
+    );
+    assert_eq!(
+        h.run(&Packet::udp("10.9.9.9", 5, "10.5.1.7", 3306))
+            .priority,
+        0,
+        "protocol is part of the rule"
+    );
+
+    // A live tag wins over every rule.
+    let tagged = to("10.5.1.7", 3306);
+    let live = FlowTag {
+        class_id: 5,
+        _pad: 0,
+        expires_ns: monotonic_ns() + 60_000_000_000,
+    };
+    h.kernel
+        .put_flow_tag(&flow_key(&tagged), &live)
+        .expect("tag");
+    assert_eq!(h.run(&tagged).priority, htb_handle(5), "tag beats /32");
+    // An expired tag is ignored (and counted); the rules apply again.
+    let expired = FlowTag {
+        expires_ns: monotonic_ns() - 1,
+        ..live
+    };
+    h.kernel
+        .put_flow_tag(&flow_key(&tagged), &expired)
+        .expect("tag");
+    let before = h.reasons()[reason::TAG_EXPIRED as usize];
+    assert_eq!(h.run(&tagged).priority, htb_handle(4));
+    assert_eq!(h.reasons()[reason::TAG_EXPIRED as usize], before + 1);
+    h.kernel.delete_flow_tag(&flow_key(&tagged)).expect("untag");
+    assert_eq!(h.run(&tagged).priority, htb_handle(4));
+}
+
+#[test]
+fn direction_rules_match_requests_by_destination_and_responses_by_source() {
+    let mut h = Harness::new();
+    for class_id in 1..=3 {
+        h.class(class_id, ShapingMode::Htb, 1_000_000, 65536);
+    }
+    h.rule(Side::Destination, "10.7.0.1/32", Protocol::Tcp, 3306, 1); // to
+    h.rule(Side::Source, "10.7.0.2/32", Protocol::Tcp, 5432, 2); // from
+    h.rule(Side::Destination, "10.7.0.3/32", Protocol::Tcp, 6379, 3); // both
+    h.rule(Side::Source, "10.7.0.3/32", Protocol::Tcp, 6379, 3);
+
+    let request = |db: &str, port| Packet::tcp("10.9.0.1", 40000, db, port);
+    let response = |db: &str, port| Packet::tcp(db, port, "10.9.0.1", 40000);
+    assert_eq!(h.run(&request("10.7.0.1", 3306)).priority, htb_handle(1));
+    assert_eq!(
+        h.run(&response("10.7.0.1", 3306)).priority,
+        0,
+        "`to` ignores responses"
+    );
+    assert_eq!(
+        h.run(&request("10.7.0.2", 5432)).priority,
+        0,
+        "`from` ignores requests"
+    );
+    assert_eq!(h.run(&response("10.7.0.2", 5432)).priority, htb_handle(2));
+    assert_eq!(h.run(&request("10.7.0.3", 6379)).priority, htb_handle(3));
+    assert_eq!(h.run(&response("10.7.0.3", 6379)).priority, htb_handle(3));
+}
+
+#[test]
+fn htb_class_sets_priority_to_its_handle_and_counts() {
+    let mut h = Harness::new();
+    h.class(321, ShapingMode::Htb, 1_000_000, 65536);
+    h.rule(Side::Destination, "10.8.0.1/32", Protocol::Tcp, 0, 321);
+    let p = Packet::tcp("10.9.0.1", 1, "10.8.0.1", 2).payload(1000);
+    let len = p.bytes().len() as u64;
+    for _ in 0..3 {
+        let out = h.run(&p);
+        assert_eq!(out.verdict, TC_ACT_OK);
+        assert_eq!(out.priority, 0x5150_0141);
+        assert_eq!(out.tstamp, 0, "htb never stamps departure times");
+    }
+    let stats = h.stats(321);
+    assert_eq!(
+        (stats.packets, stats.bytes, stats.drops, stats.delayed),
+        (3, 3 * len, 0, 0)
+    );
+}
+
+#[test]
+fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
+    let mut h = Harness::new();
+    h.kernel.override_features(Features {
+        sch_fq: true,
+        ..h.kernel.features()
+    });
+    let rate = 1_000_000; // bytes/s: 1000-byte frames cost 1 ms
+    h.kernel
+        .put_class(&ClassSpec {
+            class_id: 9,
+            mode: ShapingMode::Edt,
+            rate_bytes: rate,
+            ceil_bytes: rate,
+            burst_bytes: 0,
+            priority: 3,
+            horizon_ns: 2_500_000,
+        })
+        .expect("edt class");
+    h.rule(Side::Destination, "10.8.0.9/32", Protocol::Tcp, 0, 9);
+    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.9", 2);
+    let header = p.bytes().len() - p.payload;
+    p = p.payload(1000 - header);
+    assert_eq!(p.bytes().len(), 1000);
+
+    let start = monotonic_ns();
+    let first = h.run(&p);
+    let second = h.run(&p);
+    let third = h.run(&p);
+    assert_eq!((first.verdict, second.verdict), (TC_ACT_OK, TC_ACT_OK));
+    assert!(first.tstamp > start, "first departure is in the future");
+    assert_eq!(
+        second.tstamp - first.tstamp,
+        1_000_000,
+        "departures are spaced by exactly bytes/rate"
+    );
+    assert_eq!(
+        third.verdict, TC_ACT_SHOT,
+        "3 ms of backlog exceeds the 2.5 ms horizon"
+    );
+    let stats = h.stats(9);
+    assert_eq!((stats.packets, stats.delayed, stats.drops), (2, 2, 1));
+}
+
+#[test]
+fn police_passes_the_burst_then_drops_over_rate() {
+    let mut h = Harness::new();
+    // 1000 bytes/s with a 3000-byte bucket: three 1000-byte frames pass at
+    // once, the fourth would need a second of credit.
+    h.class(4, ShapingMode::Police, 1000, 3000);
+    h.rule(Side::Destination, "10.8.0.4/32", Protocol::Tcp, 0, 4);
+    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.4", 2);
+    let header = p.bytes().len() - p.payload;
+    p = p.payload(1000 - header);
+    let verdicts: Vec<i32> = (0..5).map(|_| h.run(&p).verdict).collect();
+    assert_eq!(
+        verdicts,
+        vec![TC_ACT_OK, TC_ACT_OK, TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT]
+    );
+    let stats = h.stats(4);
+    assert_eq!((stats.packets, stats.bytes, stats.drops), (3, 3000, 2));
+}
+
+#[test]
+fn rule_pointing_at_an_inactive_class_passes_and_is_counted() {
+    let mut h = Harness::new();
+    h.rule(Side::Destination, "10.8.0.5/32", Protocol::Tcp, 0, 77);
+    let out = h.run(&Packet::tcp("10.9.0.1", 1, "10.8.0.5", 2));
+    assert_eq!((out.verdict, out.priority), (TC_ACT_OK, 0));
+    assert_eq!(h.reasons()[reason::CLASS_INACTIVE as usize], 1);
+}
+
+#[test]
+fn deleting_a_class_stops_shaping_and_a_reused_slot_starts_clean() {
+    let mut h = Harness::new();
+    h.class(12, ShapingMode::Htb, 1_000_000, 65536);
+    h.rule(Side::Destination, "10.8.0.12/32", Protocol::Tcp, 0, 12);
+    let p = Packet::tcp("10.9.0.1", 1, "10.8.0.12", 2);
+    assert_eq!(h.run(&p).priority, htb_handle(12));
+    assert_eq!(h.stats(12).packets, 1);
+    h.kernel
+        .delete_rule(h.kernel.rules().keys().next().copied().as_ref().unwrap())
+        .unwrap();
+    h.kernel.delete_class(12).expect("delete");
+    assert_eq!(h.run(&p).priority, 0);
+    h.class(12, ShapingMode::Htb, 2_000_000, 65536);
+    assert_eq!(
+        h.stats(12).packets,
+        0,
+        "a new class in a reused slot starts at zero"
+    );
+}
