@@ -409,3 +409,102 @@ pub fn bpftool_prog_ids(name: &str) -> Vec<u64> {
         .filter_map(|p| p["id"].as_u64())
         .collect()
 }
+
+/// Two namespaces routed through the host, the way a node routes pod
+/// traffic: `client` (10.N.1.2) -- host (10.N.1.1 | 10.N.2.1) -- `server`
+/// (10.N.2.2). Shaping happens at egress of the host-side veths.
+/// GSO is capped to one segment on the senders so that every skb is one
+/// wire frame and interface byte counters are wire bytes.
+pub struct Routed {
+    pub client: VethToNs,
+    pub server: VethToNs,
+    previous_forwarding: String,
+}
+
+impl Routed {
+    pub fn new() -> Self {
+        let previous_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .expect("reading ip_forward")
+            .trim()
+            .to_owned();
+        sh("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        let client = VethToNs::new();
+        let server = VethToNs::new();
+        for (side, peer_gw) in [(&client, &client.host_ip), (&server, &server.host_ip)] {
+            side.ns
+                .exec(&["ip", "route", "add", "default", "via", peer_gw]);
+            side.ns
+                .exec(&["ip", "link", "set", "dev", &side.peer, "gso_max_segs", "1"]);
+        }
+        sh(
+            "ip",
+            &["link", "set", "dev", &client.host, "gso_max_segs", "1"],
+        );
+        sh(
+            "ip",
+            &["link", "set", "dev", &server.host, "gso_max_segs", "1"],
+        );
+        Self {
+            client,
+            server,
+            previous_forwarding,
+        }
+    }
+
+    /// The host-side interface facing the server: requests leave here.
+    pub fn to_server(&self) -> &str {
+        &self.server.host
+    }
+
+    /// The host-side interface facing the client: responses leave here.
+    pub fn to_client(&self) -> &str {
+        &self.client.host
+    }
+
+    pub fn server_ip(&self) -> &str {
+        &self.server.ns_ip
+    }
+}
+
+impl Drop for Routed {
+    fn drop(&mut self) {
+        sh_quiet(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv4.ip_forward={}", self.previous_forwarding),
+            ],
+        );
+    }
+}
+
+/// Transmit byte counter of an interface in the host namespace.
+pub fn tx_bytes(iface: &str) -> u64 {
+    read_u64(&format!("/sys/class/net/{iface}/statistics/tx_bytes"))
+}
+
+/// An iperf3 client running in the background inside `ns`.
+pub fn iperf3_background(ns: &Netns, server: &str, port: u16, seconds: u32) -> ChildGuard {
+    let port_s = port.to_string();
+    let secs = seconds.to_string();
+    let child = Command::new("ip")
+        .args([
+            "netns", "exec", &ns.name, "iperf3", "-c", server, "-p", &port_s,
+        ])
+        .args(["-t", &secs, "-J"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning iperf3 client");
+    ChildGuard::new(child, format!("iperf3 -c {server}:{port}"))
+}
+
+/// Wire rate (bits/s) leaving `iface` over `window`, measured with the
+/// kernel's own counters.
+pub fn measure_wire_bps(iface: &str, window: Duration) -> f64 {
+    let start_bytes = tx_bytes(iface);
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let bytes = tx_bytes(iface) - start_bytes;
+    bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
+}
