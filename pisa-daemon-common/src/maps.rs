@@ -80,6 +80,9 @@ pub struct ClassConfig {
     /// `CLASS_STATE_FREE` or `CLASS_STATE_ACTIVE`.
     pub state: u8,
     pub _pad: [u8; 5],
+    /// FNV-1a of the owning claim's `namespace/name`; the program ignores
+    /// it, the agent uses it to keep class ids stable across restarts.
+    pub claim_hash: u64,
 }
 
 /// Value of `CLASS_PACE`, indexed by class id. Shared by all CPUs and updated
@@ -260,7 +263,8 @@ const _: () = {
     assert!(size_of::<IfaceKey>() == 8);
     assert!(size_of::<IfaceStats>() == 16);
     assert!(size_of::<IfaceConfig>() == 8);
-    assert!(size_of::<ClassConfig>() == 40);
+    assert!(size_of::<ClassConfig>() == 48);
+    assert!(offset_of!(ClassConfig, claim_hash) == 40);
     assert!(offset_of!(ClassConfig, burst_bytes) == 24);
     assert!(offset_of!(ClassConfig, htb_handle) == 28);
     assert!(offset_of!(ClassConfig, mode) == 32);

@@ -4,3 +4,4 @@
 //! `kernel` is the only module that touches aya or netlink.
 
 pub mod kernel;
+pub mod spec;

@@ -66,6 +66,7 @@ impl Kernel {
                         burst_bytes: raw.burst_bytes,
                         priority: raw.priority,
                         horizon_ns: raw.horizon_ns,
+                        claim_hash: raw.claim_hash,
                     },
                 );
             }
@@ -313,6 +314,7 @@ fn to_config(class: &ClassSpec) -> ClassConfig {
         priority: class.priority,
         state: CLASS_STATE_ACTIVE,
         _pad: [0; 5],
+        claim_hash: class.claim_hash,
     }
 }
 

@@ -66,6 +66,9 @@ pub struct ClassSpec {
     pub priority: u8,
     /// EDT drop horizon.
     pub horizon_ns: u64,
+    /// Hash of the owning claim (`spec::ClaimKey::hash`), stored with the
+    /// class so a restarted agent gives every claim its old id back.
+    pub claim_hash: u64,
 }
 
 /// Which address of a packet a rule matches.
