@@ -67,7 +67,10 @@ fn parse_claim(origin: &str, value: serde_yaml::Value) -> Result<QoSClaim, Claim
             format!("unsupported kind; valid: {KIND}"),
         ));
     }
-    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).unwrap_or("");
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .unwrap_or("");
     if api_version != API_VERSION {
         return Err(error(
             "apiVersion",

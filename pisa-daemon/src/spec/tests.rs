@@ -103,7 +103,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "burst_unknown_unit",
         &[
-            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.burst `64kbs`: `64kbs` has unknown unit `kbs` (did you mean `kb`, KiB?); valid size units are b, kb (or k, kib), mb (or m, mib), gb (or g, gib) \u2014 1024-based bytes as in tc \u2014 and kbit mbit gbit",
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.burst `64kbs`: `64kbs` has unknown unit `kbs` (did you mean `kb`, KiB?); valid size units are b, kb (or k, kib), mb (or m, mib), gb (or g, gib) in 1024-based bytes as in tc, and kbit mbit gbit",
         ],
     ),
     (
@@ -312,7 +312,11 @@ const EXPECTED: &[(&str, &[&str])] = &[
 #[test]
 fn corpus_has_at_least_forty_cases() {
     assert!(cases().len() >= 40, "{} cases", cases().len());
-    assert_eq!(cases().len(), EXPECTED.len(), "every case has its expected messages");
+    assert_eq!(
+        cases().len(),
+        EXPECTED.len(),
+        "every case has its expected messages"
+    );
 }
 
 #[test]
@@ -335,4 +339,3 @@ fn a_pisanix_claim_is_accepted_unchanged() {
                 spec:\n  trafficQoS:\n    name: catalogue\n    qos_group: {rate: 10mbit, ceil: 20mbit}\n";
     assert!(messages(yaml).is_empty(), "{:?}", messages(yaml));
 }
-

@@ -31,7 +31,10 @@ pub enum UnitError {
     #[error("`{value}` is too large (more than 2^64-1 {base})")]
     Overflow { value: String, base: &'static str },
     #[error("`{value}` is below {minimum}, the smallest quantity")]
-    TooSmall { value: String, minimum: &'static str },
+    TooSmall {
+        value: String,
+        minimum: &'static str,
+    },
 }
 
 /// "did you mean …" text for an unknown unit (empty when nothing is close).
@@ -119,7 +122,7 @@ const SIZE_UNITS: &[Unit] = &[
 ];
 
 const SIZE_VALID: &str = "valid size units are b, kb (or k, kib), mb (or m, mib), \
-                          gb (or g, gib) — 1024-based bytes as in tc — and kbit mbit gbit";
+                          gb (or g, gib) in 1024-based bytes as in tc, and kbit mbit gbit";
 
 /// A rate in bits per second.
 pub fn parse_rate_bits(value: &str) -> Result<u64, UnitError> {
@@ -211,11 +214,8 @@ fn parse(
         .checked_mul(denominator)
         .and_then(|m| m.checked_add(digits(fraction).ok()?))
         .ok_or_else(overflow)?;
-    let scaled = mantissa
-        .checked_mul(unit.scale)
-        .ok_or_else(overflow)?
-        / denominator
-        / unit.divisor;
+    let scaled =
+        mantissa.checked_mul(unit.scale).ok_or_else(overflow)? / denominator / unit.divisor;
     u64::try_from(scaled).map_err(|_| overflow())
 }
 
@@ -370,12 +370,30 @@ mod tests {
 
     #[test]
     fn malformed_values_say_what_is_wrong() {
-        assert!(matches!(parse_rate_bits("mbit"), Err(UnitError::NoNumber { .. })));
-        assert!(matches!(parse_rate_bits("10"), Err(UnitError::NoUnit { .. })));
-        assert!(matches!(parse_rate_bits("1.2.3mbit"), Err(UnitError::Malformed { .. })));
-        assert!(matches!(parse_rate_bits("10 m-bit"), Err(UnitError::Malformed { .. })));
-        assert!(matches!(parse_rate_bytes("7bit"), Err(UnitError::TooSmall { .. })));
-        assert!(matches!(parse_rate_bits("-5mbit"), Err(UnitError::NoNumber { .. })));
+        assert!(matches!(
+            parse_rate_bits("mbit"),
+            Err(UnitError::NoNumber { .. })
+        ));
+        assert!(matches!(
+            parse_rate_bits("10"),
+            Err(UnitError::NoUnit { .. })
+        ));
+        assert!(matches!(
+            parse_rate_bits("1.2.3mbit"),
+            Err(UnitError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_rate_bits("10 m-bit"),
+            Err(UnitError::Malformed { .. })
+        ));
+        assert!(matches!(
+            parse_rate_bytes("7bit"),
+            Err(UnitError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            parse_rate_bits("-5mbit"),
+            Err(UnitError::NoNumber { .. })
+        ));
     }
 
     #[test]

@@ -3,11 +3,7 @@
 //! set) the valid choices. Invalid claims are rejected whole; the other
 //! claims are unaffected.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr};
 
 use super::{
     units::{self, format_rate},
@@ -105,14 +101,21 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
         match &document.result {
             Err(error) => match &error.claim {
                 Some(key) => {
-                    seen.entry(key.clone()).or_default().push(document.origin.clone());
-                    out.invalid.entry(key.clone()).or_default().push(error.clone());
+                    seen.entry(key.clone())
+                        .or_default()
+                        .push(document.origin.clone());
+                    out.invalid
+                        .entry(key.clone())
+                        .or_default()
+                        .push(error.clone());
                 }
                 None => out.unattributed.push(error.clone()),
             },
             Ok(claim) => {
                 let key = key_of(claim);
-                seen.entry(key.clone()).or_default().push(document.origin.clone());
+                seen.entry(key.clone())
+                    .or_default()
+                    .push(document.origin.clone());
                 match check_claim(&document.origin, &key, claim, limits) {
                     Ok(valid) => {
                         out.valid.insert(key, valid);
@@ -130,7 +133,11 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
 
 fn key_of(claim: &QoSClaim) -> ClaimKey {
     ClaimKey::new(
-        claim.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+        claim
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
         claim.metadata.name.clone(),
     )
 }
@@ -242,7 +249,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn fail(&mut self, field: impl Into<String>, value: impl Into<String>, reason: impl Into<String>) {
+    fn fail(
+        &mut self,
+        field: impl Into<String>,
+        value: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
         self.errors.push(ClaimError {
             origin: self.origin.to_owned(),
             claim: Some(self.key.clone()),
@@ -277,7 +289,11 @@ fn check_claim(
             "must name the VirtualDatabase service the claim binds to",
         );
     }
-    let rate = rate(&mut c, &format!("{QOS}.qos_group.rate"), &qos.qos_group.rate);
+    let rate = rate(
+        &mut c,
+        &format!("{QOS}.qos_group.rate"),
+        &qos.qos_group.rate,
+    );
     let ceil = match &qos.qos_group.ceil {
         Some(text) => rate_or_none(&mut c, &format!("{QOS}.qos_group.ceil"), text),
         None => rate,
@@ -315,7 +331,8 @@ fn check_claim(
     let mut rules = Vec::new();
     for (index, endpoint) in qos.endpoints.iter().flatten().enumerate() {
         let field = format!("{QOS}.endpoints[{index}]");
-        if let Some((addr, prefix_len, protocol, port)) = endpoint_target(&mut c, &field, endpoint) {
+        if let Some((addr, prefix_len, protocol, port)) = endpoint_target(&mut c, &field, endpoint)
+        {
             let sides: &[Side] = match direction {
                 Direction::To => &[Side::Destination],
                 Direction::From => &[Side::Source],
@@ -441,7 +458,12 @@ fn endpoint_target(
             None
         }
     };
-    let protocol = match endpoint.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
+    let protocol = match endpoint
+        .protocol
+        .as_deref()
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+    {
         None | Some("TCP") => Some(Protocol::Tcp),
         Some("UDP") => Some(Protocol::Udp),
         Some(_) => {
@@ -459,11 +481,19 @@ fn endpoint_target(
 
 fn parse_cidr(c: &mut Checker<'_>, field: &str, text: &str) -> Option<(IpAddr, u8)> {
     let Some((addr, len)) = text.trim().split_once('/') else {
-        c.fail(field, text, "not a CIDR; write address/prefix, e.g. 10.0.0.0/24 or fd00::/64");
+        c.fail(
+            field,
+            text,
+            "not a CIDR; write address/prefix, e.g. 10.0.0.0/24 or fd00::/64",
+        );
         return None;
     };
     let Ok(addr) = addr.parse::<IpAddr>() else {
-        c.fail(field, text, "the address part is not an IPv4 or IPv6 address");
+        c.fail(
+            field,
+            text,
+            "the address part is not an IPv4 or IPv6 address",
+        );
         return None;
     };
     let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -471,7 +501,10 @@ fn parse_cidr(c: &mut Checker<'_>, field: &str, text: &str) -> Option<(IpAddr, u
         c.fail(
             field,
             text,
-            format!("the prefix length must be 0-{max} for an IPv{} network", if max == 32 { 4 } else { 6 }),
+            format!(
+                "the prefix length must be 0-{max} for an IPv{} network",
+                if max == 32 { 4 } else { 6 }
+            ),
         );
         return None;
     };
@@ -491,12 +524,20 @@ fn mask(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(v4) => {
             let bits = u32::from(v4);
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(len))
+            };
             IpAddr::from((bits & mask).to_be_bytes())
         }
         IpAddr::V6(v6) => {
             let bits = u128::from(v6);
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            let mask = if len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(len))
+            };
             IpAddr::from((bits & mask).to_be_bytes())
         }
     }
