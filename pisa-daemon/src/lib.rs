@@ -4,4 +4,6 @@
 //! `kernel` is the only module that touches aya or netlink.
 
 pub mod kernel;
+pub mod plan;
+pub mod reconcile;
 pub mod spec;

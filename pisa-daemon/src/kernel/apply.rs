@@ -437,6 +437,44 @@ impl Dataplane for Kernel {
         Ok(out)
     }
 
+    fn interface_stats(
+        &self,
+    ) -> Result<BTreeMap<String, pisa_daemon_common::IfaceStats>, KernelError> {
+        let name = pisa_daemon_common::names::MAP_IFACE_STATS;
+        let stats: aya::maps::PerCpuHashMap<
+            _,
+            pisa_daemon_common::IfaceKey,
+            pisa_daemon_common::IfaceStats,
+        > = aya::maps::PerCpuHashMap::try_from(self.map(name)?)
+            .map_err(map_err(name, "opening"))?;
+        let mut out = BTreeMap::new();
+        for iface_name in &self.ifaces {
+            let Ok(itf) = iface::lookup(iface_name) else {
+                continue;
+            };
+            let key = pisa_daemon_common::IfaceKey {
+                ifindex: itf.ifindex,
+                direction: pisa_daemon_common::DIRECTION_EGRESS,
+            };
+            let sum = match stats.get(&key, 0) {
+                Ok(per_cpu) => {
+                    per_cpu
+                        .iter()
+                        .fold(pisa_daemon_common::IfaceStats::default(), |a, s| {
+                            pisa_daemon_common::IfaceStats {
+                                packets: a.packets + s.packets,
+                                bytes: a.bytes + s.bytes,
+                            }
+                        })
+                }
+                Err(aya::maps::MapError::KeyNotFound) => pisa_daemon_common::IfaceStats::default(),
+                Err(source) => return Err(map_err(name, "reading")(source)),
+            };
+            out.insert(iface_name.clone(), sum);
+        }
+        Ok(out)
+    }
+
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
         let stats: PerCpuArray<_, ReasonStats> = PerCpuArray::try_from(self.map(MAP_REASONS)?)
             .map_err(map_err(MAP_REASONS, "opening"))?;

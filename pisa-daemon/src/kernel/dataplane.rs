@@ -8,8 +8,8 @@ use std::{
 };
 
 use pisa_daemon_common::{
-    ClassStats, EndpointMatch, FAMILY_V4, FAMILY_V6, MODE_EDT, MODE_HTB, MODE_POLICE, PROTO_TCP,
-    PROTO_UDP, SIDE_DST, SIDE_SRC,
+    ClassStats, EndpointMatch, IfaceStats, FAMILY_V4, FAMILY_V6, MODE_EDT, MODE_HTB, MODE_POLICE,
+    PROTO_TCP, PROTO_UDP, SIDE_DST, SIDE_SRC,
 };
 
 use super::{Attachment, KernelError};
@@ -202,6 +202,8 @@ pub trait Dataplane {
     fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError>;
     /// Summed per-CPU reason counters, indexed by `reason::*`.
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError>;
+    /// Summed egress counters of attached interfaces.
+    fn interface_stats(&self) -> Result<BTreeMap<String, IfaceStats>, KernelError>;
 }
 
 /// An in-memory `Dataplane` for reconciler tests: it records every call so
@@ -304,6 +306,14 @@ impl Dataplane for FakeDataplane {
 
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
         Ok(vec![0; pisa_daemon_common::reason::COUNT as usize])
+    }
+
+    fn interface_stats(&self) -> Result<BTreeMap<String, IfaceStats>, KernelError> {
+        Ok(self
+            .ifaces
+            .iter()
+            .map(|i| (i.clone(), IfaceStats::default()))
+            .collect())
     }
 }
 

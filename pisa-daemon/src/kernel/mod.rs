@@ -14,6 +14,7 @@ mod loader;
 mod netlink;
 pub mod pinned;
 
+pub use apply::default_burst;
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::PinLayout;
 pub use dataplane::{

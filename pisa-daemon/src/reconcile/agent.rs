@@ -1,0 +1,313 @@
+//! The agent's memory between reconciles: the last good state of every
+//! claim, and what each claim's status is.
+//!
+//! An invalid claim is rejected whole, but if it was valid before, its last
+//! good version stays in force. A source whose YAML cannot be read at all
+//! keeps every claim it held. Claims that disappear from a readable source
+//! are removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use super::{converge, ApplyError};
+use crate::{
+    kernel::Dataplane,
+    plan::{self, Plan},
+    spec::{validate, ClaimError, ClaimKey, Document, Limits, ValidClaim},
+};
+
+/// One source (file) as read this time.
+#[derive(Clone, Debug)]
+pub struct SourceSnapshot {
+    pub name: String,
+    /// `Err`: the YAML stream is broken; keep the source's last good state.
+    pub documents: Result<Vec<Document>, ClaimError>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// In force in the kernel.
+    Applied,
+    /// Rejected; the message says why (a last good state may still apply).
+    Invalid,
+    /// Accepted but not (yet) in force: no endpoints, or the kernel refused.
+    Pending,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimStatus {
+    pub claim: String,
+    pub phase: Phase,
+    pub message: String,
+    pub class_id: Option<u32>,
+    pub observed_generation: Option<i64>,
+    pub mode: Option<String>,
+    pub rate_bytes: Option<u64>,
+    pub ceil_bytes: Option<u64>,
+    pub priority: Option<String>,
+}
+
+pub struct Agent<D: Dataplane> {
+    pub dp: D,
+    pub ifaces: BTreeSet<String>,
+    pub limits: Limits,
+    /// The claims in force (valid now, or last good).
+    pub effective: BTreeMap<ClaimKey, ValidClaim>,
+    pub statuses: BTreeMap<ClaimKey, ClaimStatus>,
+    /// Errors not attributable to a claim (broken YAML), for logs and status.
+    pub source_errors: Vec<String>,
+    pub plan: Plan,
+    /// Set after the first successful reconcile (`/readyz`).
+    pub ready: bool,
+    validity: (usize, usize),
+}
+
+impl<D: Dataplane> Agent<D> {
+    pub fn new(dp: D, ifaces: BTreeSet<String>, limits: Limits) -> Self {
+        Self {
+            dp,
+            ifaces,
+            limits,
+            effective: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            source_errors: Vec::new(),
+            plan: Plan::default(),
+            ready: false,
+            validity: (0, 0),
+        }
+    }
+
+    /// (valid, invalid) claim counts of the last update.
+    pub fn validity(&self) -> (usize, usize) {
+        self.validity
+    }
+
+    /// Takes the sources as read now and works out the claims in force.
+    pub fn update(&mut self, sources: &[SourceSnapshot]) {
+        let mut documents = Vec::new();
+        let mut broken = BTreeSet::new();
+        self.source_errors.clear();
+        for source in sources {
+            match &source.documents {
+                Ok(docs) => documents.extend(docs.iter().cloned()),
+                Err(e) => {
+                    broken.insert(source.name.clone());
+                    self.source_errors.push(e.to_string());
+                }
+            }
+        }
+        let validated = validate(&documents, self.limits);
+        self.source_errors
+            .extend(validated.unattributed.iter().map(ToString::to_string));
+
+        let mut effective = validated.valid.clone();
+        let mut statuses = BTreeMap::new();
+        for (key, errors) in &validated.invalid {
+            let kept = self.effective.get(key).cloned();
+            let mut message = errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            if let Some(kept) = kept {
+                message.push_str("; the last good version stays in force");
+                effective.insert(key.clone(), kept);
+            }
+            statuses.insert(key.clone(), status(key, Phase::Invalid, message, None));
+        }
+        // A source we could not read keeps what it had.
+        for (key, claim) in &self.effective {
+            let source = claim.origin.rsplit_once('#').map(|(s, _)| s).unwrap_or("");
+            if broken.contains(source)
+                && !effective.contains_key(key)
+                && !validated.invalid.contains_key(key)
+            {
+                effective.insert(key.clone(), claim.clone());
+            }
+        }
+        for (key, claim) in &effective {
+            statuses.entry(key.clone()).or_insert_with(|| {
+                status(key, Phase::Pending, "not yet applied".into(), Some(claim))
+            });
+        }
+        self.validity = (validated.valid.len(), validated.invalid.len());
+        self.effective = effective;
+        self.statuses = statuses;
+    }
+
+    /// Plans the effective claims and brings the kernel to that plan.
+    /// Returns the number of operations it took.
+    pub fn reconcile(&mut self) -> Result<usize, ApplyError> {
+        let plan = plan::plan(&self.effective, self.dp.classes());
+        let result = converge(&mut self.dp, &plan, &self.ifaces);
+        for (key, status) in self.statuses.iter_mut() {
+            let Some(id) = plan.ids.get(key) else {
+                continue;
+            };
+            status.class_id = Some(*id);
+            if let Some(claim) = self.effective.get(key) {
+                fill(status, claim);
+            }
+            if status.phase == Phase::Invalid {
+                continue;
+            }
+            match (&result, self.effective.get(key)) {
+                (Err(e), _) => {
+                    status.phase = Phase::Pending;
+                    status.message = format!("kernel update failed, retrying: {e}");
+                }
+                (Ok(_), Some(claim)) if claim.rules.is_empty() => {
+                    status.phase = Phase::Pending;
+                    status.message = format!(
+                        "class {id} is in place but matches no traffic: add \
+                         spec.trafficQoS.endpoints, or bind VirtualDatabase `{}`",
+                        claim.binding
+                    );
+                }
+                (Ok(_), _) => {
+                    status.phase = Phase::Applied;
+                    status.message =
+                        format!("class {id} in force on {} interface(s)", self.ifaces.len());
+                }
+            }
+        }
+        self.plan = plan;
+        let count = result?;
+        self.ready = true;
+        Ok(count)
+    }
+}
+
+fn status(
+    key: &ClaimKey,
+    phase: Phase,
+    message: String,
+    claim: Option<&ValidClaim>,
+) -> ClaimStatus {
+    let mut status = ClaimStatus {
+        claim: key.to_string(),
+        phase,
+        message,
+        class_id: None,
+        observed_generation: None,
+        mode: None,
+        rate_bytes: None,
+        ceil_bytes: None,
+        priority: None,
+    };
+    if let Some(claim) = claim {
+        fill(&mut status, claim);
+    }
+    status
+}
+
+fn fill(status: &mut ClaimStatus, claim: &ValidClaim) {
+    status.observed_generation = claim.generation;
+    status.mode = Some(claim.mode.name().to_owned());
+    status.rate_bytes = Some(claim.rate_bytes);
+    status.ceil_bytes = Some(claim.ceil_bytes);
+    status.priority = Some(claim.priority.name().to_owned());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{kernel::FakeDataplane, spec::load_documents};
+
+    const LIMITS: Limits = Limits {
+        max_classes: 100,
+        edt_available: false,
+    };
+
+    fn source(name: &str, yaml: &str) -> SourceSnapshot {
+        SourceSnapshot {
+            name: name.into(),
+            documents: load_documents(name, yaml),
+        }
+    }
+
+    fn claim(name: &str, rate: &str, host: &str) -> String {
+        format!(
+            "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\nmetadata: {{name: {name}}}\n\
+             spec:\n  trafficQoS:\n    name: {name}\n    qos_group: {{rate: {rate}}}\n    \
+             endpoints: [{{host: {host}, port: 5432}}]\n---\n"
+        )
+    }
+
+    fn agent() -> Agent<FakeDataplane> {
+        Agent::new(
+            FakeDataplane::default(),
+            ["eth0".to_string()].into(),
+            LIMITS,
+        )
+    }
+
+    #[test]
+    fn valid_claims_are_applied() {
+        let mut a = agent();
+        a.update(&[source("c.yaml", &claim("db", "10mbit", "10.0.0.1"))]);
+        a.reconcile().unwrap();
+        let st = &a.statuses[&ClaimKey::new("default", "db")];
+        assert_eq!(st.phase, Phase::Applied);
+        assert_eq!(a.dp.classes.len(), 1);
+        assert_eq!(a.dp.rules.len(), 2, "direction both: to + from");
+        assert!(a.ready);
+    }
+
+    #[test]
+    fn an_invalid_edit_keeps_the_last_good_version_and_other_claims_apply() {
+        let mut a = agent();
+        a.update(&[source(
+            "c.yaml",
+            &(claim("db", "10mbit", "10.0.0.1") + &claim("other", "1mbit", "10.0.0.2")),
+        )]);
+        a.reconcile().unwrap();
+        a.update(&[source(
+            "c.yaml",
+            &(claim("db", "10mps", "10.0.0.1") + &claim("other", "2mbit", "10.0.0.2")),
+        )]);
+        a.reconcile().unwrap();
+        let db = &a.statuses[&ClaimKey::new("default", "db")];
+        assert_eq!(db.phase, Phase::Invalid);
+        assert!(db.message.contains("unknown unit `mps`"), "{}", db.message);
+        assert!(db.message.contains("last good version stays in force"));
+        let rates: Vec<u64> = a.dp.classes.values().map(|c| c.rate_bytes).collect();
+        assert!(rates.contains(&1_250_000), "db keeps 10mbit: {rates:?}");
+        assert!(rates.contains(&250_000), "other moved to 2mbit: {rates:?}");
+        assert_eq!(a.validity(), (1, 1));
+    }
+
+    #[test]
+    fn a_broken_file_keeps_its_claims_and_a_removed_claim_goes() {
+        let mut a = agent();
+        a.update(&[source(
+            "c.yaml",
+            &(claim("db", "10mbit", "10.0.0.1") + &claim("x", "1mbit", "10.0.0.3")),
+        )]);
+        a.reconcile().unwrap();
+        a.update(&[source("c.yaml", "apiVersion: [broken\n")]);
+        a.reconcile().unwrap();
+        assert_eq!(a.dp.classes.len(), 2, "unreadable file: keep everything");
+        assert_eq!(a.source_errors.len(), 1);
+        a.update(&[source("c.yaml", &claim("db", "10mbit", "10.0.0.1"))]);
+        a.reconcile().unwrap();
+        assert_eq!(a.dp.classes.len(), 1, "x was removed from a readable file");
+    }
+
+    #[test]
+    fn a_claim_without_endpoints_is_pending_with_advice() {
+        let mut a = agent();
+        let yaml = "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\nmetadata: {name: catalogue}\n\
+                    spec:\n  trafficQoS:\n    name: catalogue\n    qos_group: {rate: 10mbit, ceil: 20mbit}\n";
+        a.update(&[source("c.yaml", yaml)]);
+        a.reconcile().unwrap();
+        let st = &a.statuses[&ClaimKey::new("default", "catalogue")];
+        assert_eq!(st.phase, Phase::Pending);
+        assert!(
+            st.message.contains("bind VirtualDatabase `catalogue`"),
+            "{}",
+            st.message
+        );
+    }
+}

@@ -1,0 +1,247 @@
+//! Plan vs kernel -> the minimal operations, applied in a safe order.
+//! Level-triggered: the same plan against the same kernel yields no
+//! operations, so running it again is always harmless.
+
+pub mod agent;
+
+use std::collections::BTreeSet;
+
+use crate::{
+    kernel::{ClassSpec, Dataplane, KernelError, RuleMatch},
+    plan::Plan,
+};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Attach(String),
+    /// Create, or change in place (`tc class change`): never delete+add.
+    PutClass(ClassSpec),
+    PutRule(RuleMatch, u32),
+    DeleteRule(RuleMatch),
+    DeleteClass(u32),
+    Detach(String),
+}
+
+/// Operations that turn `dp`'s state into `plan` on `ifaces`. Ordered so
+/// packets never meet a half-built state: interfaces and classes first,
+/// then the rules that point at them; stale rules go before their class.
+pub fn diff<D: Dataplane + ?Sized>(plan: &Plan, dp: &D, ifaces: &BTreeSet<String>) -> Vec<Op> {
+    let attached = dp.interfaces();
+    let mut ops: Vec<Op> = ifaces
+        .difference(&attached)
+        .map(|iface| Op::Attach(iface.clone()))
+        .collect();
+    for (id, planned) in &plan.classes {
+        if dp.classes().get(id) != Some(&planned.spec) {
+            ops.push(Op::PutClass(planned.spec));
+        }
+    }
+    for (rule, id) in &plan.rules {
+        if dp.rules().get(rule) != Some(id) {
+            ops.push(Op::PutRule(*rule, *id));
+        }
+    }
+    for rule in dp.rules().keys() {
+        if !plan.rules.contains_key(rule) {
+            ops.push(Op::DeleteRule(*rule));
+        }
+    }
+    for id in dp.classes().keys() {
+        if !plan.classes.contains_key(id) {
+            ops.push(Op::DeleteClass(*id));
+        }
+    }
+    ops.extend(
+        attached
+            .difference(ifaces)
+            .map(|iface| Op::Detach(iface.clone())),
+    );
+    ops
+}
+
+/// The operation that failed, with the kernel's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{op:?} failed: {source}")]
+pub struct ApplyError {
+    pub op: Op,
+    #[source]
+    pub source: KernelError,
+}
+
+impl ApplyError {
+    /// A bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match &self.source {
+            KernelError::InterfaceNotFound { .. } | KernelError::InvalidInterfaceName { .. } => {
+                "interface"
+            }
+            KernelError::Netlink { .. } | KernelError::ForeignQdisc { .. } => "netlink",
+            KernelError::Map { .. } | KernelError::MapMissing { .. } => "map",
+            KernelError::Attach { .. } | KernelError::ForeignProgram { .. } => "attach",
+            _ => "kernel",
+        }
+    }
+}
+
+/// Applies `ops` in order, stopping at the first failure (the next
+/// reconcile retries from the then-current kernel state).
+pub fn apply<D: Dataplane + ?Sized>(dp: &mut D, ops: &[Op]) -> Result<(), ApplyError> {
+    for op in ops {
+        let result = match op {
+            Op::Attach(iface) => dp.attach(iface).map(|_| ()),
+            Op::PutClass(class) => dp.put_class(class),
+            Op::PutRule(rule, id) => dp.put_rule(rule, *id),
+            Op::DeleteRule(rule) => dp.delete_rule(rule),
+            Op::DeleteClass(id) => dp.delete_class(*id),
+            Op::Detach(iface) => dp.detach(iface).map(|_| ()),
+        };
+        result.map_err(|source| ApplyError {
+            op: op.clone(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// Diffs and applies in one step; returns how many operations it took.
+pub fn converge<D: Dataplane + ?Sized>(
+    dp: &mut D,
+    plan: &Plan,
+    ifaces: &BTreeSet<String>,
+) -> Result<usize, ApplyError> {
+    let ops = diff(plan, dp, ifaces);
+    apply(dp, &ops)?;
+    Ok(ops.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        kernel::{FakeDataplane, Protocol, ShapingMode, Side},
+        plan::PlannedClass,
+        spec::ClaimKey,
+    };
+
+    fn class(id: u32, rate: u64) -> ClassSpec {
+        ClassSpec {
+            class_id: id,
+            mode: ShapingMode::Htb,
+            rate_bytes: rate,
+            ceil_bytes: rate,
+            burst_bytes: 65536,
+            priority: 4,
+            horizon_ns: 0,
+            claim_hash: u64::from(id),
+        }
+    }
+
+    fn rule(host: &str) -> RuleMatch {
+        RuleMatch {
+            side: Side::Destination,
+            addr: host.parse().unwrap(),
+            prefix_len: 32,
+            protocol: Protocol::Tcp,
+            port: 5432,
+        }
+    }
+
+    fn plan_of(classes: &[(u32, u64, &str)]) -> Plan {
+        let mut plan = Plan::default();
+        for (id, rate, host) in classes {
+            plan.classes.insert(
+                *id,
+                PlannedClass {
+                    claim: ClaimKey::new("ns", format!("c{id}")),
+                    spec: class(*id, *rate),
+                },
+            );
+            plan.rules.insert(rule(host), *id);
+        }
+        plan
+    }
+
+    fn ifaces(names: &[&str]) -> BTreeSet<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn empty_kernel_gets_attach_then_classes_then_rules() {
+        let dp = FakeDataplane::default();
+        let ops = diff(&plan_of(&[(7, 1000, "10.0.0.7")]), &dp, &ifaces(&["eth0"]));
+        assert_eq!(
+            ops,
+            vec![
+                Op::Attach("eth0".into()),
+                Op::PutClass(class(7, 1000)),
+                Op::PutRule(rule("10.0.0.7"), 7)
+            ]
+        );
+    }
+
+    #[test]
+    fn applying_twice_is_idempotent() {
+        let mut dp = FakeDataplane::default();
+        let plan = plan_of(&[(7, 1000, "10.0.0.7"), (9, 2000, "10.0.0.9")]);
+        let wanted = ifaces(&["eth0"]);
+        converge(&mut dp, &plan, &wanted).unwrap();
+        assert!(diff(&plan, &dp, &wanted).is_empty());
+    }
+
+    #[test]
+    fn changing_one_claim_touches_only_its_class() {
+        let mut dp = FakeDataplane::default();
+        let wanted = ifaces(&["eth0"]);
+        let before = plan_of(&[(7, 1000, "10.0.0.7"), (9, 2000, "10.0.0.9")]);
+        converge(&mut dp, &before, &wanted).unwrap();
+        dp.log.clear();
+        let after = plan_of(&[(7, 5000, "10.0.0.7"), (9, 2000, "10.0.0.9")]);
+        converge(&mut dp, &after, &wanted).unwrap();
+        assert_eq!(dp.log, vec!["put_class 7".to_string()]);
+    }
+
+    #[test]
+    fn removing_a_claim_removes_its_rule_before_its_class_and_nothing_else() {
+        let mut dp = FakeDataplane::default();
+        let wanted = ifaces(&["eth0"]);
+        converge(
+            &mut dp,
+            &plan_of(&[(7, 1000, "10.0.0.7"), (9, 2000, "10.0.0.9")]),
+            &wanted,
+        )
+        .unwrap();
+        dp.log.clear();
+        converge(&mut dp, &plan_of(&[(9, 2000, "10.0.0.9")]), &wanted).unwrap();
+        assert_eq!(
+            dp.log,
+            vec![
+                "delete_rule Destination 10.0.0.7/32 Tcp:5432".to_string(),
+                "delete_class 7".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_operation_stops_and_the_next_run_resumes() {
+        let mut dp = FakeDataplane::default();
+        let wanted = ifaces(&["eth0"]);
+        let plan = plan_of(&[(7, 1000, "10.0.0.7")]);
+        dp.fail_next = Some("eth0".into());
+        let err = converge(&mut dp, &plan, &wanted).unwrap_err();
+        assert_eq!(err.op, Op::Attach("eth0".into()));
+        assert_eq!(err.reason(), "interface");
+        converge(&mut dp, &plan, &wanted).unwrap();
+        assert!(diff(&plan, &dp, &wanted).is_empty());
+        assert_eq!(dp.classes, BTreeMap::from([(7, class(7, 1000))]));
+    }
+
+    #[test]
+    fn interfaces_no_longer_wanted_are_detached_last() {
+        let mut dp = FakeDataplane::default();
+        converge(&mut dp, &Plan::default(), &ifaces(&["a", "b"])).unwrap();
+        let ops = diff(&plan_of(&[(1, 10, "10.0.0.1")]), &dp, &ifaces(&["a"]));
+        assert_eq!(ops.last(), Some(&Op::Detach("b".into())));
+    }
+}
