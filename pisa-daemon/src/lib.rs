@@ -3,7 +3,14 @@
 //!
 //! `kernel` is the only module that touches aya or netlink.
 
+// Errors here carry their context (claim, field, value, interface) by
+// value and only travel on cold paths; boxing them would buy nothing.
+#![allow(clippy::result_large_err)]
+
 pub mod kernel;
+pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod source;
 pub mod spec;
+pub mod state;

@@ -1,15 +1,24 @@
 //! `pisa-daemon`: the node agent binary.
 
-use std::path::PathBuf;
+mod http;
+mod run;
+mod status;
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use pisa_daemon::kernel::{self, bpffs::DEFAULT_ROOT, Kernel, PinLayout};
+use pisa_daemon::{
+    kernel::{self, bpffs::DEFAULT_ROOT, features, PinLayout},
+    source::file,
+    spec::{units, validate, Limits},
+    state::DEFAULT_STATE_FILE,
+};
 use tracing::info;
 
 /// Pisa-Daemon classifies database traffic with eBPF at tc egress and
-/// shapes it per QoS class. Its kernel state is pinned under a bpffs root
-/// and stays in force when the daemon stops; `cleanup` removes it.
+/// shapes it per QoS class, from QoSClaim objects. Its kernel state is
+/// pinned under a bpffs root and stays in force when the daemon stops.
 #[derive(Debug, Parser)]
 #[command(name = "pisa-daemon", version, about, long_about = None)]
 struct Cli {
@@ -27,21 +36,65 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Load the classifier, attach it at egress of the interfaces, and run
-    /// until SIGTERM/SIGINT. Pinned state is kept on exit, so shaping stays
-    /// in force across restarts; a restarted daemon adopts it.
+    /// Attach at egress of the interfaces and enforce the claims in --config,
+    /// reloading on change, until SIGTERM/SIGINT. Pinned state is kept on
+    /// exit, so shaping stays in force across restarts; a restarted daemon
+    /// adopts it without detaching.
     Run {
+        /// QoSClaim YAML: a multi-document file or a directory of *.yaml.
+        /// Without it, only attach (and count); pinned classes are kept.
+        #[arg(long, value_name = "PATH", env = "PISA_CONFIG")]
+        config: Option<PathBuf>,
         /// Interface to attach to (repeat for several), e.g. --iface eth0.
         #[arg(long = "iface", value_name = "NAME", required = true)]
         ifaces: Vec<String>,
         /// bpffs directory holding the pinned program, maps and links.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_ROOT, env = "PISA_BPFFS")]
         bpffs: PathBuf,
+        /// Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464.
+        #[arg(long, value_name = "ADDR", env = "PISA_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
+        /// Capacity classes share and borrow from on each interface (tc units).
+        #[arg(long, value_name = "RATE", default_value = "10gbit")]
+        link_rate: String,
+        /// Most claims (classes) this node holds.
+        #[arg(long, value_name = "N", default_value_t = 4096)]
+        max_classes: usize,
+        /// Where the daemon publishes its state for `status`.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
     },
-    /// Detach from every interface and remove every pinned object under the
-    /// bpffs root. Touches nothing it did not create.
+    /// Check claim files; print every error. Exit 0 when all are valid.
+    Validate {
+        /// A YAML file or a directory of *.yaml.
+        path: PathBuf,
+        /// Most claims (classes) a node holds.
+        #[arg(long, value_name = "N", default_value_t = 4096)]
+        max_classes: usize,
+    },
+    /// Show classes: claim, mode, rate, ceil, priority, interfaces, bytes,
+    /// current rate and drops.
+    Status {
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_ROOT, env = "PISA_BPFFS")]
+        bpffs: PathBuf,
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_STATE_FILE)]
+        state_file: PathBuf,
+        /// How long to sample the counters for the current rate.
+        #[arg(long, value_name = "MS", default_value_t = 1000)]
+        sample_ms: u64,
+    },
+    /// Detach from every interface and remove every pinned object, qdisc
+    /// and class under the bpffs root. Touches nothing it did not create.
     Cleanup {
         /// bpffs directory holding the pinned program, maps and links.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_ROOT, env = "PISA_BPFFS")]
@@ -54,6 +107,7 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -61,54 +115,96 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    match cli.command {
-        Command::Run { ifaces, bpffs } => run(ifaces, bpffs),
-        Command::Cleanup { bpffs } => cleanup(bpffs),
-    }
-}
-
-fn run(ifaces: Vec<String>, bpffs: PathBuf) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async move {
-        let mut kernel = Kernel::open(PinLayout::new(&bpffs))?;
-        for iface in &ifaces {
-            kernel.attach_egress(iface)?;
+    match dispatch(cli.command) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
         }
-        info!(
-            program_id = kernel.program_id(),
-            "running; SIGTERM or SIGINT to stop"
-        );
-        wait_for_shutdown().await?;
-        info!("stopping; pinned kernel state stays in force (`pisa-daemon cleanup` removes it)");
-        Ok(())
-    })
-}
-
-async fn wait_for_shutdown() -> Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM"),
-        _ = int.recv() => info!("SIGINT"),
     }
-    Ok(())
 }
 
-fn cleanup(bpffs: PathBuf) -> Result<()> {
-    let report = kernel::pinned::cleanup(&PinLayout::new(&bpffs))?;
-    info!(
-        detached = ?report.detached,
-        unpinned = report.unpinned,
-        root = %bpffs.display(),
-        "cleanup done"
-    );
-    Ok(())
+fn dispatch(command: Command) -> Result<bool> {
+    match command {
+        Command::Run {
+            config,
+            ifaces,
+            bpffs,
+            metrics_addr,
+            link_rate,
+            max_classes,
+            state_file,
+        } => {
+            let link_rate_bytes = units::parse_rate_bytes(&link_rate)
+                .with_context(|| format!("--link-rate `{link_rate}`"))?;
+            let args = run::RunArgs {
+                config,
+                ifaces,
+                bpffs,
+                metrics_addr,
+                link_rate_bytes,
+                max_classes,
+                state_file,
+            };
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?
+                .block_on(run::run(args))?;
+            Ok(true)
+        }
+        Command::Validate { path, max_classes } => {
+            let sources = file::read(&path)?;
+            let mut documents = Vec::new();
+            let mut errors = Vec::new();
+            for source in sources {
+                match source.documents {
+                    Ok(docs) => documents.extend(docs),
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            let limits = Limits {
+                max_classes,
+                edt_available: features::probe().sch_fq,
+            };
+            let validated = validate(&documents, limits);
+            errors.extend(validated.errors().iter().map(|e| e.to_string()));
+            for error in &errors {
+                println!("{error}");
+            }
+            let claims = validated.valid.len();
+            if errors.is_empty() {
+                println!("{claims} claim(s) valid");
+            } else {
+                println!("{} error(s); {claims} claim(s) valid", errors.len());
+            }
+            Ok(errors.is_empty())
+        }
+        Command::Status {
+            output,
+            bpffs,
+            state_file,
+            sample_ms,
+        } => status::status(
+            &bpffs,
+            &state_file,
+            matches!(output, Output::Json),
+            Duration::from_millis(sample_ms),
+        ),
+        Command::Cleanup { bpffs } => {
+            let report = kernel::pinned::cleanup(&PinLayout::new(&bpffs))?;
+            info!(
+                detached = ?report.detached,
+                unpinned = report.unpinned,
+                root = %bpffs.display(),
+                "cleanup done"
+            );
+            Ok(true)
+        }
+    }
 }

@@ -123,3 +123,74 @@ fn configured_interfaces(layout: &PinLayout) -> Vec<String> {
         .filter_map(|name| name.into_string().ok())
         .collect()
 }
+
+/// Active classes as recorded in the pinned `CLASS_CONFIG`.
+pub fn classes(
+    layout: &PinLayout,
+) -> Result<std::collections::BTreeMap<u32, super::ClassSpec>, KernelError> {
+    use pisa_daemon_common::{
+        names::MAP_CLASS_CONFIG, ClassConfig, CLASS_STATE_ACTIVE, MAX_CLASSES,
+    };
+    let map = open_map(layout, MAP_CLASS_CONFIG)?;
+    let config: aya::maps::Array<_, ClassConfig> =
+        aya::maps::Array::try_from(map).map_err(|source| KernelError::Map {
+            map: MAP_CLASS_CONFIG,
+            action: "typing pinned",
+            source,
+        })?;
+    let mut out = std::collections::BTreeMap::new();
+    for class_id in 1..MAX_CLASSES {
+        let raw = config
+            .get(&class_id, 0)
+            .map_err(|source| KernelError::Map {
+                map: MAP_CLASS_CONFIG,
+                action: "reading",
+                source,
+            })?;
+        if raw.state != CLASS_STATE_ACTIVE {
+            continue;
+        }
+        let Some(mode) = super::ShapingMode::from_raw(raw.mode) else {
+            continue;
+        };
+        out.insert(
+            class_id,
+            super::ClassSpec {
+                class_id,
+                mode,
+                rate_bytes: raw.rate_bytes,
+                ceil_bytes: raw.ceil_bytes,
+                burst_bytes: raw.burst_bytes,
+                priority: raw.priority,
+                horizon_ns: raw.horizon_ns,
+                claim_hash: raw.claim_hash,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Summed per-CPU counters of `class_ids` from the pinned `CLASS_STATS`.
+pub fn class_stats(
+    layout: &PinLayout,
+    class_ids: impl Iterator<Item = u32>,
+) -> Result<std::collections::BTreeMap<u32, pisa_daemon_common::ClassStats>, KernelError> {
+    use pisa_daemon_common::{names::MAP_CLASS_STATS, ClassStats};
+    let map = open_map(layout, MAP_CLASS_STATS)?;
+    let stats: aya::maps::PerCpuArray<_, ClassStats> = aya::maps::PerCpuArray::try_from(map)
+        .map_err(|source| KernelError::Map {
+            map: MAP_CLASS_STATS,
+            action: "typing pinned",
+            source,
+        })?;
+    let mut out = std::collections::BTreeMap::new();
+    for class_id in class_ids {
+        let per_cpu = stats.get(&class_id, 0).map_err(|source| KernelError::Map {
+            map: MAP_CLASS_STATS,
+            action: "reading",
+            source,
+        })?;
+        out.insert(class_id, super::apply::sum_class_stats(per_cpu.iter()));
+    }
+    Ok(out)
+}

@@ -185,8 +185,10 @@ fn parse(
             valid,
         });
     };
+    // "1.5" and ".5" are numbers; "1.2.3" and "." are not.
+    let well_formed = |w: &str, f: &str| !(f.contains('.') || (w.is_empty() && f.is_empty()));
     let (whole, fraction) = match number.split_once('.') {
-        Some((w, f)) if !f.contains('.') && !(w.is_empty() && f.is_empty()) => (w, f),
+        Some((w, f)) if well_formed(w, f) => (w, f),
         Some(_) => {
             return Err(UnitError::Malformed {
                 value: value.to_owned(),

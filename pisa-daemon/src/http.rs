@@ -1,0 +1,57 @@
+//! `/metrics`, `/healthz` and `/readyz` on the metrics address.
+
+use std::sync::{Arc, Mutex};
+
+use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
+use pisa_daemon::{kernel::Kernel, metrics::Metrics, reconcile::agent::Agent};
+use tracing::error;
+
+#[derive(Clone)]
+struct AppState {
+    metrics: Arc<Metrics>,
+    agent: Arc<Mutex<Agent<Kernel>>>,
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    agent: Arc<Mutex<Agent<Kernel>>>,
+) {
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
+        .with_state(AppState { metrics, agent });
+    if let Err(e) = axum::serve(listener, app).await {
+        error!(error = %e, "metrics server stopped");
+    }
+}
+
+async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    // Reading per-CPU maps is a handful of syscalls: fine on a worker thread.
+    let metrics = state.metrics.clone();
+    match tokio::task::spawn_blocking(move || metrics.encode()).await {
+        Ok(Ok(body)) => (
+            StatusCode::OK,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        _ => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let ready = state.agent.lock().map(|a| a.ready).unwrap_or(false);
+    if ready {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: first reconcile has not succeeded\n",
+        )
+    }
+}

@@ -1,0 +1,243 @@
+//! Prometheus metrics. Kernel counters are read from the per-CPU maps at
+//! scrape time (a collector), so they are never stale and cost nothing
+//! between scrapes. Labels come only from bounded sets: namespace, claim,
+//! class, interface, direction, reason, validity.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{
+        counter::{ConstCounter, Counter},
+        family::Family,
+        gauge::{ConstGauge, Gauge},
+        histogram::{exponential_buckets, Histogram},
+        MetricType,
+    },
+    registry::Registry,
+};
+
+use crate::{kernel::Dataplane, reconcile::agent::Agent};
+use pisa_daemon_common::reason;
+
+type Labels = Vec<(String, String)>;
+/// One class metric: name, help, and how to read it from a sample.
+type ClassMetric = (&'static str, &'static str, fn(&ClassSample) -> u64);
+
+/// Metrics the agent updates itself.
+pub struct Metrics {
+    pub registry: Registry,
+    pub reconcile_runs: Counter,
+    pub reconcile_errors: Family<Labels, Counter>,
+    pub reconcile_duration: Histogram,
+    pub claims: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new(collector: Box<dyn Collector>) -> Self {
+        let mut registry = Registry::default();
+        let reconcile_runs = Counter::default();
+        registry.register(
+            "pisa_reconcile_runs",
+            "Reconcile runs (claims to kernel), successful or not",
+            reconcile_runs.clone(),
+        );
+        let reconcile_errors = Family::<Labels, Counter>::default();
+        registry.register(
+            "pisa_reconcile_errors",
+            "Failed reconcile runs by reason (interface, netlink, map, attach, kernel)",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
+        registry.register(
+            "pisa_reconcile_duration_seconds",
+            "Time one reconcile run took",
+            reconcile_duration.clone(),
+        );
+        let claims = Family::<Labels, Gauge>::default();
+        registry.register(
+            "pisa_agent_claims",
+            "Claims by validity (valid, invalid) in the last update",
+            claims.clone(),
+        );
+        let build_info = Family::<Labels, Gauge>::default();
+        build_info
+            .get_or_create(&vec![("version".into(), env!("CARGO_PKG_VERSION").into())])
+            .set(1);
+        registry.register("pisa_build_info", "Build information", build_info);
+        registry.register_collector(collector);
+        Self {
+            registry,
+            reconcile_runs,
+            reconcile_errors,
+            reconcile_duration,
+            claims,
+        }
+    }
+
+    pub fn set_claims(&self, valid: usize, invalid: usize) {
+        for (validity, count) in [("valid", valid), ("invalid", invalid)] {
+            self.claims
+                .get_or_create(&vec![("validity".into(), validity.into())])
+                .set(count as i64);
+        }
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the kernel's counters through the agent at scrape time.
+pub struct KernelCollector<D: Dataplane + Send + 'static> {
+    pub agent: Arc<Mutex<Agent<D>>>,
+}
+
+impl<D: Dataplane + Send + 'static> std::fmt::Debug for KernelCollector<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KernelCollector")
+    }
+}
+
+struct ClassSample {
+    labels: Labels,
+    rate: u64,
+    ceil: u64,
+    stats: pisa_daemon_common::ClassStats,
+}
+
+impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        // Copy out under the lock; encode without it.
+        let (classes, reasons, ifaces) = {
+            let Ok(agent) = self.agent.lock() else {
+                return Ok(());
+            };
+            let stats = agent.dp.class_stats().unwrap_or_default();
+            let mut classes = Vec::new();
+            for (id, planned) in &agent.plan.classes {
+                classes.push(ClassSample {
+                    labels: vec![
+                        ("namespace".into(), planned.claim.namespace.clone()),
+                        ("claim".into(), planned.claim.name.clone()),
+                        ("class".into(), id.to_string()),
+                        ("mode".into(), planned.spec.mode.name().into()),
+                    ],
+                    rate: planned.spec.rate_bytes,
+                    ceil: planned.spec.ceil_bytes,
+                    stats: stats.get(id).copied().unwrap_or_default(),
+                });
+            }
+            let reasons = agent.dp.reason_stats().unwrap_or_default();
+            let ifaces = agent.dp.interface_stats().unwrap_or_default();
+            (classes, reasons, ifaces)
+        };
+
+        let gauges: [ClassMetric; 2] = [
+            (
+                "pisa_class_rate_bytes_per_second",
+                "Configured guaranteed rate of the class, bytes per second on the wire",
+                |c| c.rate,
+            ),
+            (
+                "pisa_class_ceil_bytes_per_second",
+                "Configured ceiling of the class, bytes per second on the wire",
+                |c| c.ceil,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for class in &classes {
+                ConstGauge::new(value(class) as i64)
+                    .encode(family.encode_family(&class.labels)?)?;
+            }
+        }
+        let counters: [ClassMetric; 4] = [
+            (
+                "pisa_class_bytes",
+                "Bytes the class let through (wire bytes)",
+                |c| c.stats.bytes,
+            ),
+            ("pisa_class_packets", "Packets the class let through", |c| {
+                c.stats.packets
+            }),
+            (
+                "pisa_class_drops",
+                "Packets the class dropped (police, EDT horizon)",
+                |c| c.stats.drops,
+            ),
+            (
+                "pisa_class_delayed",
+                "Packets sent with a future departure time (EDT)",
+                |c| c.stats.delayed,
+            ),
+        ];
+        for (name, help, value) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for class in &classes {
+                ConstCounter::new(value(class)).encode(family.encode_family(&class.labels)?)?;
+            }
+        }
+
+        for (name, help, fail_open) in [
+            (
+                "pisa_dataplane_unmatched_packets",
+                "Packets the program passed unshaped because no class claims them, by reason",
+                false,
+            ),
+            (
+                "pisa_dataplane_failopen_packets",
+                "Packets the program could not parse and passed (fail open), by reason",
+                true,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (index, count) in reasons.iter().enumerate() {
+                if reason::is_fail_open(index as u32) != fail_open {
+                    continue;
+                }
+                let labels: Labels = vec![("reason".into(), reason::NAMES[index].into())];
+                ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+            }
+        }
+
+        {
+            let mut family = encoder.encode_descriptor(
+                "pisa_interface_attached",
+                "1 for each interface the classifier is attached to",
+                None,
+                MetricType::Gauge,
+            )?;
+            for name in ifaces.keys() {
+                let labels: Labels = vec![("interface".into(), name.clone())];
+                ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        for (name, help, bytes) in [
+            (
+                "pisa_interface_packets",
+                "Packets seen at the hook, per interface and direction",
+                false,
+            ),
+            (
+                "pisa_interface_bytes",
+                "Bytes seen at the hook, per interface and direction",
+                true,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (iface, stats) in &ifaces {
+                let labels: Labels = vec![
+                    ("interface".into(), iface.clone()),
+                    ("direction".into(), "egress".into()),
+                ];
+                let value = if bytes { stats.bytes } else { stats.packets };
+                ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! `pisa-daemon run`: the node agent's main loop.
+//!
+//! One task owns reconciling: it reads the claim source, updates the agent
+//! and converges the kernel, then waits for the next trigger (a change of
+//! the source, SIGHUP, or a retry after a failure, with exponential
+//! backoff). Metrics are served by a second task that reads the kernel
+//! through the same agent at scrape time.
+
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use pisa_daemon::{
+    kernel::{Dataplane, Kernel, PinLayout},
+    metrics::{KernelCollector, Metrics},
+    reconcile::agent::Agent,
+    source::file,
+    spec::Limits,
+    state::{self, PublishedClaim, PublishedClass, PublishedState},
+};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info, warn};
+
+pub struct RunArgs {
+    pub config: Option<PathBuf>,
+    pub ifaces: Vec<String>,
+    pub bpffs: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+    pub link_rate_bytes: u64,
+    pub max_classes: usize,
+    pub state_file: PathBuf,
+}
+
+/// How often the source is checked for changes, and how long it must stay
+/// unchanged before a reload (an editor writes in several steps).
+const POLL: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(100);
+const RETRY_MIN: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+type SharedAgent = Arc<Mutex<Agent<Kernel>>>;
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let mut kernel = Kernel::open(PinLayout::new(&args.bpffs))?;
+    kernel.set_link_rate(args.link_rate_bytes);
+    let features = kernel.features();
+    info!(
+        tcx = features.tcx,
+        sch_fq = features.sch_fq,
+        btf = features.btf,
+        "kernel features"
+    );
+    if !features.sch_fq {
+        warn!("sch_fq is not available: claims with mode edt will be rejected on this node");
+    }
+    let limits = Limits {
+        max_classes: args.max_classes,
+        edt_available: features.sch_fq,
+    };
+    let ifaces: BTreeSet<String> = args.ifaces.iter().cloned().collect();
+    let agent: SharedAgent = Arc::new(Mutex::new(Agent::new(kernel, ifaces, limits)));
+    let metrics = Arc::new(Metrics::new(Box::new(KernelCollector {
+        agent: agent.clone(),
+    })));
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics address {addr}"))?;
+        info!(%addr, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(crate::http::serve(listener, metrics.clone(), agent.clone()));
+    }
+
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut fingerprint = args.config.as_deref().map(file::fingerprint);
+    let mut retry = RETRY_MIN;
+    let mut next_retry: Option<Instant> = None;
+    reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+    let mut poll = tokio::time::interval(POLL);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM"); break; }
+            _ = int.recv() => { info!("SIGINT"); break; }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading claims");
+                reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+            }
+            _ = poll.tick() => {
+                let changed = match (&args.config, fingerprint) {
+                    (Some(path), Some(old)) => {
+                        let new = file::fingerprint(path);
+                        if new != old {
+                            // Let the writer finish, then take the settled content.
+                            tokio::time::sleep(DEBOUNCE).await;
+                            fingerprint = Some(file::fingerprint(path));
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                    _ => false,
+                };
+                let due = next_retry.is_some_and(|t| Instant::now() >= t);
+                if changed {
+                    info!("claims changed: reloading");
+                }
+                if changed || due {
+                    reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+                }
+            }
+        }
+    }
+    info!("stopping; pinned kernel state stays in force (`pisa-daemon cleanup` removes it)");
+    Ok(())
+}
+
+fn reconcile_once(
+    args: &RunArgs,
+    agent: &SharedAgent,
+    metrics: &Metrics,
+    retry: &mut Duration,
+    next_retry: &mut Option<Instant>,
+) {
+    let started = Instant::now();
+    let Ok(mut agent) = agent.lock() else {
+        error!("agent lock poisoned");
+        return;
+    };
+    metrics.reconcile_runs.inc();
+    let result = match &args.config {
+        Some(path) => match file::read(path) {
+            Ok(sources) => {
+                agent.update(&sources);
+                for message in &agent.source_errors {
+                    warn!(%message, "claim source error");
+                }
+                for status in agent.statuses.values() {
+                    if status.phase == pisa_daemon::reconcile::agent::Phase::Invalid {
+                        warn!(claim = %status.claim, message = %status.message, "invalid claim");
+                    }
+                }
+                let (valid, invalid) = agent.validity();
+                metrics.set_claims(valid, invalid);
+                agent.reconcile().map_err(|e| (e.reason(), e.to_string()))
+            }
+            Err(e) => Err(("source", e.to_string())),
+        },
+        // No claim source: only keep the interfaces attached; classes and
+        // rules already pinned are left exactly as they are.
+        None => attach_only(&mut agent),
+    };
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let last_error = match result {
+        Ok(ops) => {
+            if ops > 0 {
+                info!(
+                    ops,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "reconciled"
+                );
+            }
+            *retry = RETRY_MIN;
+            *next_retry = None;
+            None
+        }
+        Err((reason, message)) => {
+            metrics
+                .reconcile_errors
+                .get_or_create(&vec![("reason".into(), reason.into())])
+                .inc();
+            error!(%message, retry_in_ms = retry.as_millis() as u64, "reconcile failed");
+            *next_retry = Some(Instant::now() + *retry);
+            *retry = (*retry * 2).min(RETRY_MAX);
+            Some(message)
+        }
+    };
+    publish(args, &agent, last_error);
+}
+
+fn attach_only(agent: &mut Agent<Kernel>) -> Result<usize, (&'static str, String)> {
+    let wanted: Vec<String> = agent.ifaces.iter().cloned().collect();
+    let attached = agent.dp.interfaces();
+    let mut count = 0;
+    for iface in wanted.iter().filter(|i| !attached.contains(*i)) {
+        agent
+            .dp
+            .attach(iface)
+            .map_err(|e| ("attach", e.to_string()))?;
+        count += 1;
+    }
+    agent.ready = true;
+    Ok(count)
+}
+
+fn publish(args: &RunArgs, agent: &Agent<Kernel>, last_error: Option<String>) {
+    let state = PublishedState {
+        pid: std::process::id(),
+        bpffs: args.bpffs.clone(),
+        interfaces: agent.ifaces.iter().cloned().collect(),
+        classes: agent
+            .plan
+            .classes
+            .values()
+            .map(|p| PublishedClass {
+                claim: p.claim.to_string(),
+                class_id: p.spec.class_id,
+                mode: p.spec.mode.name().into(),
+                rate_bytes: p.spec.rate_bytes,
+                ceil_bytes: p.spec.ceil_bytes,
+                priority: p.spec.priority,
+            })
+            .collect(),
+        claims: agent.statuses.values().map(PublishedClaim::from).collect(),
+        source_errors: agent.source_errors.clone(),
+        last_error,
+    };
+    if let Err(e) = state::write(&args.state_file, &state) {
+        warn!(error = %e, "could not publish state for `pisa-daemon status`");
+    }
+}

@@ -1,0 +1,4 @@
+//! Where desired state comes from. `file`: a YAML file or a directory of
+//! them (the embedded default).
+
+pub mod file;

@@ -1,0 +1,98 @@
+//! The agent's published state: a JSON file rewritten after every
+//! reconcile (atomically, by rename), read by `pisa-daemon status`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::agent::ClaimStatus;
+
+pub const DEFAULT_STATE_FILE: &str = "/run/pisa/state.json";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishedClass {
+    pub claim: String,
+    pub class_id: u32,
+    pub mode: String,
+    pub rate_bytes: u64,
+    pub ceil_bytes: u64,
+    pub priority: u8,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishedState {
+    pub pid: u32,
+    pub bpffs: PathBuf,
+    pub interfaces: Vec<String>,
+    pub classes: Vec<PublishedClass>,
+    pub claims: Vec<PublishedClaim>,
+    pub source_errors: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+/// `ClaimStatus` in its serialised form (status reads it back).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PublishedClaim {
+    pub claim: String,
+    pub phase: String,
+    pub message: String,
+    pub class_id: Option<u32>,
+}
+
+impl From<&ClaimStatus> for PublishedClaim {
+    fn from(s: &ClaimStatus) -> Self {
+        Self {
+            claim: s.claim.clone(),
+            phase: format!("{:?}", s.phase),
+            message: s.message.clone(),
+            class_id: s.class_id,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("writing state file `{path}` failed: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading state file `{path}` failed: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file `{path}` is not valid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub fn write(path: &Path, state: &PublishedState) -> Result<(), StateError> {
+    let err = |source| StateError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, body).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+pub fn read(path: &Path) -> Result<PublishedState, StateError> {
+    let body = std::fs::read(path).map_err(|source| StateError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_slice(&body).map_err(|source| StateError::Parse {
+        path: path.to_path_buf(),
+        source,
+    })
+}
