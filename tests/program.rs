@@ -87,6 +87,7 @@ impl Harness {
                 burst_bytes,
                 priority: 3,
                 horizon_ns: 2_000_000_000,
+                claim_hash: 0,
             })
             .expect("put_class");
     }
@@ -432,6 +433,7 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
             burst_bytes: 0,
             priority: 3,
             horizon_ns: 2_500_000,
+            claim_hash: 0,
         })
         .expect("edt class");
     h.rule(Side::Destination, "10.8.0.9/32", Protocol::Tcp, 0, 9);

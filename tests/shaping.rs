@@ -27,6 +27,7 @@ fn class(kernel: &mut Kernel, id: u32, mode: ShapingMode, rate: u64, ceil: u64, 
             burst_bytes: burst,
             priority: 3,
             horizon_ns: 2_000_000_000,
+            claim_hash: 0,
         })
         .expect("put_class");
 }
