@@ -46,6 +46,11 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 type SharedAgent = Arc<Mutex<Agent<Kernel>>>;
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    // A mistyped --iface fails fast; an interface that disappears later
+    // (a pod going away) is retried by the reconcile loop instead.
+    for iface in &args.ifaces {
+        pisa_daemon::kernel::iface::lookup(iface)?;
+    }
     let mut kernel = Kernel::open(PinLayout::new(&args.bpffs))?;
     kernel.set_link_rate(args.link_rate_bytes);
     let features = kernel.features();
