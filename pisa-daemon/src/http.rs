@@ -27,16 +27,33 @@ pub async fn serve(
     }
 }
 
-async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics_handler(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let openmetrics = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
     // Reading per-CPU maps is a handful of syscalls: fine on a worker thread.
     let metrics = state.metrics.clone();
-    match tokio::task::spawn_blocking(move || metrics.encode()).await {
+    let encoded = tokio::task::spawn_blocking(move || {
+        if openmetrics {
+            metrics.encode()
+        } else {
+            metrics.encode_classic()
+        }
+    })
+    .await;
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
+    match encoded {
         Ok(Ok(body)) => (
             StatusCode::OK,
-            [(
-                axum::http::header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [(axum::http::header::CONTENT_TYPE, content_type)],
             body,
         )
             .into_response(),

@@ -256,22 +256,47 @@ impl Drop for BpffsRoot {
     }
 }
 
-/// A child process killed (SIGKILL) and reaped on drop.
+/// A child process killed (SIGKILL) and reaped on drop. Its stderr (if
+/// piped) is drained by a thread, so a chatty child never blocks on a full
+/// pipe, and the text is kept for assertions.
 pub struct ChildGuard {
     pub child: Option<Child>,
     what: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
 }
 
 impl ChildGuard {
-    pub fn new(child: Child, what: String) -> Self {
+    pub fn new(mut child: Child, what: String) -> Self {
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = pipe.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if let Ok(mut text) = sink.lock() {
+                        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    }
+                }
+            });
+        }
         Self {
             child: Some(child),
             what,
+            stderr,
         }
     }
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Everything the child wrote to stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
     /// Sends `signal` and waits up to `timeout` for exit; returns the status.
@@ -282,6 +307,8 @@ impl ChildGuard {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("waiting for child") {
+                // Give the drain thread a moment to read the last lines.
+                std::thread::sleep(Duration::from_millis(50));
                 return status;
             }
             if Instant::now() > deadline {
@@ -300,12 +327,12 @@ impl ChildGuard {
     pub fn assert_running(&mut self) {
         let child = self.child.as_mut().expect("child already reaped");
         if let Some(status) = child.try_wait().expect("waiting for child") {
-            let mut err = String::new();
-            if let Some(mut stderr) = child.stderr.take() {
-                use std::io::Read;
-                let _ = stderr.read_to_string(&mut err);
-            }
-            panic!("{} exited early ({status}): {err}", self.what);
+            std::thread::sleep(Duration::from_millis(50));
+            panic!(
+                "{} exited early ({status}): {}",
+                self.what,
+                self.stderr_text()
+            );
         }
     }
 }

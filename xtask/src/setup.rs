@@ -23,6 +23,8 @@ pub const PACKAGES: &[&str] = &[
     "procps",
     "iputils-ping",
     "util-linux",
+    // promtool checks the live /metrics; Prometheus itself scrapes in tests.
+    "prometheus",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,0 +1,478 @@
+//! The real `pisa-daemon run --config …` on the routed netns topology:
+//! claims in a file become shaped traffic; edits land within a second and
+//! touch only their class; invalid edits keep the last good state; the
+//! kernel state outlives the process (SIGTERM and SIGKILL).
+
+mod support;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+const SIGTERM: i32 = 15;
+const SIGKILL: i32 = 9;
+
+struct Daemon {
+    guard: ChildGuard,
+    metrics: String,
+    state_file: PathBuf,
+}
+
+struct Setup {
+    topo: Routed,
+    root: BpffsRoot,
+    dir: TempDir,
+}
+
+/// A temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let path = std::env::temp_dir().join(unique("pcfg"));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn claim(name: &str, rate: &str, server: &str, port: u16) -> String {
+    format!(
+        "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+         metadata: {{name: {name}, namespace: shop}}\nspec:\n  trafficQoS:\n    name: {name}\n    \
+         qos_group: {{rate: {rate}}}\n    direction: to\n    burst: 64kb\n    \
+         endpoints: [{{host: {server}, port: {port}}}]\n---\n"
+    )
+}
+
+impl Setup {
+    fn new() -> Self {
+        require_root();
+        Self {
+            topo: Routed::new(),
+            root: BpffsRoot::new(),
+            dir: TempDir::new(),
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.0.join("claims.yaml")
+    }
+
+    fn write_claims(&self, a_rate: &str, b_rate: &str) {
+        let body = claim("alpha", a_rate, self.topo.server_ip(), 5201)
+            + &claim("beta", b_rate, self.topo.server_ip(), 5202);
+        // Write then rename, as editors and config management do.
+        let tmp = self.dir.0.join(".claims.tmp");
+        std::fs::write(&tmp, body).expect("writing claims");
+        std::fs::rename(&tmp, self.config()).expect("renaming claims");
+    }
+
+    fn start(&self, port: u16) -> Daemon {
+        let metrics = format!("127.0.0.1:{port}");
+        let state_file = self.dir.0.join("state.json");
+        let guard = spawn_daemon(&[
+            "run",
+            "--config",
+            self.config().to_str().unwrap(),
+            "--iface",
+            self.topo.to_server(),
+            "--bpffs",
+            self.root.as_str(),
+            "--metrics-addr",
+            &metrics,
+            "--state-file",
+            state_file.to_str().unwrap(),
+        ]);
+        let mut daemon = Daemon {
+            guard,
+            metrics,
+            state_file,
+        };
+        wait_until(
+            "the daemon to become ready",
+            Duration::from_secs(20),
+            || {
+                daemon.guard.assert_running();
+                http_get(&daemon.metrics, "/readyz").is_some_and(|(code, _)| code == 200)
+            },
+        );
+        daemon
+    }
+}
+
+/// A minimal HTTP/1.0 GET: (status code, body).
+fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((code, body))
+}
+
+/// `tc -s class show` for one HTB class: (rate text, sent bytes).
+fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
+    let out = sh("tc", &["-s", "class", "show", "dev", iface]);
+    let handle = format!("class htb 5150:{class_id:x} ");
+    let mut lines = out.lines();
+    while let Some(line) = lines.next() {
+        if !line.starts_with(&handle) {
+            continue;
+        }
+        let rate = line
+            .split(" rate ")
+            .nth(1)?
+            .split_whitespace()
+            .next()?
+            .to_owned();
+        let sent = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+        return Some((rate, sent));
+    }
+    None
+}
+
+fn class_id_of(state_file: &Path, claim: &str) -> u32 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state_file).expect("state file"))
+            .expect("state JSON");
+    state["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"] == claim)
+        .and_then(|c| c["class_id"].as_u64())
+        .unwrap_or_else(|| panic!("no class for {claim} in {state}")) as u32
+}
+
+fn metric_value(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn claims_file_shapes_edits_land_within_a_second_and_only_touch_their_class() {
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let mut daemon = s.start(19464);
+    let alpha = class_id_of(&daemon.state_file, "shop/alpha");
+    let beta = class_id_of(&daemon.state_file, "shop/beta");
+    assert_eq!(tc_class(s.topo.to_server(), alpha).unwrap().0, "10Mbit");
+    assert_eq!(tc_class(s.topo.to_server(), beta).unwrap().0, "20Mbit");
+
+    // Shaping matches the claim, on the wire.
+    let _a_server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
+    let _b_server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5202);
+    {
+        let _a = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 7);
+        std::thread::sleep(Duration::from_secs(1));
+        let bps = measure_wire_bps(s.topo.to_server(), Duration::from_secs(5));
+        let ratio = bps / 10e6;
+        eprintln!(
+            "alpha at 10mbit: {:.2} Mbit/s (ratio {ratio:.3})",
+            bps / 1e6
+        );
+        assert!(
+            (0.97..=1.03).contains(&ratio),
+            "alpha shaped to {:.2} Mbit/s",
+            bps / 1e6
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Beta runs while alpha's rate is edited.
+    let _b = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5202, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, alpha_sent_before) = tc_class(s.topo.to_server(), alpha).unwrap();
+    let (_, beta_sent_before) = tc_class(s.topo.to_server(), beta).unwrap();
+    let beta_start = Instant::now();
+    let edited = Instant::now();
+    s.write_claims("30mbit", "20mbit");
+    wait_until(
+        "the kernel to show alpha's new rate",
+        Duration::from_secs(1),
+        || tc_class(s.topo.to_server(), alpha).is_some_and(|(rate, _)| rate == "30Mbit"),
+    );
+    eprintln!("edit reached the kernel in {:?}", edited.elapsed());
+    // bpftool agrees: CLASS_CONFIG holds the new rate in bytes/s.
+    let config = bpftool_json(&[
+        "map",
+        "lookup",
+        "pinned",
+        s.root.layout().map("CLASS_CONFIG").to_str().unwrap(),
+        "key",
+        &(alpha & 0xff).to_string(),
+        &((alpha >> 8) & 0xff).to_string(),
+        "0",
+        "0",
+    ]);
+    assert_eq!(
+        config["formatted"]["value"]["rate_bytes"], 3_750_000,
+        "{config}"
+    );
+
+    std::thread::sleep(Duration::from_secs(3));
+    let (beta_rate, beta_sent_after) = tc_class(s.topo.to_server(), beta).unwrap();
+    let (_, alpha_sent_after) = tc_class(s.topo.to_server(), alpha).unwrap();
+    assert_eq!(beta_rate, "20Mbit", "beta's class is untouched");
+    // Counters that keep growing prove the classes were changed in place,
+    // never deleted and re-added (which would reset them and their queue).
+    assert!(
+        alpha_sent_after >= alpha_sent_before,
+        "alpha's class was re-created"
+    );
+    assert!(
+        beta_sent_after > beta_sent_before,
+        "beta's class was re-created"
+    );
+    let beta_bps =
+        (beta_sent_after - beta_sent_before) as f64 * 8.0 / beta_start.elapsed().as_secs_f64();
+    eprintln!("beta across the edit: {:.2} Mbit/s", beta_bps / 1e6);
+    assert!(
+        (0.95..=1.05).contains(&(beta_bps / 20e6)),
+        "beta lost throughput across alpha's edit: {:.2} Mbit/s",
+        beta_bps / 1e6
+    );
+    daemon.guard.assert_running();
+}
+
+#[test]
+fn invalid_edit_keeps_last_good_state_and_reports_everywhere() {
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let mut daemon = s.start(19465);
+    let alpha = class_id_of(&daemon.state_file, "shop/alpha");
+
+    s.write_claims("10mps", "25mbit");
+    // The valid part of the edit lands: beta moves to 25 Mbit.
+    let beta = class_id_of(&daemon.state_file, "shop/beta");
+    wait_until("beta's new rate", Duration::from_secs(2), || {
+        tc_class(s.topo.to_server(), beta).is_some_and(|(rate, _)| rate == "25Mbit")
+    });
+    // Alpha keeps its last good state.
+    assert_eq!(tc_class(s.topo.to_server(), alpha).unwrap().0, "10Mbit");
+
+    let (_, metrics) = http_get(&daemon.metrics, "/metrics").expect("metrics");
+    assert_eq!(
+        metric_value(&metrics, "pisa_agent_claims{validity=\"invalid\"}"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, "pisa_agent_claims{validity=\"valid\"}"),
+        Some(1.0)
+    );
+
+    let out = std::process::Command::new(daemon_bin())
+        .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
+        .arg(&daemon.state_file)
+        .args(["--sample-ms", "100"])
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success(),
+        "status exits non-zero while a claim is invalid"
+    );
+    assert!(table.contains("INVALID shop/alpha"), "{table}");
+    assert!(table.contains("unknown unit `mps`"), "{table}");
+    assert!(
+        table.contains("the last good version stays in force"),
+        "{table}"
+    );
+
+    let status = daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10));
+    assert!(status.success());
+    let log = daemon.guard.stderr_text();
+    assert!(
+        log.contains("invalid claim") && log.contains("unknown unit `mps`"),
+        "{log}"
+    );
+}
+
+#[test]
+fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let mut daemon = s.start(19466);
+    let prog_before = bpftool_json(&[
+        "prog",
+        "show",
+        "pinned",
+        s.root.layout().program("pisa_tc_egress").to_str().unwrap(),
+    ])["id"]
+        .clone();
+    let maps_before = bpftool_json(&[
+        "map",
+        "show",
+        "pinned",
+        s.root.layout().map("CLASS_CONFIG").to_str().unwrap(),
+    ])["id"]
+        .clone();
+    let link_before = bpftool_json(&[
+        "link",
+        "show",
+        "pinned",
+        s.root
+            .layout()
+            .egress_link(s.topo.to_server())
+            .to_str()
+            .unwrap(),
+    ])["id"]
+        .clone();
+
+    let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
+    let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 14);
+    std::thread::sleep(Duration::from_secs(1));
+
+    // SIGKILL mid-transfer: nothing runs, the kernel keeps shaping.
+    let started = Instant::now();
+    let start_bytes = tx_bytes(s.topo.to_server());
+    daemon
+        .guard
+        .signal_and_wait(SIGKILL, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(3));
+    let dead_bps =
+        (tx_bytes(s.topo.to_server()) - start_bytes) as f64 * 8.0 / started.elapsed().as_secs_f64();
+    eprintln!("while the daemon was dead: {:.2} Mbit/s", dead_bps / 1e6);
+    assert!(
+        dead_bps <= 10e6 * 1.05,
+        "unshaped while dead: {:.2} Mbit/s",
+        dead_bps / 1e6
+    );
+    assert!(
+        dead_bps >= 10e6 * 0.9,
+        "traffic stalled while dead: {:.2} Mbit/s",
+        dead_bps / 1e6
+    );
+
+    // The restarted daemon adopts the same program, maps and link.
+    let mut daemon = s.start(19466);
+    let ids_after = (
+        bpftool_json(&[
+            "prog",
+            "show",
+            "pinned",
+            s.root.layout().program("pisa_tc_egress").to_str().unwrap(),
+        ])["id"]
+            .clone(),
+        bpftool_json(&[
+            "map",
+            "show",
+            "pinned",
+            s.root.layout().map("CLASS_CONFIG").to_str().unwrap(),
+        ])["id"]
+            .clone(),
+        bpftool_json(&[
+            "link",
+            "show",
+            "pinned",
+            s.root
+                .layout()
+                .egress_link(s.topo.to_server())
+                .to_str()
+                .unwrap(),
+        ])["id"]
+            .clone(),
+    );
+    assert_eq!(
+        ids_after,
+        (prog_before, maps_before, link_before),
+        "adopted, not re-created"
+    );
+
+    // SIGTERM, then start again: shaped across the gap too.
+    let started = Instant::now();
+    let start_bytes = tx_bytes(s.topo.to_server());
+    let status = daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10));
+    assert!(status.success());
+    std::thread::sleep(Duration::from_secs(1));
+    let mut daemon = s.start(19466);
+    std::thread::sleep(Duration::from_secs(2));
+    let gap_bps =
+        (tx_bytes(s.topo.to_server()) - start_bytes) as f64 * 8.0 / started.elapsed().as_secs_f64();
+    eprintln!("across SIGTERM and restart: {:.2} Mbit/s", gap_bps / 1e6);
+    assert!(
+        gap_bps <= 10e6 * 1.05,
+        "unshaped across restart: {:.2} Mbit/s",
+        gap_bps / 1e6
+    );
+    daemon.guard.assert_running();
+}
+
+#[test]
+fn live_metrics_pass_promtool_check_metrics() {
+    require_tool("promtool");
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let daemon = s.start(19467);
+    sh(
+        "ping",
+        &["-c", "2", "-i", "0.2", "-W", "1", s.topo.server_ip()],
+    );
+    let (code, body) = http_get(&daemon.metrics, "/metrics").expect("metrics");
+    assert_eq!(code, 200);
+    for name in [
+        "pisa_class_rate_bytes_per_second{",
+        "pisa_class_bytes_total{",
+        "pisa_class_drops_total{",
+        "pisa_dataplane_unmatched_packets_total{reason=\"unmatched\"}",
+        "pisa_dataplane_failopen_packets_total{reason=\"truncated\"}",
+        "pisa_reconcile_runs_total",
+        "pisa_reconcile_duration_seconds_bucket",
+        "pisa_agent_claims{validity=\"valid\"} 2",
+        "pisa_build_info{version=",
+        "pisa_interface_attached{interface=",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}:\n{body}");
+    }
+    assert_eq!(
+        metric_value(
+            &body,
+            "pisa_class_rate_bytes_per_second{namespace=\"shop\",claim=\"alpha\""
+        ),
+        Some(1_250_000.0)
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    // Without an OpenMetrics Accept header the daemon serves the classic
+    // text format, which is what promtool parses.
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, _) = http_get(&daemon.metrics, "/healthz").unwrap();
+    assert_eq!(code, 200);
+}
