@@ -125,22 +125,6 @@ pub fn openmetrics_to_classic(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classic_format_names_counter_families_like_their_samples() {
-        let om = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\nx_bytes_total{a=\"1\"} 5\n\
-                  # HELP g A gauge.\n# TYPE g gauge\n# UNIT g seconds\ng 1\n# EOF\n";
-        assert_eq!(
-            openmetrics_to_classic(om),
-            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"1\"} 5\n\
-             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
-        );
-    }
-}
-
 /// Reads the kernel's counters through the agent at scrape time.
 pub struct KernelCollector<D: Dataplane + Send + 'static> {
     pub agent: Arc<Mutex<Agent<D>>>,
@@ -289,5 +273,21 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_names_counter_families_like_their_samples() {
+        let om = "# HELP x_bytes Bytes.\n# TYPE x_bytes counter\nx_bytes_total{a=\"1\"} 5\n\
+                  # HELP g A gauge.\n# TYPE g gauge\n# UNIT g seconds\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_classic(om),
+            "# HELP x_bytes_total Bytes.\n# TYPE x_bytes_total counter\nx_bytes_total{a=\"1\"} 5\n\
+             # HELP g A gauge.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }
