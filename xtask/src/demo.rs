@@ -47,52 +47,25 @@ pub fn run() -> Result<()> {
     result
 }
 
-fn demo(daemon: &str) -> Result<()> {
-    println!("\n== starting pisa-daemon on the host-side veths");
-    let mut agent = Guard(
-        Command::new(daemon)
-            .args([
-                "run",
-                "--iface",
-                HOST_TO_DB,
-                "--iface",
-                HOST_TO_CLIENT,
-                "--bpffs",
-                BPFFS,
-            ])
-            .spawn()
-            .context("starting pisa-daemon")?,
-    );
-    for _ in 0..100 {
-        if std::path::Path::new(&format!("{BPFFS}/links/{HOST_TO_CLIENT}-egress")).exists() {
-            break;
-        }
-        if let Some(status) = agent.0.try_wait()? {
-            bail!("pisa-daemon exited: {status}");
-        }
-        sleep(Duration::from_millis(100));
-    }
+const CLAIMS: &str = "/tmp/pisa-demo-claims.yaml";
+const STATE: &str = "/tmp/pisa-demo-state.json";
 
-    println!("\n== iperf3: client pod -> database node, 3 s of TCP");
-    let _server = Guard(
-        Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                DB_NS,
-                "iperf3",
-                "-s",
-                "-B",
-                "10.66.2.2",
-                "-p",
-                "5201",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .context("starting iperf3 server")?,
-    );
-    sleep(Duration::from_millis(500));
-    cmd(
+fn claims(catalogue_rate: &str) -> String {
+    format!(
+        "# Pisanix's own form (binds to a VirtualDatabase; no endpoints: pending here)\n\
+         apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+         metadata: {{name: legacy, namespace: demo}}\nspec:\n  trafficQoS:\n    name: legacy\n    \
+         qos_group: {{rate: 10mbit, ceil: 20mbit}}\n---\n\
+         # Extended form: requests to the database on port 5201\n\
+         apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+         metadata: {{name: catalogue, namespace: demo}}\nspec:\n  trafficQoS:\n    name: catalogue\n    \
+         qos_group: {{rate: {catalogue_rate}}}\n    priority: burstable\n    burst: 64kb\n    \
+         direction: to\n    endpoints:\n      - {{host: 10.66.2.2, port: 5201, protocol: TCP}}\n"
+    )
+}
+
+fn iperf3(port: &str) -> Result<()> {
+    let out = output(
         "ip",
         &[
             "netns",
@@ -102,33 +75,140 @@ fn demo(daemon: &str) -> Result<()> {
             "-c",
             "10.66.2.2",
             "-p",
-            "5201",
+            port,
             "-t",
             "3",
+            "-J",
         ],
     )?;
+    let report: serde_json::Value = serde_json::from_str(&out).context("iperf3 JSON")?;
+    let bps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 reported no goodput")?;
+    println!(
+        "   goodput {:.1} Mbit/s (wire rate is about 1514/1448 of that)",
+        bps / 1e6
+    );
+    Ok(())
+}
 
-    println!("\n== bpftool prog show name pisa_tc_egress");
+fn demo(daemon: &str) -> Result<()> {
+    std::fs::write(CLAIMS, claims("10mbit")).context("writing the demo claims")?;
+    println!("\n== claims ({CLAIMS})\n{}", claims("10mbit"));
+    cmd(daemon, &["validate", CLAIMS])?;
+
+    println!("\n== starting pisa-daemon on the host-side veths");
+    let mut agent = Guard(
+        Command::new(daemon)
+            .args([
+                "run",
+                "--config",
+                CLAIMS,
+                "--iface",
+                HOST_TO_DB,
+                "--iface",
+                HOST_TO_CLIENT,
+            ])
+            .args([
+                "--bpffs",
+                BPFFS,
+                "--metrics-addr",
+                "127.0.0.1:9464",
+                "--state-file",
+                STATE,
+            ])
+            .spawn()
+            .context("starting pisa-daemon")?,
+    );
+    for _ in 0..100 {
+        if std::path::Path::new(STATE).exists() {
+            break;
+        }
+        if let Some(status) = agent.0.try_wait()? {
+            bail!("pisa-daemon exited: {status}");
+        }
+        sleep(Duration::from_millis(100));
+    }
+    let _servers: Vec<Guard> = ["5201", "5202"]
+        .iter()
+        .map(|port| {
+            Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    DB_NS,
+                    "iperf3",
+                    "-s",
+                    "-B",
+                    "10.66.2.2",
+                    "-p",
+                    port,
+                ])
+                .stdout(Stdio::null())
+                .spawn()
+                .map(Guard)
+                .context("starting iperf3 server")
+        })
+        .collect::<Result<_>>()?;
+    sleep(Duration::from_millis(500));
+
+    println!("\n== iperf3 to the database, port 5201 (claim demo/catalogue, 10mbit)");
+    iperf3("5201")?;
+    println!("\n== iperf3 to the database, port 5202 (no claim: unshaped)");
+    iperf3("5202")?;
+
+    println!("\n== editing the claim to 40mbit; the daemon reloads within a second");
+    std::fs::write(CLAIMS, claims("40mbit"))?;
+    sleep(Duration::from_millis(800));
+    iperf3("5201")?;
+
+    println!("\n== pisa-daemon status");
+    cmd(
+        daemon,
+        &[
+            "status",
+            "--bpffs",
+            BPFFS,
+            "--state-file",
+            STATE,
+            "--sample-ms",
+            "200",
+        ],
+    )
+    .ok();
+    println!("\n== tc -s class show dev {HOST_TO_DB}");
     print!(
         "{}",
-        output("bpftool", &["prog", "show", "name", "pisa_tc_egress"])?
+        output("tc", &["-s", "class", "show", "dev", HOST_TO_DB])?
     );
-    println!("\n== bpftool map dump pinned {BPFFS}/maps/IFACE_STATS");
-    print!(
-        "{}",
-        output(
-            "bpftool",
-            &[
-                "map",
-                "dump",
-                "pinned",
-                &format!("{BPFFS}/maps/IFACE_STATS")
-            ]
-        )?
-    );
-    println!("\n== kernel interface counters for comparison (ip -s link)");
-    for iface in [HOST_TO_DB, HOST_TO_CLIENT] {
-        print!("{}", output("ip", &["-s", "link", "show", iface])?);
+    println!("\n== bpftool map dump pinned {BPFFS}/maps/CLASS_STATS (non-zero entries)");
+    let dump = output(
+        "bpftool",
+        &[
+            "-j",
+            "map",
+            "dump",
+            "pinned",
+            &format!("{BPFFS}/maps/CLASS_STATS"),
+        ],
+    )?;
+    let entries: serde_json::Value = serde_json::from_str(&dump)?;
+    for entry in entries.as_array().into_iter().flatten() {
+        let busy = entry["formatted"]["values"].as_array().is_some_and(|v| {
+            v.iter()
+                .any(|c| c["value"]["packets"].as_u64().unwrap_or(0) > 0)
+        });
+        if busy {
+            println!("{}", serde_json::to_string(&entry["formatted"])?);
+        }
+    }
+    println!("\n== a scrape of /metrics (class series)");
+    for line in output("curl", &["-s", "http://127.0.0.1:9464/metrics"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("pisa_class_") || l.starts_with("pisa_agent_claims"))
+    {
+        println!("{line}");
     }
 
     println!("\n== SIGTERM: the daemon exits, its pinned state stays in force");
@@ -136,7 +216,7 @@ fn demo(daemon: &str) -> Result<()> {
     unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
     let status = agent.0.wait()?;
     println!("pisa-daemon exited: {status}");
-    print!("{}", output("ls", &["-R", BPFFS])?);
+    iperf3("5201")?;
     println!("\n== pisa-daemon cleanup --bpffs {BPFFS}");
     cmd(daemon, &["cleanup", "--bpffs", BPFFS])?;
     println!("\ndemo: done (topology removed)");

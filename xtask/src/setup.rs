@@ -25,6 +25,7 @@ pub const PACKAGES: &[&str] = &[
     "util-linux",
     // promtool checks the live /metrics; Prometheus itself scrapes in tests.
     "prometheus",
+    "curl",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
