@@ -1,6 +1,7 @@
 //! Developer tasks: `cargo xtask <task>`. This is where shelling out is fine:
 //! installing packages, driving cargo, building demo topologies.
 
+mod bench;
 mod demo;
 mod setup;
 mod shell;
@@ -33,6 +34,12 @@ enum Task {
     },
     /// Setup, build, and shape real traffic in a throwaway network topology.
     Demo,
+    /// Run benchmarks and record them in docs/benchmarks.md.
+    Bench {
+        /// dataplane, agent, or all.
+        #[arg(default_value = "all")]
+        which: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -41,5 +48,6 @@ fn main() -> Result<()> {
         Task::BuildEbpf => setup::build_release(),
         Task::Test { filter, no_setup } => test::run(filter.as_deref(), no_setup),
         Task::Demo => demo::run(),
+        Task::Bench { which } => bench::run(&which),
     }
 }

@@ -76,6 +76,8 @@ pub enum RootQdisc {
     KernelDefault { kind: String },
     /// Our HTB tree.
     Ours,
+    /// Our sch_fq (EDT pacing), same handle major.
+    OursFq,
     /// Somebody else's qdisc: do not touch.
     Foreign { kind: String, handle: u32 },
 }
@@ -102,6 +104,9 @@ pub fn root_qdisc(nl: &mut RtNetlink, ifindex: u32) -> Result<RootQdisc, Netlink
         let handle = u32::from(msg.header.handle.major) << 16 | u32::from(msg.header.handle.minor);
         if kind == "htb" && msg.header.handle.major == HTB_MAJOR {
             return Ok(RootQdisc::Ours);
+        }
+        if kind == "fq" && msg.header.handle.major == HTB_MAJOR {
+            return Ok(RootQdisc::OursFq);
         }
         if msg.header.handle.major == 0 {
             return Ok(RootQdisc::KernelDefault { kind });
@@ -149,6 +154,27 @@ pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
             TcAttribute::Kind("htb".into()),
             TcAttribute::Options(options),
         ],
+    );
+    nl.request(
+        RouteNetlinkMessage::NewQueueDiscipline(message),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// Installs sch_fq at the root for EDT classes: fq releases each packet at
+/// its `skb->tstamp` (Linux 4.20+, "fq: add EDT support"), with fq's own
+/// defaults, including its 10 s drop horizon.
+pub fn create_fq_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
+    let message = TcMessage::from_parts(
+        header(
+            ifindex,
+            TcHandle {
+                major: HTB_MAJOR,
+                minor: 0,
+            },
+            TcHandle::ROOT,
+        ),
+        vec![TcAttribute::Kind("fq".into())],
     );
     nl.request(
         RouteNetlinkMessage::NewQueueDiscipline(message),

@@ -43,6 +43,8 @@ pub struct Kernel {
     pub(super) rules: BTreeMap<RuleMatch, u32>,
     pub(super) ifaces: BTreeSet<String>,
     pub(super) netlink: Option<RtNetlink>,
+    /// Interfaces whose HTB root is known to be in place, by ifindex.
+    pub(super) htb_roots: BTreeMap<String, u32>,
 }
 
 impl Kernel {
@@ -101,6 +103,7 @@ impl Kernel {
             rules: BTreeMap::new(),
             ifaces: BTreeSet::new(),
             netlink: None,
+            htb_roots: BTreeMap::new(),
         };
         kernel.load_caches()?;
         Ok(kernel)

@@ -1,0 +1,268 @@
+//! `cargo xtask bench dataplane`: the data plane measured, each figure side
+//! by side with its baseline in the same run. Prints a Markdown section.
+//!
+//! 1. ns per packet (BPF_PROG_TEST_RUN, 1,000,000 repeats, median of 5) for
+//!    the miss, htb-hit and edt-hit paths.
+//! 2. veth TCP throughput, unmatched traffic, program attached vs none.
+//! 3. Rate accuracy (achieved / configured wire rate) at 10/100/1000 Mbit:
+//!    Pisa-Daemon's HTB class against classic tc HTB + u32 and TBF.
+
+#[path = "../../tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use aya::programs::{TestRun, TestRunOptions};
+use pisa_daemon::kernel::{
+    ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
+};
+use support::{packet::Packet, *};
+
+const RUNS: usize = 5;
+const MBIT: u64 = 1_000_000 / 8;
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+fn class(id: u32, mode: ShapingMode, rate: u64) -> ClassSpec {
+    ClassSpec {
+        class_id: id,
+        mode,
+        rate_bytes: rate,
+        ceil_bytes: rate,
+        burst_bytes: 64 * 1024,
+        priority: 4,
+        horizon_ns: u64::MAX / 2,
+        claim_hash: 0,
+    }
+}
+
+fn rule(addr: &str, port: u16) -> RuleMatch {
+    RuleMatch {
+        side: Side::Destination,
+        addr: addr.parse().unwrap(),
+        prefix_len: 32,
+        protocol: Protocol::Tcp,
+        port,
+    }
+}
+
+fn ns_per_packet() {
+    let root = BpffsRoot::new();
+    let mut kernel = Kernel::open(root.layout()).expect("loading");
+    kernel.override_features(Features {
+        sch_fq: true,
+        ..kernel.features()
+    });
+    kernel
+        .put_class(&class(1, ShapingMode::Htb, 100 * MBIT))
+        .unwrap();
+    // EDT at a rate no test run can exhaust, so every run takes the full path.
+    kernel
+        .put_class(&class(2, ShapingMode::Edt, u64::MAX / 4))
+        .unwrap();
+    kernel.put_rule(&rule("10.1.0.1", 3306), 1).unwrap();
+    kernel.put_rule(&rule("10.1.0.2", 3306), 2).unwrap();
+    // A realistic trie: 1000 more rules that these packets do not match.
+    for i in 0..1000u32 {
+        let addr = format!("10.200.{}.{}", i / 250, i % 250 + 1);
+        kernel.put_rule(&rule(&addr, 5432), 1).unwrap();
+    }
+    println!("### ns per packet (BPF_PROG_TEST_RUN, 1,000,000 repeats, median of {RUNS})\n");
+    println!("| path | ns/packet |\n|---|---|");
+    for (path, dst) in [
+        ("miss (unmatched)", "10.9.9.9"),
+        ("htb hit", "10.1.0.1"),
+        ("edt hit", "10.1.0.2"),
+    ] {
+        let frame = Packet::tcp("10.0.0.1", 40000, dst, 3306)
+            .payload(1000)
+            .bytes();
+        let samples: Vec<f64> = (0..RUNS)
+            .map(|_| {
+                let result = kernel
+                    .program()
+                    .test_run(TestRunOptions {
+                        data_in: Some(&frame),
+                        repeat: 1_000_000,
+                        ..TestRunOptions::default()
+                    })
+                    .expect("test run");
+                result.duration.as_nanos() as f64
+            })
+            .collect();
+        println!("| {path} | {:.1} |", median(samples));
+    }
+    println!();
+}
+
+fn goodput(topo: &Routed, seconds: u32) -> f64 {
+    let out = topo.client.ns.exec(&[
+        "iperf3",
+        "-c",
+        topo.server_ip(),
+        "-p",
+        "5201",
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .expect("goodput")
+}
+
+fn veth_throughput() {
+    let topo = Routed::new();
+    let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
+    let root = BpffsRoot::new();
+    let mut bare = Vec::new();
+    let mut attached = Vec::new();
+    for _ in 0..RUNS {
+        bare.push(goodput(&topo, 3));
+        let mut kernel = Kernel::open(root.layout()).expect("loading");
+        kernel.attach(topo.to_server()).unwrap();
+        // A class exists (HTB root in place) but this traffic is unmatched.
+        kernel
+            .put_class(&class(1, ShapingMode::Htb, 10 * MBIT))
+            .unwrap();
+        kernel.put_rule(&rule(topo.server_ip(), 3306), 1).unwrap();
+        attached.push(goodput(&topo, 3));
+        pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
+    }
+    let ratios: Vec<f64> = attached.iter().zip(&bare).map(|(a, b)| a / b).collect();
+    println!("### veth TCP throughput, unmatched traffic ({RUNS} alternating 3 s runs, GSO off)\n");
+    println!("| setup | median Gbit/s |\n|---|---|");
+    println!("| no program | {:.2} |", median(bare) / 1e9);
+    println!(
+        "| pisa_tc_egress + HTB root, unmatched | {:.2} |",
+        median(attached) / 1e9
+    );
+    println!(
+        "\nmedian ratio (attached / none): **{:.3}**\n",
+        median(ratios)
+    );
+}
+
+fn accuracy(topo: &Routed, setup: impl FnOnce(), rate_mbit: u64) -> f64 {
+    setup();
+    let _client = iperf3_background(&topo.client.ns, topo.server_ip(), 5201, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let bps = measure_wire_bps(topo.to_server(), Duration::from_secs(5));
+    bps / (rate_mbit as f64 * 1e6)
+}
+
+fn rate_accuracy() {
+    let topo = Routed::new();
+    let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
+    let dev = topo.to_server().to_owned();
+    println!(
+        "### Rate accuracy: achieved / configured wire rate (5 s after 2 s warm-up, GSO off)\n"
+    );
+    println!("| rate | pisa-daemon htb | tc htb + u32 | tc tbf |\n|---|---|---|---|");
+    for rate_mbit in [10u64, 100, 1000] {
+        let burst = (rate_mbit * MBIT / 100).max(64 * 1024);
+        let root = BpffsRoot::new();
+        let pisa = accuracy(
+            &topo,
+            || {
+                let mut kernel = Kernel::open(root.layout()).expect("loading");
+                kernel.attach(&dev).unwrap();
+                let mut c = class(1, ShapingMode::Htb, rate_mbit * MBIT);
+                c.burst_bytes = burst as u32;
+                kernel.put_class(&c).unwrap();
+                kernel.put_rule(&rule(topo.server_ip(), 5201), 1).unwrap();
+            },
+            rate_mbit,
+        );
+        pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        let rate = format!("{rate_mbit}mbit");
+        let burst_s = format!("{burst}b");
+        let htb = accuracy(
+            &topo,
+            || {
+                sh(
+                    "tc",
+                    &[
+                        "qdisc", "add", "dev", &dev, "root", "handle", "1:", "htb", "default", "0",
+                    ],
+                );
+                sh(
+                    "tc",
+                    &[
+                        "class", "add", "dev", &dev, "parent", "1:", "classid", "1:1", "htb",
+                        "rate", &rate, "ceil", &rate, "burst", &burst_s, "cburst", &burst_s,
+                    ],
+                );
+                sh(
+                    "tc",
+                    &[
+                        "filter",
+                        "add",
+                        "dev",
+                        &dev,
+                        "parent",
+                        "1:",
+                        "protocol",
+                        "ip",
+                        "u32",
+                        "match",
+                        "ip",
+                        "dst",
+                        &format!("{}/32", topo.server_ip()),
+                        "match",
+                        "ip",
+                        "dport",
+                        "5201",
+                        "0xffff",
+                        "flowid",
+                        "1:1",
+                    ],
+                );
+            },
+            rate_mbit,
+        );
+        sh("tc", &["qdisc", "del", "dev", &dev, "root"]);
+        std::thread::sleep(Duration::from_secs(1));
+        let tbf = accuracy(
+            &topo,
+            || {
+                sh(
+                    "tc",
+                    &[
+                        "qdisc", "add", "dev", &dev, "root", "tbf", "rate", &rate, "burst",
+                        &burst_s, "latency", "50ms",
+                    ],
+                );
+            },
+            rate_mbit,
+        );
+        sh("tc", &["qdisc", "del", "dev", &dev, "root"]);
+        std::thread::sleep(Duration::from_secs(1));
+        println!("| {rate_mbit} Mbit | {pisa:.4} | {htb:.4} | {tbf:.4} |");
+    }
+    println!();
+}
+
+fn main() {
+    require_root();
+    // `cargo bench` passes --bench; a filter selects one section.
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
+    if wanted("ns") {
+        ns_per_packet();
+    }
+    if wanted("throughput") {
+        veth_throughput();
+    }
+    if wanted("accuracy") {
+        rate_accuracy();
+    }
+}
