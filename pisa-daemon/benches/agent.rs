@@ -80,10 +80,10 @@ fn wait_ready(run: &mut Run) -> (Duration, Option<u64>) {
         let log = run.guard.stderr_text();
         logged = log
             .lines()
+            .rev()
             .filter(|l| l.contains("reconciled"))
             .filter_map(|l| l.split("elapsed_ms=").nth(1))
-            .filter_map(|v| v.split_whitespace().next()?.parse().ok())
-            .last();
+            .find_map(|v| v.split_whitespace().next()?.parse().ok());
         run.state.exists() && (logged.is_some() || log.contains("adopted pinned classes"))
     });
     (run.started.elapsed(), logged)
