@@ -231,6 +231,25 @@ pub mod reason {
     }
 }
 
+/// Value of `SUMMARY[0]`: how many rules and tags of each kind exist, kept
+/// by the agent so the program skips lookups that cannot match (an empty
+/// LPM side or an empty tag table costs nothing). The agent raises a count
+/// before inserting and lowers it after deleting, so a set count never
+/// hides an existing entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Destination-side rules with an exact port.
+    pub dst_port_rules: u32,
+    /// Destination-side any-port rules.
+    pub dst_any_rules: u32,
+    pub src_port_rules: u32,
+    pub src_any_rules: u32,
+    /// Flow tags in `FLOW_TAGS`.
+    pub flow_tags: u32,
+    pub _pad: u32,
+}
+
 /// Value of `REASON_STATS` (one per CPU; sum them).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -254,6 +273,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowTag {}
     unsafe impl aya::Pod for ReasonStats {}
+    unsafe impl aya::Pod for Summary {}
 }
 
 // Layouts are part of the pinned-map ABI: assert them so a reordered field
@@ -281,6 +301,7 @@ const _: () = {
     assert!(offset_of!(FlowKey, dst_addr) == 24);
     assert!(size_of::<FlowTag>() == 16);
     assert!(size_of::<ReasonStats>() == 8);
+    assert!(size_of::<Summary>() == 24);
     assert!(align_of::<ClassConfig>() == 8);
     assert!(reason::NAMES.len() == reason::COUNT as usize);
 };

@@ -22,8 +22,11 @@ pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
 /// Reason counters (per CPU): unmatched traffic and fail-open reasons.
 pub const MAP_REASONS: &str = "REASON_STATS";
 
+/// Counts of rules and tags, so the program skips empty lookups.
+pub const MAP_SUMMARY: &str = "SUMMARY";
+
 /// Every map the program defines, in a stable order (used for pinning and cleanup).
-pub const ALL_MAPS: [&str; 8] = [
+pub const ALL_MAPS: [&str; 9] = [
     MAP_IFACE_STATS,
     MAP_IFACE_CONFIG,
     MAP_CLASS_CONFIG,
@@ -32,6 +35,7 @@ pub const ALL_MAPS: [&str; 8] = [
     MAP_ENDPOINTS,
     MAP_FLOW_TAGS,
     MAP_REASONS,
+    MAP_SUMMARY,
 ];
 
 const _: () = {

@@ -7,8 +7,8 @@ use aya_ebpf::{
 };
 use pisa_daemon_common::{
     reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, FlowKey, FlowTag,
-    IfaceConfig, IfaceKey, IfaceStats, ReasonStats, MAX_CLASSES, MAX_ENDPOINT_RULES, MAX_FLOW_TAGS,
-    MAX_IFACES,
+    IfaceConfig, IfaceKey, IfaceStats, ReasonStats, Summary, MAX_CLASSES, MAX_ENDPOINT_RULES,
+    MAX_FLOW_TAGS, MAX_IFACES,
 };
 
 // Silences "unused" for the Key re-export the LPM map type relies on.
@@ -40,3 +40,6 @@ pub static FLOW_TAGS: HashMap<FlowKey, FlowTag, { MAX_FLOW_TAGS as usize }> = Ha
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<ReasonStats, { reason::COUNT as usize }> = PerCpuArray::new();
+
+#[btf_map]
+pub static SUMMARY: Array<Summary, 1> = Array::new();

@@ -92,10 +92,25 @@ impl Kernel {
                 "adopted pinned classes and rules"
             );
         }
+        let tags_map: aya::maps::HashMap<
+            _,
+            pisa_daemon_common::FlowKey,
+            pisa_daemon_common::FlowTag,
+        > = aya::maps::HashMap::try_from(self.map(pisa_daemon_common::names::MAP_FLOW_TAGS)?)
+            .map_err(map_err(pisa_daemon_common::names::MAP_FLOW_TAGS, "opening"))?;
+        let tags = tags_map.keys().filter(Result::is_ok).count() as u32;
         self.classes = classes;
+        self.rules = BTreeMap::new();
+        self.summary = pisa_daemon_common::Summary {
+            flow_tags: tags,
+            ..Default::default()
+        };
+        for rule in rules.keys() {
+            *self.summary_slot(rule) += 1;
+        }
         self.rules = rules;
         self.ifaces = ifaces;
-        Ok(())
+        self.write_summary()
     }
 
     fn netlink(&mut self) -> Result<&mut RtNetlink, KernelError> {
@@ -277,6 +292,25 @@ impl Kernel {
         };
         let nl = self.netlink()?;
         remove_our_root(nl, iface_name, itf.ifindex)
+    }
+
+    /// Publishes the rule and tag counts the program uses to skip lookups.
+    fn write_summary(&mut self) -> Result<(), KernelError> {
+        let name = pisa_daemon_common::names::MAP_SUMMARY;
+        let summary = self.summary;
+        let mut map: Array<_, pisa_daemon_common::Summary> =
+            Array::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
+        map.set(0, summary, 0).map_err(map_err(name, "writing"))
+    }
+
+    /// The counter of `rule`'s kind in the summary.
+    fn summary_slot(&mut self, rule: &RuleMatch) -> &mut u32 {
+        match (rule.side, rule.port == 0) {
+            (super::Side::Destination, false) => &mut self.summary.dst_port_rules,
+            (super::Side::Destination, true) => &mut self.summary.dst_any_rules,
+            (super::Side::Source, false) => &mut self.summary.src_port_rules,
+            (super::Side::Source, true) => &mut self.summary.src_any_rules,
+        }
     }
 
     fn write_class_config(
@@ -464,6 +498,11 @@ impl Dataplane for Kernel {
     }
 
     fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError> {
+        if !self.rules.contains_key(rule) {
+            // Count first: the program must never skip a side that has rules.
+            *self.summary_slot(rule) += 1;
+            self.write_summary()?;
+        }
         let (prefix_len, data) = rule.to_kernel();
         let mut trie: LpmTrie<_, EndpointMatch, EndpointRule> =
             LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?)
@@ -487,7 +526,11 @@ impl Dataplane for Kernel {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(source) => return Err(map_err(MAP_ENDPOINTS, "removing")(source)),
         }
-        self.rules.remove(rule);
+        if self.rules.remove(rule).is_some() {
+            let slot = self.summary_slot(rule);
+            *slot = slot.saturating_sub(1);
+            self.write_summary()?;
+        }
         Ok(())
     }
 
@@ -574,6 +617,19 @@ impl Kernel {
         tag: &pisa_daemon_common::FlowTag,
     ) -> Result<(), KernelError> {
         let name = pisa_daemon_common::names::MAP_FLOW_TAGS;
+        let exists = {
+            let tags: aya::maps::HashMap<
+                _,
+                pisa_daemon_common::FlowKey,
+                pisa_daemon_common::FlowTag,
+            > = aya::maps::HashMap::try_from(self.map(name)?).map_err(map_err(name, "opening"))?;
+            tags.get(key, 0).is_ok()
+        };
+        if !exists {
+            // Count first: the program must never skip a non-empty tag table.
+            self.summary.flow_tags += 1;
+            self.write_summary()?;
+        }
         let mut tags: aya::maps::HashMap<
             _,
             pisa_daemon_common::FlowKey,
@@ -593,7 +649,11 @@ impl Kernel {
             pisa_daemon_common::FlowTag,
         > = aya::maps::HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
         match tags.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) => {
+                self.summary.flow_tags = self.summary.flow_tags.saturating_sub(1);
+                self.write_summary()
+            }
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(map_err(name, "removing")(source)),
         }
     }

@@ -45,6 +45,8 @@ pub struct Kernel {
     pub(super) netlink: Option<RtNetlink>,
     /// Interfaces whose HTB root is known to be in place, by ifindex.
     pub(super) htb_roots: BTreeMap<String, u32>,
+    /// Mirror of the `SUMMARY` map.
+    pub(super) summary: pisa_daemon_common::Summary,
 }
 
 impl Kernel {
@@ -104,6 +106,7 @@ impl Kernel {
             ifaces: BTreeSet::new(),
             netlink: None,
             htb_roots: BTreeMap::new(),
+            summary: pisa_daemon_common::Summary::default(),
         };
         kernel.load_caches()?;
         Ok(kernel)
