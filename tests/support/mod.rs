@@ -450,6 +450,17 @@ pub struct Routed {
 
 impl Routed {
     pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// Like `new`, but with segmentation offload left on, as on a real node;
+    /// then interface counters count GSO super-packets, so measure wire
+    /// rates with the qdisc's own byte counter (`qdisc_wire_bps`).
+    pub fn with_gso() -> Self {
+        Self::build(true)
+    }
+
+    fn build(gso: bool) -> Self {
         let previous_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .expect("reading ip_forward")
             .trim()
@@ -524,6 +535,26 @@ pub fn iperf3_background(ns: &Netns, server: &str, port: u16, seconds: u32) -> C
         .spawn()
         .expect("spawning iperf3 client");
     ChildGuard::new(child, format!("iperf3 -c {server}:{port}"))
+}
+
+/// Bytes the root qdisc of `iface` has sent: for HTB and TBF this is
+/// `qdisc_pkt_len`, which counts every GSO segment with its headers, i.e.
+/// wire bytes.
+pub fn qdisc_sent_bytes(iface: &str) -> u64 {
+    let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface, "root"]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    qdiscs[0]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no root qdisc bytes: {out}"))
+}
+
+/// Wire rate (bits/s) through the root qdisc of `iface` over `window`.
+pub fn qdisc_wire_bps(iface: &str, window: Duration) -> f64 {
+    let start_bytes = qdisc_sent_bytes(iface);
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let bytes = qdisc_sent_bytes(iface) - start_bytes;
+    bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
 }
 
 /// Wire rate (bits/s) leaving `iface` over `window`, measured with the
