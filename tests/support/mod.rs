@@ -450,17 +450,6 @@ pub struct Routed {
 
 impl Routed {
     pub fn new() -> Self {
-        Self::build(false)
-    }
-
-    /// Like `new`, but with segmentation offload left on, as on a real node;
-    /// then interface counters count GSO super-packets, so measure wire
-    /// rates with the qdisc's own byte counter (`qdisc_wire_bps`).
-    pub fn with_gso() -> Self {
-        Self::build(true)
-    }
-
-    fn build(gso: bool) -> Self {
         let previous_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .expect("reading ip_forward")
             .trim()
