@@ -139,7 +139,7 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     let _s2 = iperf3_server(&topo.server.ns, topo.server_ip(), 5202);
 
     // Alone, class 1 borrows up to its 100 Mbit ceil.
-    let alone = iperf3_client_in(&topo.client.ns, topo.server_ip(), 5201, 6);
+    let alone = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 6);
     eprintln!("class 1 alone: {:.1} Mbit/s goodput", alone / 1e6);
     assert!(
         alone > 85e6,
@@ -150,7 +150,7 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     // Contended by class 2, it falls back to its 20 Mbit rate.
     let _heavy = iperf3_background(&topo.client.ns, topo.server_ip(), 5202, 10);
     std::thread::sleep(Duration::from_secs(1));
-    let contended = iperf3_client_in(&topo.client.ns, topo.server_ip(), 5201, 6);
+    let contended = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 6);
     eprintln!("class 1 contended: {:.1} Mbit/s goodput", contended / 1e6);
     // Goodput is ~95.6% of wire rate (1448/1514).
     assert!(
@@ -160,30 +160,12 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     );
 }
 
-/// Runs an iperf3 client in `ns` and returns the receiver's goodput (bits/s).
-fn iperf3_client_in(ns: &Netns, server: &str, port: u16, seconds: u32) -> f64 {
-    let out = ns.exec(&[
-        "iperf3",
-        "-c",
-        server,
-        "-p",
-        &port.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or_else(|| panic!("no goodput in {report}"))
-}
-
 #[test]
 fn unmatched_traffic_keeps_most_of_its_throughput() {
     require_root();
     let topo = Routed::new();
     let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
-    let bare = iperf3_client_in(&topo.client.ns, topo.server_ip(), 5201, 4);
+    let bare = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 4);
 
     let root = BpffsRoot::new();
     let mut kernel = shaper(&root, &topo);
@@ -197,7 +179,7 @@ fn unmatched_traffic_keeps_most_of_its_throughput() {
         64 * 1024,
     );
     to_server_port(&mut kernel, &topo, 3306, 1);
-    let with_program = iperf3_client_in(&topo.client.ns, topo.server_ip(), 5201, 4);
+    let with_program = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 4);
     let ratio = with_program / bare;
     eprintln!(
         "unmatched: {:.0} Mbit/s with program, {:.0} without (ratio {ratio:.3})",

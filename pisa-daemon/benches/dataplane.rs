@@ -98,23 +98,6 @@ fn ns_per_packet() {
     println!();
 }
 
-fn goodput(topo: &Routed, seconds: u32) -> f64 {
-    let out = topo.client.ns.exec(&[
-        "iperf3",
-        "-c",
-        topo.server_ip(),
-        "-p",
-        "5201",
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
-    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
-    report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .expect("goodput")
-}
-
 fn veth_throughput() {
     let topo = Routed::new();
     let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
@@ -122,7 +105,7 @@ fn veth_throughput() {
     let mut bare = Vec::new();
     let mut attached = Vec::new();
     for _ in 0..RUNS {
-        bare.push(goodput(&topo, 3));
+        bare.push(iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 3));
         let mut kernel = Kernel::open(root.layout()).expect("loading");
         kernel.attach(topo.to_server()).unwrap();
         // A class exists (HTB root in place) but this traffic is unmatched.
@@ -130,7 +113,7 @@ fn veth_throughput() {
             .put_class(&class(1, ShapingMode::Htb, 10 * MBIT))
             .unwrap();
         kernel.put_rule(&rule(topo.server_ip(), 3306), 1).unwrap();
-        attached.push(goodput(&topo, 3));
+        attached.push(iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 3));
         pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
     }
     let ratios: Vec<f64> = attached.iter().zip(&bare).map(|(a, b)| a / b).collect();

@@ -555,3 +555,21 @@ pub fn measure_wire_bps(iface: &str, window: Duration) -> f64 {
     let bytes = tx_bytes(iface) - start_bytes;
     bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
 }
+
+/// Runs an iperf3 client in `ns` and returns the receiver's goodput (bits/s).
+pub fn iperf3_goodput(ns: &Netns, server: &str, port: u16, seconds: u32) -> f64 {
+    let out = ns.exec(&[
+        "iperf3",
+        "-c",
+        server,
+        "-p",
+        &port.to_string(),
+        "-t",
+        &seconds.to_string(),
+        "-J",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no goodput in {report}"))
+}

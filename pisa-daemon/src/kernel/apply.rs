@@ -52,23 +52,8 @@ impl Kernel {
             let raw = config
                 .get(&class_id, 0)
                 .map_err(map_err(MAP_CLASS_CONFIG, "reading"))?;
-            if raw.state != CLASS_STATE_ACTIVE {
-                continue;
-            }
-            if let Some(mode) = ShapingMode::from_raw(raw.mode) {
-                classes.insert(
-                    class_id,
-                    ClassSpec {
-                        class_id,
-                        mode,
-                        rate_bytes: raw.rate_bytes,
-                        ceil_bytes: raw.ceil_bytes,
-                        burst_bytes: raw.burst_bytes,
-                        priority: raw.priority,
-                        horizon_ns: raw.horizon_ns,
-                        claim_hash: raw.claim_hash,
-                    },
-                );
+            if let Some(spec) = ClassSpec::from_slot(class_id, &raw) {
+                classes.insert(class_id, spec);
             }
         }
         let trie: LpmTrie<_, EndpointMatch, EndpointRule> =

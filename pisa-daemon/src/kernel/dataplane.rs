@@ -71,6 +71,25 @@ pub struct ClassSpec {
     pub claim_hash: u64,
 }
 
+impl ClassSpec {
+    /// The class a `CLASS_CONFIG` slot holds, if the slot is active.
+    pub fn from_slot(class_id: u32, raw: &pisa_daemon_common::ClassConfig) -> Option<Self> {
+        if raw.state != pisa_daemon_common::CLASS_STATE_ACTIVE {
+            return None;
+        }
+        Some(Self {
+            class_id,
+            mode: ShapingMode::from_raw(raw.mode)?,
+            rate_bytes: raw.rate_bytes,
+            ceil_bytes: raw.ceil_bytes,
+            burst_bytes: raw.burst_bytes,
+            priority: raw.priority,
+            horizon_ns: raw.horizon_ns,
+            claim_hash: raw.claim_hash,
+        })
+    }
+}
+
 /// Which address of a packet a rule matches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {

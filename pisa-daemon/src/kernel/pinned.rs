@@ -128,9 +128,7 @@ fn configured_interfaces(layout: &PinLayout) -> Vec<String> {
 pub fn classes(
     layout: &PinLayout,
 ) -> Result<std::collections::BTreeMap<u32, super::ClassSpec>, KernelError> {
-    use pisa_daemon_common::{
-        names::MAP_CLASS_CONFIG, ClassConfig, CLASS_STATE_ACTIVE, MAX_CLASSES,
-    };
+    use pisa_daemon_common::{names::MAP_CLASS_CONFIG, ClassConfig, MAX_CLASSES};
     let map = open_map(layout, MAP_CLASS_CONFIG)?;
     let config: aya::maps::Array<_, ClassConfig> =
         aya::maps::Array::try_from(map).map_err(|source| KernelError::Map {
@@ -147,25 +145,9 @@ pub fn classes(
                 action: "reading",
                 source,
             })?;
-        if raw.state != CLASS_STATE_ACTIVE {
-            continue;
+        if let Some(spec) = super::ClassSpec::from_slot(class_id, &raw) {
+            out.insert(class_id, spec);
         }
-        let Some(mode) = super::ShapingMode::from_raw(raw.mode) else {
-            continue;
-        };
-        out.insert(
-            class_id,
-            super::ClassSpec {
-                class_id,
-                mode,
-                rate_bytes: raw.rate_bytes,
-                ceil_bytes: raw.ceil_bytes,
-                burst_bytes: raw.burst_bytes,
-                priority: raw.priority,
-                horizon_ns: raw.horizon_ns,
-                claim_hash: raw.claim_hash,
-            },
-        );
     }
     Ok(out)
 }
