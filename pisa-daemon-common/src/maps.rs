@@ -31,13 +31,18 @@ pub struct IfaceStats {
     pub packets: u64,
     /// `skb->len` at the hook: the frame including its MAC header, if any.
     pub bytes: u64,
+    /// `IFACE_FLAG_*`, written on every CPU by the agent when it attaches.
+    /// Kept beside the counters so one lookup per packet serves both.
+    pub flags: u32,
+    pub _pad: u32,
 }
 
 /// `IfaceConfig::flags`: the device has no MAC header (tunnels such as
 /// `tunl0`, `wg0`); parsing starts at the IP header.
 pub const IFACE_FLAG_L3: u32 = 1;
 
-/// Value of `IFACE_CONFIG`, keyed by ifindex (`u32`).
+/// Value of `IFACE_CONFIG`, keyed by ifindex (`u32`): the agent's record of
+/// the interfaces it configured (the program reads the copy in `IfaceStats`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IfaceConfig {
@@ -281,7 +286,7 @@ mod pod {
 const _: () = {
     use core::mem::{align_of, offset_of, size_of};
     assert!(size_of::<IfaceKey>() == 8);
-    assert!(size_of::<IfaceStats>() == 16);
+    assert!(size_of::<IfaceStats>() == 24);
     assert!(size_of::<IfaceConfig>() == 8);
     assert!(size_of::<ClassConfig>() == 48);
     assert!(offset_of!(ClassConfig, claim_hash) == 40);

@@ -46,8 +46,8 @@ pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
-    stats::count_iface(ctx, DIRECTION_EGRESS);
-    let flow = match parse::parse(ctx) {
+    let iface_flags = stats::count_iface(ctx, DIRECTION_EGRESS);
+    let flow = match parse::parse(ctx, iface_flags) {
         Ok(flow) => flow,
         Err(why) => {
             stats::count_reason(why);

@@ -8,8 +8,6 @@ use pisa_daemon_common::{
     reason, FlowKey, FAMILY_V4, FAMILY_V6, IFACE_FLAG_L3, PROTO_TCP, PROTO_UDP,
 };
 
-use crate::maps::IFACE_CONFIG;
-
 const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
 const ETH_P_IP: u16 = 0x0800;
@@ -68,15 +66,14 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, u32> {
 /// Parses a packet into the 5-tuple used for classification. `Err` holds the
 /// `reason::*` counter to bump; the caller lets the packet pass either way.
 #[inline(always)]
-pub fn parse(ctx: &TcContext) -> Result<FlowKey, u32> {
-    // SAFETY: the skb pointer is the one the kernel handed to this program.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let l3_device = match IFACE_CONFIG.get_ptr(&ifindex) {
-        // SAFETY: a valid map value pointer; read once.
-        Some(cfg) => unsafe { (*cfg).flags & IFACE_FLAG_L3 != 0 },
-        None => false,
-    };
+pub fn parse(ctx: &TcContext, iface_flags: u32) -> Result<FlowKey, u32> {
+    let l3_device = iface_flags & IFACE_FLAG_L3 != 0;
 
+    if !l3_device {
+        if let Some(flow) = fast_path(ctx) {
+            return Ok(flow);
+        }
+    }
     let (ethertype, l3_offset) = if l3_device {
         // No MAC header: the IP version nibble says what follows. (It is
         // as reliable as skb->protocol on tunnels, and also holds under
@@ -96,6 +93,70 @@ pub fn parse(ctx: &TcContext) -> Result<FlowKey, u32> {
         ETH_P_IP => ipv4(ctx, l3_offset),
         ETH_P_IPV6 => ipv6(ctx, l3_offset),
         _ => Err(reason::NOT_IP),
+    }
+}
+
+/// The common case read straight from the linear packet data, without
+/// helper calls: untagged Ethernet, then IPv4 without options or IPv6
+/// without extension headers, then TCP/UDP. Anything else (or headers
+/// outside the linear area) returns `None` and takes the general path.
+#[inline(always)]
+fn fast_path(ctx: &TcContext) -> Option<FlowKey> {
+    const V4_END: usize = ETH_HLEN + 20 + 4;
+    const V6_END: usize = ETH_HLEN + 40 + 4;
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + V4_END > end {
+        return None;
+    }
+    // SAFETY: bounds checked against data_end just above (and again below
+    // for IPv6); the verifier re-checks every access.
+    let ethertype = u16::from_be(unsafe { core::ptr::read_unaligned((start + 12) as *const u16) });
+    match ethertype {
+        ETH_P_IP => {
+            let ip = unsafe { core::ptr::read_unaligned((start + ETH_HLEN) as *const Ipv4Header) };
+            if ip.version_ihl != 0x45
+                || u16::from_be(ip.frag_off_be) & 0x1FFF != 0
+                || (ip.protocol != PROTO_TCP && ip.protocol != PROTO_UDP)
+            {
+                return None;
+            }
+            let ports =
+                unsafe { core::ptr::read_unaligned((start + ETH_HLEN + 20) as *const [u16; 2]) };
+            let mut flow = FlowKey {
+                family: FAMILY_V4,
+                protocol: ip.protocol,
+                src_port_be: ports[0],
+                dst_port_be: ports[1],
+                ..FlowKey::default()
+            };
+            flow.src_addr[..4].copy_from_slice(&ip.src);
+            flow.dst_addr[..4].copy_from_slice(&ip.dst);
+            Some(flow)
+        }
+        ETH_P_IPV6 => {
+            if start + V6_END > end {
+                return None;
+            }
+            let ip = unsafe { core::ptr::read_unaligned((start + ETH_HLEN) as *const Ipv6Header) };
+            if ip.version_class_flow[0] >> 4 != 6
+                || (ip.next_header != PROTO_TCP && ip.next_header != PROTO_UDP)
+            {
+                return None;
+            }
+            let ports =
+                unsafe { core::ptr::read_unaligned((start + ETH_HLEN + 40) as *const [u16; 2]) };
+            Some(FlowKey {
+                family: FAMILY_V6,
+                protocol: ip.next_header,
+                src_port_be: ports[0],
+                dst_port_be: ports[1],
+                src_addr: ip.src,
+                dst_addr: ip.dst,
+                ..FlowKey::default()
+            })
+        }
+        _ => None,
     }
 }
 

@@ -6,8 +6,9 @@ use pisa_daemon_common::{IfaceKey, IfaceStats};
 
 use crate::maps::{CLASS_STATS, IFACE_STATS, REASON_STATS};
 
+/// Counts the packet on its interface and returns the interface's flags.
 #[inline(always)]
-pub fn count_iface(ctx: &TcContext, direction: u32) {
+pub fn count_iface(ctx: &TcContext, direction: u32) -> u32 {
     // SAFETY: the skb pointer is the one the kernel handed to this program.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let key = IfaceKey { ifindex, direction };
@@ -17,14 +18,17 @@ pub fn count_iface(ctx: &TcContext, direction: u32) {
         unsafe {
             (*stats).packets += 1;
             (*stats).bytes += len;
+            return (*stats).flags;
         }
-        return;
     }
-    // First packet on this interface since the map entry was made: create
-    // it. A concurrent creator on another CPU wins harmlessly (NOEXIST).
+    // First packet on an interface the agent never configured (so: plain
+    // Ethernet, flags 0). A concurrent creator on another CPU wins
+    // harmlessly (NOEXIST).
     let first = IfaceStats {
         packets: 1,
         bytes: len,
+        flags: 0,
+        _pad: 0,
     };
     if IFACE_STATS
         .insert(&key, &first, u64::from(BPF_NOEXIST))
@@ -35,9 +39,11 @@ pub fn count_iface(ctx: &TcContext, direction: u32) {
             unsafe {
                 (*stats).packets += 1;
                 (*stats).bytes += len;
+                return (*stats).flags;
             }
         }
     }
+    0
 }
 
 #[inline(always)]

@@ -559,6 +559,7 @@ impl Dataplane for Kernel {
                             pisa_daemon_common::IfaceStats {
                                 packets: a.packets + s.packets,
                                 bytes: a.bytes + s.bytes,
+                                ..a
                             }
                         })
                 }
@@ -651,6 +652,15 @@ impl Kernel {
         } else {
             0
         };
+        self.configure_iface(ifindex, flags)
+    }
+
+    /// Records the interface in `IFACE_CONFIG` and copies its flags into
+    /// every CPU's `IFACE_STATS` value, where the program reads them. The
+    /// counters are rewritten only when the flags change, so adopting an
+    /// interface under traffic never loses counts.
+    pub(super) fn configure_iface(&mut self, ifindex: u32, flags: u32) -> Result<(), KernelError> {
+        use pisa_daemon_common::{names::MAP_IFACE_STATS, IfaceKey, IfaceStats, DIRECTION_EGRESS};
         self.iface_config()?
             .insert(
                 ifindex,
@@ -660,7 +670,30 @@ impl Kernel {
             .map_err(map_err(
                 pisa_daemon_common::names::MAP_IFACE_CONFIG,
                 "inserting",
-            ))
+            ))?;
+        let key = IfaceKey {
+            ifindex,
+            direction: DIRECTION_EGRESS,
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
+            KernelError::io("counting CPUs in", "/sys/devices/system/cpu/possible", e)
+        })?;
+        let mut stats = self.iface_stats()?;
+        let current: Vec<IfaceStats> = match stats.get(&key, 0) {
+            Ok(per_cpu) if per_cpu.iter().all(|s| s.flags == flags) => return Ok(()),
+            Ok(per_cpu) => per_cpu.iter().copied().collect(),
+            Err(aya::maps::MapError::KeyNotFound) => vec![IfaceStats::default(); cpus],
+            Err(source) => return Err(map_err(MAP_IFACE_STATS, "reading")(source)),
+        };
+        let updated: Vec<IfaceStats> = current
+            .into_iter()
+            .map(|s| IfaceStats { flags, ..s })
+            .collect();
+        let values = PerCpuValues::try_from(updated)
+            .map_err(|e| KernelError::io("building per-CPU values for", MAP_IFACE_STATS, e))?;
+        stats
+            .insert(key, values, 0)
+            .map_err(map_err(MAP_IFACE_STATS, "writing"))
     }
 
     /// Replaces the probed features. For tests that exercise the program's

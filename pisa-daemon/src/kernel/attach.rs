@@ -14,7 +14,7 @@ use aya::{
     },
     util::KernelVersion,
 };
-use pisa_daemon_common::{names::PROG_EGRESS, IfaceConfig, IFACE_FLAG_L3};
+use pisa_daemon_common::{names::PROG_EGRESS, IFACE_FLAG_L3};
 use tracing::{info, warn};
 
 use super::{iface, Kernel, KernelError};
@@ -56,13 +56,7 @@ impl Kernel {
     pub fn attach_egress(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
         let itf = iface::lookup(iface_name)?;
         let flags = if itf.l3_only { IFACE_FLAG_L3 } else { 0 };
-        self.iface_config()?
-            .insert(itf.ifindex, IfaceConfig { flags, _pad: 0 }, 0)
-            .map_err(|source| KernelError::Map {
-                map: pisa_daemon_common::names::MAP_IFACE_CONFIG,
-                action: "inserting",
-                source,
-            })?;
+        self.configure_iface(itf.ifindex, flags)?;
         let attachment = match AttachMode::probe() {
             AttachMode::Tcx => self.attach_tcx(&itf)?,
             AttachMode::Netlink => self.attach_netlink(&itf)?,

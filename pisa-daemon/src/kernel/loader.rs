@@ -190,9 +190,9 @@ fn load_and_pin_program(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), K
     Ok(())
 }
 
-/// A pinned program from an earlier run must point at the pinned maps we
-/// just opened; otherwise someone removed maps by hand and the state is
-/// split-brained. Refuse rather than shape with maps nobody reads.
+/// A pinned program from an earlier run must only use maps pinned here;
+/// if one of its maps is not among them, someone removed and re-created
+/// maps by hand, and the program would read maps nobody writes. Refuse.
 fn ensure_program_uses_pinned_maps(
     ebpf: &Ebpf,
     info: &aya::programs::ProgramInfo,
@@ -201,24 +201,23 @@ fn ensure_program_uses_pinned_maps(
     let Ok(Some(program_maps)) = info.map_ids() else {
         return Ok(());
     };
-    let program_maps: BTreeSet<u32> = program_maps.into_iter().collect();
-    for (name, map) in ebpf.maps() {
-        let id = match map_data(map).and_then(|data| data.info().ok()) {
-            Some(info) => info.id(),
-            None => continue,
-        };
-        // aya's internal maps (.rodata/.bss) are not pinned and not listed.
-        if ALL_MAPS.contains(&name) && !program_maps.contains(&id) {
-            return Err(KernelError::io(
-                "adopting pinned state under",
-                layout.root(),
-                std::io::Error::other(format!(
-                    "the pinned program does not use the pinned map {name} (id {id}); the pinned \
-                     state is inconsistent: run `pisa-daemon cleanup --bpffs {}` and start again",
-                    layout.root().display()
-                )),
-            ));
-        }
+    let pinned: BTreeSet<u32> = ebpf
+        .maps()
+        .filter(|(name, _)| ALL_MAPS.contains(name))
+        .filter_map(|(_, map)| map_data(map).and_then(|data| data.info().ok()))
+        .map(|info| info.id())
+        .collect();
+    if let Some(stray) = program_maps.iter().find(|id| !pinned.contains(id)) {
+        return Err(KernelError::io(
+            "adopting pinned state under",
+            layout.root(),
+            std::io::Error::other(format!(
+                "the pinned program uses map id {stray}, which is not pinned under this root; \
+                 the pinned state is inconsistent: run `pisa-daemon cleanup --bpffs {}` and \
+                 start again",
+                layout.root().display()
+            )),
+        ));
     }
     Ok(())
 }

@@ -43,6 +43,8 @@ pub fn iface_stats(
             .fold(IfaceStats::default(), |acc, s| IfaceStats {
                 packets: acc.packets + s.packets,
                 bytes: acc.bytes + s.bytes,
+                flags: s.flags,
+                ..acc
             })),
         Err(aya::maps::MapError::KeyNotFound) => Ok(IfaceStats::default()),
         Err(source) => Err(KernelError::Map {
