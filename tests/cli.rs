@@ -13,7 +13,17 @@ fn run_attaches_by_name_and_bpftool_prints_counters_with_field_names() {
     require_root();
     let veth = VethToNs::new();
     let root = BpffsRoot::new();
-    let mut daemon = spawn_daemon(&["run", "--iface", &veth.host, "--bpffs", root.as_str()]);
+    // Keep the published state out of /run: nothing may outlive the test.
+    let state = std::env::temp_dir().join(format!("{}.json", unique("pstate")));
+    let mut daemon = spawn_daemon(&[
+        "run",
+        "--iface",
+        &veth.host,
+        "--bpffs",
+        root.as_str(),
+        "--state-file",
+        state.to_str().unwrap(),
+    ]);
     let link_pin = root.layout().egress_link(&veth.host);
     wait_until(
         "the daemon to pin its link",
@@ -99,6 +109,12 @@ fn run_attaches_by_name_and_bpftool_prints_counters_with_field_names() {
     assert!(status.success(), "daemon exited with {status}");
     assert!(link_pin.exists(), "the link must stay pinned after exit");
     assert!(bpftool_prog_ids("pisa_tc_egress").contains(&prog_id));
+
+    assert!(
+        state.exists(),
+        "the daemon publishes its state for `status`"
+    );
+    let _ = std::fs::remove_file(&state);
 
     // cleanup removes everything it made.
     let (ok, _, stderr) = run_daemon(&["cleanup", "--bpffs", root.as_str()]);
