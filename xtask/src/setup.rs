@@ -92,6 +92,8 @@ fn bpf_linker() -> Result<()> {
         eprintln!("setup: {current} present");
         return Ok(());
     }
+    // Without --locked, as in TOOLCHAIN.md: the resolver then picks
+    // dependency versions that fit this machine's rustc.
     eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (2-4 minutes)");
     let path = format!(
         "/usr/lib/llvm-22/bin:{}",
@@ -106,7 +108,6 @@ fn bpf_linker() -> Result<()> {
             "--no-default-features",
             "--features",
             "llvm-22",
-            "--locked",
         ])
         .env("LLVM_PREFIX", "/usr/lib/llvm-22")
         .env("PATH", path)
