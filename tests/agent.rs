@@ -305,36 +305,26 @@ fn invalid_edit_keeps_last_good_state_and_reports_everywhere() {
     );
 }
 
+/// Kernel ids of the pinned program, `CLASS_CONFIG` map and egress link,
+/// as bpftool reports them.
+fn pinned_ids(s: &Setup) -> [serde_json::Value; 3] {
+    let layout = s.root.layout();
+    let id = |kind: &str, path: PathBuf| {
+        bpftool_json(&[kind, "show", "pinned", path.to_str().unwrap()])["id"].clone()
+    };
+    [
+        id("prog", layout.program("pisa_tc_egress")),
+        id("map", layout.map("CLASS_CONFIG")),
+        id("link", layout.egress_link(s.topo.to_server())),
+    ]
+}
+
 #[test]
 fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
     let s = Setup::new();
     s.write_claims("10mbit", "20mbit");
     let mut daemon = s.start(19466);
-    let prog_before = bpftool_json(&[
-        "prog",
-        "show",
-        "pinned",
-        s.root.layout().program("pisa_tc_egress").to_str().unwrap(),
-    ])["id"]
-        .clone();
-    let maps_before = bpftool_json(&[
-        "map",
-        "show",
-        "pinned",
-        s.root.layout().map("CLASS_CONFIG").to_str().unwrap(),
-    ])["id"]
-        .clone();
-    let link_before = bpftool_json(&[
-        "link",
-        "show",
-        "pinned",
-        s.root
-            .layout()
-            .egress_link(s.topo.to_server())
-            .to_str()
-            .unwrap(),
-    ])["id"]
-        .clone();
+    let ids_before = pinned_ids(&s);
 
     let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
     let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 14);
@@ -363,38 +353,7 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
 
     // The restarted daemon adopts the same program, maps and link.
     let mut daemon = s.start(19466);
-    let ids_after = (
-        bpftool_json(&[
-            "prog",
-            "show",
-            "pinned",
-            s.root.layout().program("pisa_tc_egress").to_str().unwrap(),
-        ])["id"]
-            .clone(),
-        bpftool_json(&[
-            "map",
-            "show",
-            "pinned",
-            s.root.layout().map("CLASS_CONFIG").to_str().unwrap(),
-        ])["id"]
-            .clone(),
-        bpftool_json(&[
-            "link",
-            "show",
-            "pinned",
-            s.root
-                .layout()
-                .egress_link(s.topo.to_server())
-                .to_str()
-                .unwrap(),
-        ])["id"]
-            .clone(),
-    );
-    assert_eq!(
-        ids_after,
-        (prog_before, maps_before, link_before),
-        "adopted, not re-created"
-    );
+    assert_eq!(pinned_ids(&s), ids_before, "adopted, not re-created");
 
     // SIGTERM, then start again: shaped across the gap too.
     let started = Instant::now();

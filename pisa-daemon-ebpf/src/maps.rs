@@ -2,7 +2,7 @@
 //! knows their key and value types and bpftool prints field names.
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
     macros::btf_map,
 };
 use pisa_daemon_common::{
@@ -10,10 +10,6 @@ use pisa_daemon_common::{
     IfaceConfig, IfaceKey, IfaceStats, ReasonStats, Summary, MAX_CLASSES, MAX_ENDPOINT_RULES,
     MAX_FLOW_TAGS, MAX_IFACES,
 };
-
-// Silences "unused" for the Key re-export the LPM map type relies on.
-#[allow(dead_code)]
-pub type EndpointKey = Key<EndpointMatch>;
 
 #[btf_map]
 pub static IFACE_STATS: PerCpuHashMap<IfaceKey, IfaceStats, { MAX_IFACES as usize }> =

@@ -100,11 +100,7 @@ impl Kernel {
 
     fn netlink(&mut self) -> Result<&mut RtNetlink, KernelError> {
         if self.netlink.is_none() {
-            let nl = RtNetlink::open().map_err(|source| KernelError::Netlink {
-                iface: String::new(),
-                action: "opening rtnetlink",
-                source,
-            })?;
+            let nl = RtNetlink::open().map_err(netlink_err("", "opening rtnetlink"))?;
             self.netlink = Some(nl);
         }
         self.netlink
@@ -133,14 +129,7 @@ impl Kernel {
         }
         let link_class = self.link_class();
         let nl = self.netlink()?;
-        let nl_err = |action: &'static str| {
-            let iface = iface_name.to_owned();
-            move |source| KernelError::Netlink {
-                iface,
-                action,
-                source,
-            }
-        };
+        let nl_err = |action| netlink_err(iface_name, action);
         match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
             RootQdisc::OursFq => {
                 return Err(KernelError::ModeConflict {
@@ -179,23 +168,13 @@ impl Kernel {
         Ok(itf.ifindex)
     }
 
-    /// Writes one leaf. `likely_exists` picks the first attempt (change in
-    /// place, or create); the other is the fallback, so no class dump is
-    /// needed and 10,000 classes cost 10,000 requests, not 10,000 dumps.
     /// Makes sure `iface` paces with our sch_fq. Refuses when HTB classes
     /// live on it: one interface has one root qdisc.
     fn ensure_fq_root(&mut self, iface_name: &str, class_id: u32) -> Result<(), KernelError> {
         let itf = iface::lookup(iface_name)?;
         let htb_in_use = self.classes.values().any(|c| c.mode == ShapingMode::Htb);
         let nl = self.netlink()?;
-        let nl_err = |action: &'static str| {
-            let iface = iface_name.to_owned();
-            move |source| KernelError::Netlink {
-                iface,
-                action,
-                source,
-            }
-        };
+        let nl_err = |action| netlink_err(iface_name, action);
         match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
             RootQdisc::OursFq => Ok(()),
             RootQdisc::Ours if htb_in_use => Err(KernelError::ModeConflict {
@@ -217,6 +196,9 @@ impl Kernel {
         }
     }
 
+    /// Writes one leaf. `likely_exists` picks the first attempt (change in
+    /// place, or create); the other is the fallback, so no class dump is
+    /// needed and 10,000 classes cost 10,000 requests, not 10,000 dumps.
     fn write_htb_leaf(
         &mut self,
         iface_name: &str,
@@ -246,11 +228,7 @@ impl Kernel {
             }
             other => other,
         };
-        result.map_err(|source| KernelError::Netlink {
-            iface: iface_name.to_owned(),
-            action: "writing an HTB class",
-            source,
-        })
+        result.map_err(netlink_err(iface_name, "writing an HTB class"))
     }
 
     fn delete_htb_leaf(&mut self, iface_name: &str, class_id: u32) -> Result<(), KernelError> {
@@ -261,11 +239,7 @@ impl Kernel {
         match htb::delete_class(nl, itf.ifindex, class_id as u16) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
-            Err(source) => Err(KernelError::Netlink {
-                iface: iface_name.to_owned(),
-                action: "deleting an HTB class",
-                source,
-            }),
+            Err(source) => Err(netlink_err(iface_name, "deleting an HTB class")(source)),
         }
     }
 
@@ -339,20 +313,26 @@ impl Kernel {
     }
 }
 
-fn remove_our_root(nl: &mut RtNetlink, iface_name: &str, ifindex: u32) -> Result<(), KernelError> {
-    let root = htb::root_qdisc(nl, ifindex).map_err(|source| KernelError::Netlink {
-        iface: iface_name.to_owned(),
-        action: "reading root qdisc",
+/// Wraps an rtnetlink failure with the interface and what was being done.
+fn netlink_err(
+    iface: &str,
+    action: &'static str,
+) -> impl FnOnce(super::netlink::NetlinkError) -> KernelError {
+    let iface = iface.to_owned();
+    move |source| KernelError::Netlink {
+        iface,
+        action,
         source,
-    })?;
+    }
+}
+
+fn remove_our_root(nl: &mut RtNetlink, iface_name: &str, ifindex: u32) -> Result<(), KernelError> {
+    let root =
+        htb::root_qdisc(nl, ifindex).map_err(netlink_err(iface_name, "reading root qdisc"))?;
     if !matches!(root, RootQdisc::Ours | RootQdisc::OursFq) {
         return Ok(());
     }
-    htb::delete_root(nl, ifindex).map_err(|source| KernelError::Netlink {
-        iface: iface_name.to_owned(),
-        action: "deleting the HTB root qdisc",
-        source,
-    })
+    htb::delete_root(nl, ifindex).map_err(netlink_err(iface_name, "deleting the HTB root qdisc"))
 }
 
 /// Removes our HTB root from an interface without a loaded program (cleanup).
@@ -360,11 +340,7 @@ pub(super) fn remove_htb_root(iface_name: &str) -> Result<(), KernelError> {
     let Ok(itf) = iface::lookup(iface_name) else {
         return Ok(());
     };
-    let mut nl = RtNetlink::open().map_err(|source| KernelError::Netlink {
-        iface: iface_name.to_owned(),
-        action: "opening rtnetlink",
-        source,
-    })?;
+    let mut nl = RtNetlink::open().map_err(netlink_err(iface_name, "opening rtnetlink"))?;
     remove_our_root(&mut nl, iface_name, itf.ifindex)
 }
 

@@ -118,6 +118,21 @@ pub fn root_qdisc(nl: &mut RtNetlink, ifindex: u32) -> Result<RootQdisc, Netlink
     })
 }
 
+/// A message about our root qdisc (handle `HTB_MAJOR:`) on `ifindex`.
+fn root_message(ifindex: u32, attributes: Vec<TcAttribute>) -> TcMessage {
+    TcMessage::from_parts(
+        header(
+            ifindex,
+            TcHandle {
+                major: HTB_MAJOR,
+                minor: 0,
+            },
+            TcHandle::ROOT,
+        ),
+        attributes,
+    )
+}
+
 fn header(ifindex: u32, handle: TcHandle, parent: TcHandle) -> TcHeader {
     TcHeader {
         index: ifindex as i32,
@@ -141,15 +156,8 @@ pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
             DIRECT_QLEN.to_ne_bytes().to_vec(),
         )),
     ];
-    let message = TcMessage::from_parts(
-        header(
-            ifindex,
-            TcHandle {
-                major: HTB_MAJOR,
-                minor: 0,
-            },
-            TcHandle::ROOT,
-        ),
+    let message = root_message(
+        ifindex,
         vec![
             TcAttribute::Kind("htb".into()),
             TcAttribute::Options(options),
@@ -165,17 +173,7 @@ pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
 /// its `skb->tstamp` (Linux 4.20+, "fq: add EDT support"), with fq's own
 /// defaults, including its 10 s drop horizon.
 pub fn create_fq_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
-    let message = TcMessage::from_parts(
-        header(
-            ifindex,
-            TcHandle {
-                major: HTB_MAJOR,
-                minor: 0,
-            },
-            TcHandle::ROOT,
-        ),
-        vec![TcAttribute::Kind("fq".into())],
-    );
+    let message = root_message(ifindex, vec![TcAttribute::Kind("fq".into())]);
     nl.request(
         RouteNetlinkMessage::NewQueueDiscipline(message),
         NLM_F_CREATE | NLM_F_REPLACE,
@@ -185,17 +183,7 @@ pub fn create_fq_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkErr
 /// Removes our root qdisc (and with it every class). The kernel restores
 /// the interface's default qdisc.
 pub fn delete_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
-    let message = TcMessage::from_parts(
-        header(
-            ifindex,
-            TcHandle {
-                major: HTB_MAJOR,
-                minor: 0,
-            },
-            TcHandle::ROOT,
-        ),
-        vec![],
-    );
+    let message = root_message(ifindex, vec![]);
     nl.request(RouteNetlinkMessage::DelQueueDiscipline(message), 0)
 }
 

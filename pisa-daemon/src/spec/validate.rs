@@ -289,13 +289,13 @@ fn check_claim(
             "must name the VirtualDatabase service the claim binds to",
         );
     }
-    let rate = rate(
+    let rate = rate_field(
         &mut c,
         &format!("{QOS}.qos_group.rate"),
         &qos.qos_group.rate,
     );
     let ceil = match &qos.qos_group.ceil {
-        Some(text) => rate_or_none(&mut c, &format!("{QOS}.qos_group.ceil"), text),
+        Some(text) => rate_field(&mut c, &format!("{QOS}.qos_group.ceil"), text),
         None => rate,
     };
     if let (Some(rate), Some(ceil)) = (rate, ceil) {
@@ -372,11 +372,8 @@ fn check_claim(
     })
 }
 
-fn rate(c: &mut Checker<'_>, field: &str, text: &str) -> Option<u64> {
-    rate_or_none(c, field, text)
-}
-
-fn rate_or_none(c: &mut Checker<'_>, field: &str, text: &str) -> Option<u64> {
+/// A rate in bytes/s, or `None` after recording why it is not one.
+fn rate_field(c: &mut Checker<'_>, field: &str, text: &str) -> Option<u64> {
     match units::parse_rate_bits(text) {
         Ok(0) => {
             c.fail(field, text, "must be greater than 0");
