@@ -160,12 +160,16 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     );
 }
 
+/// Unmatched traffic must take the unshaped path: HTB's direct queue, no
+/// class counters, and far more than the only class's rate. How much
+/// throughput the program costs is a benchmark figure (`cargo xtask bench
+/// dataplane`), not a timed assertion: on shared 2-core machines the ratio
+/// swings by more than any threshold worth asserting.
 #[test]
-fn unmatched_traffic_keeps_most_of_its_throughput() {
+fn unmatched_traffic_takes_the_unshaped_direct_path() {
     require_root();
     let topo = Routed::new();
     let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
-    let bare = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 4);
 
     let root = BpffsRoot::new();
     let mut kernel = shaper(&root, &topo);
@@ -179,16 +183,24 @@ fn unmatched_traffic_keeps_most_of_its_throughput() {
         64 * 1024,
     );
     to_server_port(&mut kernel, &topo, 3306, 1);
-    let with_program = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 4);
-    let ratio = with_program / bare;
+    let direct_before = htb_direct_packets(topo.to_server());
+    let goodput = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 3);
+    let direct = htb_direct_packets(topo.to_server()) - direct_before;
     eprintln!(
-        "unmatched: {:.0} Mbit/s with program, {:.0} without (ratio {ratio:.3})",
-        with_program / 1e6,
-        bare / 1e6
+        "unmatched: {:.0} Mbit/s goodput, {direct} packets through the direct queue",
+        goodput / 1e6
     );
     assert!(
-        ratio >= 0.90,
-        "unmatched traffic kept only {ratio:.3} of its throughput"
+        goodput > 5.0 * (10 * MBIT) as f64 * 8.0,
+        "unmatched traffic got {:.1} Mbit/s, as if held to the 10 Mbit class",
+        goodput / 1e6
+    );
+    assert!(direct > 1000, "HTB direct queue saw only {direct} packets");
+    let stats = kernel.class_stats().expect("stats")[&1];
+    assert_eq!(
+        (stats.packets, stats.bytes),
+        (0, 0),
+        "class 1 counted unmatched traffic"
     );
     let unmatched = kernel.reason_stats().expect("reasons")[0];
     assert!(unmatched > 1000, "unmatched counter {unmatched}");

@@ -537,6 +537,17 @@ pub fn qdisc_sent_bytes(iface: &str) -> u64 {
         .unwrap_or_else(|| panic!("no root qdisc bytes: {out}"))
 }
 
+/// Packets the root HTB of `iface` sent through its direct queue, which is
+/// where `default 0` puts everything without a class.
+pub fn htb_direct_packets(iface: &str) -> u64 {
+    let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface, "root"]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    assert_eq!(qdiscs[0]["kind"], "htb", "root qdisc is not HTB: {out}");
+    qdiscs[0]["options"]["direct_packets_stat"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no direct_packets_stat: {out}"))
+}
+
 /// Wire rate (bits/s) through the root qdisc of `iface` over `window`.
 pub fn qdisc_wire_bps(iface: &str, window: Duration) -> f64 {
     let start_bytes = qdisc_sent_bytes(iface);
