@@ -33,6 +33,8 @@ fn main() -> Result<()> {
     println!("cargo:rerun-if-env-changed=PISA_EBPF_OBJECT");
     println!("cargo:rerun-if-env-changed=PISA_EBPF_RUSTC");
 
+    compile_proto(&workspace)?;
+
     // A prebuilt object (e.g. from a packaging pipeline) skips the build.
     if let Ok(prebuilt) = env::var("PISA_EBPF_OBJECT") {
         println!("cargo:rustc-env=PISA_EBPF_OBJECT={prebuilt}");
@@ -113,4 +115,26 @@ fn build_ebpf(workspace: &Path) -> Result<PathBuf> {
         );
     }
     Ok(object)
+}
+
+/// Generates the gRPC code from `proto/pisa/v1/*.proto` with protox (pure
+/// Rust, so no `protoc` is needed), and writes the descriptor set that
+/// server reflection serves.
+fn compile_proto(workspace: &Path) -> Result<()> {
+    let proto_root = workspace.join("proto");
+    let proto = proto_root.join("pisa/v1/pisa.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let descriptors = protox::compile([&proto], [&proto_root])
+        .with_context(|| format!("compiling {}", proto.display()))?;
+    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out_dir.join("pisa_v1_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)
+        .context("generating the gRPC code")?;
+    Ok(())
 }

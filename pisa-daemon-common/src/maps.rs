@@ -163,7 +163,7 @@ pub struct EndpointRule {
 /// Key of `FLOW_TAGS`: one connection direction. The agent inserts both
 /// directions of a tagged connection.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
     pub family: u8,
     pub protocol: u8,

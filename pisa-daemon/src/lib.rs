@@ -7,6 +7,7 @@
 // value and only travel on cold paths; boxing them would buy nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod api;
 pub mod kernel;
 pub mod metrics;
 pub mod plan;

@@ -3,14 +3,16 @@
 mod http;
 mod run;
 mod status;
+mod tag;
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use pisa_daemon::{
+    api::{client::ApiTarget, DEFAULT_SOCKET},
     kernel::{self, bpffs::DEFAULT_ROOT, features, PinLayout},
-    source::file,
+    source::{file, tags::MAX_TAGS},
     spec::{units, validate, Limits},
     state::DEFAULT_STATE_FILE,
 };
@@ -71,6 +73,50 @@ enum Command {
         /// Where the daemon publishes its state for `status`.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_STATE_FILE)]
         state_file: PathBuf,
+        /// Unix socket of the gRPC API (mode 0600), or `none` for no socket.
+        #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "PISA_API_SOCKET")]
+        api_socket: PathBuf,
+        /// Make the API socket 0660 and owned by this group (e.g. the proxy's).
+        #[arg(long, value_name = "GROUP")]
+        api_socket_group: Option<String>,
+        /// Also serve the gRPC API over TCP: a port (bound to 127.0.0.1) or
+        /// ADDR:PORT. Off unless given.
+        #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_api_tcp)]
+        api_tcp: Option<SocketAddr>,
+        /// Most connections tagged at once (a full table refuses new tags).
+        #[arg(long, value_name = "N", default_value_t = MAX_TAGS,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_TAGS as u64))]
+        max_flow_tags: usize,
+    },
+    /// Tag a connection with a class through the running daemon (as the
+    /// SQL proxy does), e.g.
+    /// `tag --src 10.0.0.7:40000 --dst 10.0.0.5:3306 --claim shop/catalogue --ttl 300`.
+    Tag {
+        #[command(flatten)]
+        flow: tag::FlowArgs,
+        /// The claim, as NAMESPACE/NAME.
+        #[arg(
+            long,
+            value_name = "NS/NAME",
+            conflicts_with = "class",
+            required_unless_present = "class"
+        )]
+        claim: Option<String>,
+        /// The kernel class id (see `status`).
+        #[arg(long, value_name = "ID")]
+        class: Option<u32>,
+        /// Seconds until the tag lapses (1-86400).
+        #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+        ttl: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a connection's tag through the running daemon.
+    Untag {
+        #[command(flatten)]
+        flow: tag::FlowArgs,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Check claim files; print every error. Exit 0 when all are valid.
     Validate {
@@ -92,6 +138,8 @@ enum Command {
         /// How long to sample the counters for the current rate.
         #[arg(long, value_name = "MS", default_value_t = 1000)]
         sample_ms: u64,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Detach from every interface and remove every pinned object, qdisc
     /// and class under the bpffs root. Touches nothing it did not create.
@@ -100,6 +148,44 @@ enum Command {
         #[arg(long, value_name = "PATH", default_value = DEFAULT_ROOT, env = "PISA_BPFFS")]
         bpffs: PathBuf,
     },
+}
+
+/// Where a client subcommand finds the daemon's API.
+#[derive(Debug, clap::Args)]
+struct ApiArgs {
+    /// The daemon's API socket.
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET, env = "PISA_API_SOCKET")]
+    api_socket: PathBuf,
+    /// Use the TCP API instead, e.g. 127.0.0.1:50051.
+    #[arg(long, value_name = "ADDR:PORT")]
+    api_addr: Option<SocketAddr>,
+}
+
+impl ApiArgs {
+    fn target(&self) -> ApiTarget {
+        match self.api_addr {
+            Some(addr) => ApiTarget::Tcp(format!("http://{addr}")),
+            None => ApiTarget::Unix(self.api_socket.clone()),
+        }
+    }
+}
+
+/// `--api-tcp`: a bare port means loopback.
+fn parse_api_tcp(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value.parse().map_err(|_| {
+        format!("`{value}` is neither a port (50051) nor ADDR:PORT (127.0.0.1:50051, [::1]:50051)")
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn init_logging(format: LogFormat) {
@@ -142,11 +228,21 @@ fn dispatch(command: Command) -> Result<bool> {
             link_rate,
             max_classes,
             state_file,
+            api_socket,
+            api_socket_group,
+            api_tcp,
+            max_flow_tags,
         } => {
             let link_rate_bytes = units::parse_rate_bytes(&link_rate)
                 .with_context(|| format!("--link-rate `{link_rate}`"))?;
             let args = run::RunArgs {
                 config,
+                api: run::ApiArgs {
+                    socket: (api_socket.as_os_str() != "none").then_some(api_socket),
+                    socket_group: api_socket_group,
+                    tcp: api_tcp,
+                    max_flow_tags,
+                },
                 ifaces,
                 bpffs,
                 metrics_addr,
@@ -154,14 +250,17 @@ fn dispatch(command: Command) -> Result<bool> {
                 max_classes,
                 state_file,
             };
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("starting the async runtime")?
-                .block_on(run::run(args))?;
+            runtime()?.block_on(run::run(args))?;
             Ok(true)
         }
+        Command::Tag {
+            flow,
+            claim,
+            class,
+            ttl,
+            api,
+        } => runtime()?.block_on(tag::tag(&api.target(), &flow, claim, class, ttl)),
+        Command::Untag { flow, api } => runtime()?.block_on(tag::untag(&api.target(), &flow)),
         Command::Validate { path, max_classes } => {
             let sources = file::read(&path)?;
             let mut documents = Vec::new();
@@ -194,7 +293,10 @@ fn dispatch(command: Command) -> Result<bool> {
             bpffs,
             state_file,
             sample_ms,
+            api,
         } => status::status(
+            &runtime()?,
+            &api.target(),
             &bpffs,
             &state_file,
             matches!(output, Output::Json),

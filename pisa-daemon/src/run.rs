@@ -16,10 +16,11 @@ use std::{
 
 use anyhow::{Context, Result};
 use pisa_daemon::{
+    api::{server as api_server, service::PisaApi},
     kernel::{Dataplane, Kernel, PinLayout},
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
-    source::file,
+    source::{file, tags::TagTable},
     spec::Limits,
     state::{self, PublishedClaim, PublishedClass, PublishedState},
 };
@@ -28,12 +29,22 @@ use tracing::{error, info, warn};
 
 pub struct RunArgs {
     pub config: Option<PathBuf>,
+    pub api: ApiArgs,
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
     pub link_rate_bytes: u64,
     pub max_classes: usize,
     pub state_file: PathBuf,
+}
+
+/// Where the gRPC API listens.
+pub struct ApiArgs {
+    /// None: no Unix socket (`--api-socket none`).
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub tcp: Option<SocketAddr>,
+    pub max_flow_tags: usize,
 }
 
 /// How often the source is checked for changes, and how long it must stay
@@ -67,8 +78,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_classes: args.max_classes,
         edt_available: features.sch_fq,
     };
+    // Tags are not persisted: the proxy re-tags when it sees the new
+    // generation. Leftovers of the previous run (which kept shaping while
+    // no daemon ran) are cleared so the table matches the kernel.
+    let stale_tags = kernel.clear_flow_tags()?;
+    if stale_tags > 0 {
+        info!(
+            entries = stale_tags,
+            "cleared flow tags of the previous run"
+        );
+    }
     let ifaces: BTreeSet<String> = args.ifaces.iter().cloned().collect();
-    let agent: SharedAgent = Arc::new(Mutex::new(Agent::new(kernel, ifaces, limits)));
+    let mut agent = Agent::new(kernel, ifaces, limits);
+    agent.tags = TagTable::new(args.api.max_flow_tags);
+    let agent: SharedAgent = Arc::new(Mutex::new(agent));
+    let (stop_api, api_tasks) = start_api(&args.api, &agent).await?;
     let metrics = Arc::new(Metrics::new(Box::new(KernelCollector {
         agent: agent.clone(),
     })));
@@ -121,8 +145,66 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
         }
     }
+    let _ = stop_api.send(true);
+    for task in api_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+    }
+    if let Some(socket) = &args.api.socket {
+        let _ = std::fs::remove_file(socket);
+    }
     info!("stopping; pinned kernel state stays in force (`pisa-daemon cleanup` removes it)");
     Ok(())
+}
+
+/// A generation that differs on every start: nanoseconds since the epoch.
+fn new_generation() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1)
+}
+
+/// Binds the API listeners (failing fast, before any work), then serves
+/// them in the background until the returned sender says stop.
+async fn start_api(
+    args: &ApiArgs,
+    agent: &SharedAgent,
+) -> Result<(
+    tokio::sync::watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+)> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let api = PisaApi::new(agent.clone(), new_generation());
+    info!(generation = api.generation(), "API generation");
+    let shutdown = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.changed().await;
+    };
+    let mut tasks = Vec::new();
+    if let Some(path) = &args.socket {
+        let listener = api_server::bind_unix(path, args.socket_group.as_deref())?;
+        info!(socket = %path.display(), group = ?args.socket_group, "serving the gRPC API");
+        let server = api_server::serve_unix(api.clone(), listener, shutdown(stopped.clone()))?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                error!(error = %e, "the gRPC API (unix socket) stopped");
+            }
+        }));
+    }
+    if let Some(addr) = args.tcp {
+        if !addr.ip().is_loopback() {
+            warn!(%addr, "the gRPC API listens beyond loopback: anyone who can reach it can tag flows");
+        }
+        let listener = api_server::bind_tcp(addr).await?;
+        info!(%addr, "serving the gRPC API over TCP");
+        let server = api_server::serve_tcp(api.clone(), listener, shutdown(stopped.clone()))?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = server.await {
+                error!(error = %e, "the gRPC API (tcp) stopped");
+            }
+        }));
+    }
+    tokio::spawn(api_server::housekeeping(api));
+    Ok((stop, tasks))
 }
 
 fn reconcile_once(

@@ -1,12 +1,16 @@
 //! `pisa-daemon status`: a table (or JSON) of classes with live counters.
-//! Names and claim states come from the running daemon's state file; the
-//! counters always come straight from the pinned maps, so status works
-//! (with class ids only) even when no daemon runs.
+//! It asks the running daemon through the gRPC API. When no daemon answers,
+//! it reads the counters straight from the pinned maps, with claim names
+//! from the last published state file, so it works while the daemon is down.
 
 use std::{collections::BTreeMap, path::Path, time::Duration};
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use pisa_daemon::{
+    api::{
+        client::{connect, ApiTarget},
+        pb,
+    },
     kernel::{pinned, PinLayout},
     spec::units::format_rate,
     state,
@@ -20,7 +24,7 @@ struct Row {
     mode: String,
     rate_bytes: u64,
     ceil_bytes: u64,
-    priority: u8,
+    priority: String,
     interfaces: Vec<String>,
     bytes: u64,
     packets: u64,
@@ -32,12 +36,113 @@ struct Row {
 #[derive(Serialize)]
 struct Report {
     daemon_running: bool,
+    /// Where the figures came from: the API, or the pinned maps.
+    source: String,
     classes: Vec<Row>,
     invalid: Vec<(String, String)>,
     source_errors: Vec<String>,
 }
 
-pub fn status(bpffs: &Path, state_file: &Path, json: bool, sample: Duration) -> Result<bool> {
+pub fn status(
+    runtime: &tokio::runtime::Runtime,
+    target: &ApiTarget,
+    bpffs: &Path,
+    state_file: &Path,
+    json: bool,
+    sample: Duration,
+) -> Result<bool> {
+    let report = match runtime.block_on(connect(target)) {
+        Ok(client) => runtime.block_on(from_api(client, target, sample))?,
+        Err(unreachable) => {
+            tracing::debug!(error = %unreachable, "no daemon answers; reading the pinned maps");
+            from_pinned(bpffs, state_file, sample)?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&report);
+    }
+    Ok(report.invalid.is_empty() && report.source_errors.is_empty())
+}
+
+async fn from_api(
+    mut client: pb::pisa_daemon_client::PisaDaemonClient<tonic::transport::Channel>,
+    target: &ApiTarget,
+    sample: Duration,
+) -> Result<Report> {
+    let rpc = |status: tonic::Status| anyhow!("{:?}: {}", status.code(), status.message());
+    let listed = client
+        .list_classes(pb::ListClassesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    // The second message of a watch carries rates over exactly `sample`.
+    let interval_ms = (sample.as_millis() as u32).clamp(100, 60_000);
+    let mut watch = client
+        .watch_stats(pb::WatchStatsRequest { interval_ms })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let mut stats = None;
+    for _ in 0..2 {
+        stats = watch.message().await.map_err(rpc)?;
+    }
+    let stats = stats.context("the daemon ended the stats stream early")?;
+    let by_class: BTreeMap<u32, &pb::ClassStats> =
+        stats.classes.iter().map(|c| (c.class_id, c)).collect();
+    let claim_name = |c: &Option<pb::ClaimRef>| {
+        c.as_ref()
+            .map(|c| format!("{}/{}", c.namespace, c.name))
+            .unwrap_or_default()
+    };
+    let phases: BTreeMap<String, &pb::ClaimState> = listed
+        .claims
+        .iter()
+        .map(|c| (claim_name(&c.claim), c))
+        .collect();
+    let classes = listed
+        .classes
+        .iter()
+        .map(|class| {
+            let claim = claim_name(&class.claim);
+            let counters = by_class.get(&class.class_id);
+            Row {
+                phase: phases
+                    .get(&claim)
+                    .map(|c| c.phase.clone())
+                    .unwrap_or_else(|| "-".into()),
+                claim,
+                class_id: class.class_id,
+                mode: pb::Mode::try_from(class.mode)
+                    .map(|m| m.as_str_name().trim_start_matches("MODE_").to_lowercase())
+                    .unwrap_or_default(),
+                rate_bytes: class.rate_bytes_per_second,
+                ceil_bytes: class.ceil_bytes_per_second,
+                priority: class.priority.clone(),
+                interfaces: class.interfaces.clone(),
+                bytes: counters.map_or(0, |c| c.bytes),
+                packets: counters.map_or(0, |c| c.packets),
+                current_rate_bytes: counters.map_or(0, |c| c.achieved_bytes_per_second as u64),
+                drops: counters.map_or(0, |c| c.drops),
+            }
+        })
+        .collect();
+    Ok(Report {
+        daemon_running: true,
+        source: format!("api {target} (generation {})", listed.generation),
+        classes,
+        invalid: listed
+            .claims
+            .iter()
+            .filter(|c| c.phase == "Invalid")
+            .map(|c| (claim_name(&c.claim), c.message.clone()))
+            .collect(),
+        source_errors: listed.source_errors,
+    })
+}
+
+fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Report> {
     let layout = PinLayout::new(bpffs);
     let published = state::read(state_file).ok();
     let running = published
@@ -80,7 +185,7 @@ pub fn status(bpffs: &Path, state_file: &Path, json: bool, sample: Duration) -> 
                 mode: class.mode.name().into(),
                 rate_bytes: class.rate_bytes,
                 ceil_bytes: class.ceil_bytes,
-                priority: class.priority,
+                priority: format!("htb prio {}", class.priority),
                 interfaces: interfaces.clone(),
                 bytes: b.bytes,
                 packets: b.packets,
@@ -95,26 +200,22 @@ pub fn status(bpffs: &Path, state_file: &Path, json: bool, sample: Duration) -> 
         .filter(|c| c.phase == "Invalid")
         .map(|c| (c.claim.clone(), c.message.clone()))
         .collect();
-    let report = Report {
+    Ok(Report {
         daemon_running: running,
+        source: format!("pinned maps under {}", bpffs.display()),
         classes: rows,
         invalid,
         source_errors: published.map(|s| s.source_errors).unwrap_or_default(),
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_table(&report);
-    }
-    Ok(report.invalid.is_empty() && report.source_errors.is_empty())
+    })
 }
 
 fn print_table(report: &Report) {
     if !report.daemon_running {
         println!("(no running daemon: counters from the pinned maps; claim names may be missing)");
     }
+    println!("source: {}", report.source);
     println!(
-        "{:<28} {:>5} {:<6} {:>10} {:>10} {:>4} {:<20} {:>14} {:>12} {:>8} {:<8}",
+        "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<20} {:>14} {:>12} {:>8} {:<8}",
         "CLAIM",
         "CLASS",
         "MODE",
@@ -129,7 +230,7 @@ fn print_table(report: &Report) {
     );
     for row in &report.classes {
         println!(
-            "{:<28} {:>5} {:<6} {:>10} {:>10} {:>4} {:<20} {:>14} {:>12} {:>8} {:<8}",
+            "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<20} {:>14} {:>12} {:>8} {:<8}",
             row.claim,
             row.class_id,
             row.mode,

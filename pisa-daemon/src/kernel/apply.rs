@@ -19,7 +19,7 @@ use super::{
     Attachment, ClassSpec, Dataplane, Features, Kernel, KernelError, RuleMatch, ShapingMode,
 };
 
-fn map_err(
+pub(super) fn map_err(
     map: &'static str,
     action: &'static str,
 ) -> impl FnOnce(aya::maps::MapError) -> KernelError {
@@ -31,13 +31,16 @@ fn map_err(
 }
 
 impl Kernel {
-    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map, KernelError> {
+    pub(super) fn map_mut(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&mut aya::maps::Map, KernelError> {
         self.ebpf
             .map_mut(name)
             .ok_or(KernelError::MapMissing { map: name })
     }
 
-    fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
+    pub(super) fn map(&self, name: &'static str) -> Result<&aya::maps::Map, KernelError> {
         self.ebpf
             .map(name)
             .ok_or(KernelError::MapMissing { map: name })
@@ -77,13 +80,7 @@ impl Kernel {
                 "adopted pinned classes and rules"
             );
         }
-        let tags_map: aya::maps::HashMap<
-            _,
-            pisa_daemon_common::FlowKey,
-            pisa_daemon_common::FlowTag,
-        > = aya::maps::HashMap::try_from(self.map(pisa_daemon_common::names::MAP_FLOW_TAGS)?)
-            .map_err(map_err(pisa_daemon_common::names::MAP_FLOW_TAGS, "opening"))?;
-        let tags = tags_map.keys().filter(Result::is_ok).count() as u32;
+        let tags = self.pinned_flow_tag_count()?;
         self.classes = classes;
         self.rules = BTreeMap::new();
         self.summary = pisa_daemon_common::Summary {
@@ -254,7 +251,7 @@ impl Kernel {
     }
 
     /// Publishes the rule and tag counts the program uses to skip lookups.
-    fn write_summary(&mut self) -> Result<(), KernelError> {
+    pub(super) fn write_summary(&mut self) -> Result<(), KernelError> {
         let name = pisa_daemon_common::names::MAP_SUMMARY;
         let summary = self.summary;
         let mut map: Array<_, pisa_daemon_common::Summary> =
@@ -547,6 +544,24 @@ impl Dataplane for Kernel {
         Ok(out)
     }
 
+    fn put_flow_tags(
+        &mut self,
+        entries: &[(pisa_daemon_common::FlowKey, pisa_daemon_common::FlowTag)],
+    ) -> Result<(), KernelError> {
+        self.put_flow_tags_atomically(entries)
+    }
+
+    fn delete_flow_tags(
+        &mut self,
+        keys: &[pisa_daemon_common::FlowKey],
+    ) -> Result<(), KernelError> {
+        keys.iter().try_for_each(|key| self.delete_flow_tag(key))
+    }
+
+    fn clear_flow_tags(&mut self) -> Result<usize, KernelError> {
+        self.clear_pinned_flow_tags()
+    }
+
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
         let stats: PerCpuArray<_, ReasonStats> = PerCpuArray::try_from(self.map(MAP_REASONS)?)
             .map_err(map_err(MAP_REASONS, "opening"))?;
@@ -571,55 +586,6 @@ pub fn sum_class_stats<'a>(per_cpu: impl Iterator<Item = &'a ClassStats>) -> Cla
 }
 
 impl Kernel {
-    /// Tags one direction of a connection with a class (the gRPC issue
-    /// builds on this). `tag.expires_ns` is on the CLOCK_MONOTONIC clock.
-    pub fn put_flow_tag(
-        &mut self,
-        key: &pisa_daemon_common::FlowKey,
-        tag: &pisa_daemon_common::FlowTag,
-    ) -> Result<(), KernelError> {
-        let name = pisa_daemon_common::names::MAP_FLOW_TAGS;
-        let exists = {
-            let tags: aya::maps::HashMap<
-                _,
-                pisa_daemon_common::FlowKey,
-                pisa_daemon_common::FlowTag,
-            > = aya::maps::HashMap::try_from(self.map(name)?).map_err(map_err(name, "opening"))?;
-            tags.get(key, 0).is_ok()
-        };
-        if !exists {
-            // Count first: the program must never skip a non-empty tag table.
-            self.summary.flow_tags += 1;
-            self.write_summary()?;
-        }
-        let mut tags: aya::maps::HashMap<
-            _,
-            pisa_daemon_common::FlowKey,
-            pisa_daemon_common::FlowTag,
-        > = aya::maps::HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
-        tags.insert(key, tag, 0).map_err(map_err(name, "inserting"))
-    }
-
-    pub fn delete_flow_tag(
-        &mut self,
-        key: &pisa_daemon_common::FlowKey,
-    ) -> Result<(), KernelError> {
-        let name = pisa_daemon_common::names::MAP_FLOW_TAGS;
-        let mut tags: aya::maps::HashMap<
-            _,
-            pisa_daemon_common::FlowKey,
-            pisa_daemon_common::FlowTag,
-        > = aya::maps::HashMap::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
-        match tags.remove(key) {
-            Ok(()) => {
-                self.summary.flow_tags = self.summary.flow_tags.saturating_sub(1);
-                self.write_summary()
-            }
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(map_err(name, "removing")(source)),
-        }
-    }
-
     /// Sets the interface's L3 flag without attaching (for program tests
     /// that run crafted packets "as if" on that device).
     pub fn set_iface_l3(&mut self, ifindex: u32, l3_only: bool) -> Result<(), KernelError> {

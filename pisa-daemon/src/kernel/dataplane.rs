@@ -8,8 +8,8 @@ use std::{
 };
 
 use pisa_daemon_common::{
-    ClassStats, EndpointMatch, IfaceStats, FAMILY_V4, FAMILY_V6, MODE_EDT, MODE_HTB, MODE_POLICE,
-    PROTO_TCP, PROTO_UDP, SIDE_DST, SIDE_SRC,
+    ClassStats, EndpointMatch, FlowKey, FlowTag, IfaceStats, FAMILY_V4, FAMILY_V6, MODE_EDT,
+    MODE_HTB, MODE_POLICE, PROTO_TCP, PROTO_UDP, SIDE_DST, SIDE_SRC,
 };
 
 use super::{Attachment, KernelError};
@@ -223,6 +223,12 @@ pub trait Dataplane {
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError>;
     /// Summed egress counters of attached interfaces.
     fn interface_stats(&self) -> Result<BTreeMap<String, IfaceStats>, KernelError>;
+    /// Writes flow tags (connection direction -> class), all or none.
+    fn put_flow_tags(&mut self, entries: &[(FlowKey, FlowTag)]) -> Result<(), KernelError>;
+    /// Removes flow tags; keys without a tag are skipped.
+    fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError>;
+    /// Removes every flow tag; returns how many there were.
+    fn clear_flow_tags(&mut self) -> Result<usize, KernelError>;
 }
 
 /// An in-memory `Dataplane` for reconciler tests: it records every call so
@@ -238,6 +244,9 @@ pub struct FakeDataplane {
     pub log: Vec<String>,
     /// When set, the next mutating call fails with this interface error.
     pub fail_next: Option<String>,
+    pub flow_tags: BTreeMap<FlowKey, FlowTag>,
+    /// Most flow-tag entries the fake "kernel" map holds (0: no limit).
+    pub flow_tag_capacity: usize,
 }
 
 impl FakeDataplane {
@@ -333,6 +342,37 @@ impl Dataplane for FakeDataplane {
             .iter()
             .map(|i| (i.clone(), IfaceStats::default()))
             .collect())
+    }
+
+    fn put_flow_tags(&mut self, entries: &[(FlowKey, FlowTag)]) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        let new = entries
+            .iter()
+            .filter(|(k, _)| !self.flow_tags.contains_key(k))
+            .count();
+        if self.flow_tag_capacity != 0 && self.flow_tags.len() + new > self.flow_tag_capacity {
+            return Err(KernelError::FlowTagsFull {
+                capacity: self.flow_tag_capacity as u32,
+            });
+        }
+        self.log.push(format!("put_flow_tags {}", entries.len()));
+        self.flow_tags.extend(entries.iter().copied());
+        Ok(())
+    }
+
+    fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!("delete_flow_tags {}", keys.len()));
+        for key in keys {
+            self.flow_tags.remove(key);
+        }
+        Ok(())
+    }
+
+    fn clear_flow_tags(&mut self) -> Result<usize, KernelError> {
+        let count = self.flow_tags.len();
+        self.flow_tags.clear();
+        Ok(count)
     }
 }
 

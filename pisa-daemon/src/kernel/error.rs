@@ -116,6 +116,12 @@ pub enum KernelError {
         source: aya::maps::MapError,
     },
 
+    #[error(
+        "the kernel's flow-tag table is full ({capacity} connection directions); \
+         untag connections or wait for tags to expire"
+    )]
+    FlowTagsFull { capacity: u32 },
+
     #[error("pinning `{path}` failed: {source}")]
     Pin {
         path: PathBuf,

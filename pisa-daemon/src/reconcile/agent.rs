@@ -14,6 +14,7 @@ use super::{converge, ApplyError};
 use crate::{
     kernel::Dataplane,
     plan::{self, Plan},
+    source::tags::{TagTable, MAX_TAGS},
     spec::{validate, ClaimError, ClaimKey, Document, Limits, ValidClaim},
 };
 
@@ -60,6 +61,8 @@ pub struct Agent<D: Dataplane> {
     pub plan: Plan,
     /// Set after the first successful reconcile (`/readyz`).
     pub ready: bool,
+    /// Connections the SQL proxy tagged (gRPC).
+    pub tags: TagTable,
     validity: (usize, usize),
 }
 
@@ -74,6 +77,7 @@ impl<D: Dataplane> Agent<D> {
             source_errors: Vec::new(),
             plan: Plan::default(),
             ready: false,
+            tags: TagTable::new(MAX_TAGS),
             validity: (0, 0),
         }
     }
@@ -140,6 +144,13 @@ impl<D: Dataplane> Agent<D> {
     /// Returns the number of operations it took.
     pub fn reconcile(&mut self) -> Result<usize, ApplyError> {
         let plan = plan::plan(&self.effective, self.dp.classes());
+        // A class whose claim goes away takes its tagged connections with
+        // it, before the class itself goes. Tags that cannot be removed
+        // now stay in the table and are tried again next time.
+        let planned = plan.classes.keys().copied().collect();
+        if let Err(error) = self.tags.retain_classes(&mut self.dp, &planned) {
+            tracing::warn!(%error, "could not untag connections of removed classes");
+        }
         let result = converge(&mut self.dp, &plan, &self.ifaces);
         for (key, status) in self.statuses.iter_mut() {
             let Some(id) = plan.ids.get(key) else {

@@ -2,3 +2,4 @@
 //! them (the embedded default).
 
 pub mod file;
+pub mod tags;

@@ -1,0 +1,591 @@
+//! The `pisa.v1.PisaDaemon` service over the agent. Each call takes the
+//! agent's lock for a few map operations and never across an await.
+
+use std::{
+    collections::BTreeMap,
+    pin::Pin,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use pisa_daemon_common::{reason, ClassStats};
+use tokio_stream::{wrappers::ReceiverStream, Stream};
+use tonic::{Request, Response, Status};
+
+use super::{
+    convert::{self, Target, WATCH_INTERVAL_MS},
+    pb::{self, pisa_daemon_server::PisaDaemon},
+};
+use crate::{
+    kernel::Dataplane,
+    reconcile::agent::{Agent, Phase},
+    source::tags::{monotonic_ns, Tag},
+    spec::{load_documents, validate},
+};
+
+/// Rates for GetStats are measured over this window by a background task.
+pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct PisaApi<D: Dataplane> {
+    agent: Arc<Mutex<Agent<D>>>,
+    generation: u64,
+    /// The last two counter samples (for GetStats' achieved rates).
+    samples: Arc<Mutex<RateWindow>>,
+}
+
+impl<D: Dataplane> Clone for PisaApi<D> {
+    fn clone(&self) -> Self {
+        Self {
+            agent: self.agent.clone(),
+            generation: self.generation,
+            samples: self.samples.clone(),
+        }
+    }
+}
+
+/// Class byte counters at two instants; the rate is their difference.
+#[derive(Default)]
+struct RateWindow {
+    previous: Option<(Instant, BTreeMap<u32, u64>)>,
+    rates: BTreeMap<u32, f64>,
+}
+
+impl RateWindow {
+    fn push(&mut self, at: Instant, bytes: BTreeMap<u32, u64>) {
+        if let Some((then, before)) = &self.previous {
+            let seconds = at.duration_since(*then).as_secs_f64();
+            if seconds > 0.0 {
+                self.rates = bytes
+                    .iter()
+                    .map(|(id, now)| {
+                        let delta = now.saturating_sub(before.get(id).copied().unwrap_or(0));
+                        (*id, delta as f64 / seconds)
+                    })
+                    .collect();
+            }
+        }
+        self.previous = Some((at, bytes));
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl<D: Dataplane + Send + 'static> PisaApi<D> {
+    /// `generation` must differ on every daemon start (the proxy compares
+    /// it to detect that its tags are gone).
+    pub fn new(agent: Arc<Mutex<Agent<D>>>, generation: u64) -> Self {
+        Self {
+            agent,
+            generation,
+            samples: Arc::default(),
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Agent<D>>, Status> {
+        self.agent
+            .lock()
+            .map_err(|_| Status::internal("agent state is poisoned; restart the daemon"))
+    }
+
+    /// Reads the counters into GetStats form; `achieved` fills the rates.
+    fn snapshot(&self, achieved: &BTreeMap<u32, f64>) -> Result<pb::GetStatsResponse, Status> {
+        let agent = self.lock()?;
+        let stats = agent
+            .dp
+            .class_stats()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let reasons = agent
+            .dp
+            .reason_stats()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let classes = agent
+            .plan
+            .classes
+            .iter()
+            .map(|(id, planned)| {
+                let counters = stats.get(id).copied().unwrap_or_default();
+                pb::ClassStats {
+                    class_id: *id,
+                    claim: Some(convert::claim_ref(&planned.claim)),
+                    rate_bytes_per_second: planned.spec.rate_bytes,
+                    ceil_bytes_per_second: planned.spec.ceil_bytes,
+                    packets: counters.packets,
+                    bytes: counters.bytes,
+                    drops: counters.drops,
+                    delayed: counters.delayed,
+                    achieved_bytes_per_second: achieved.get(id).copied().unwrap_or(0.0),
+                }
+            })
+            .collect();
+        Ok(pb::GetStatsResponse {
+            classes,
+            reasons: reasons
+                .iter()
+                .zip(reason::NAMES)
+                .map(|(packets, name)| pb::ReasonCount {
+                    reason: name.into(),
+                    packets: *packets,
+                })
+                .collect(),
+            active_tags: agent.tags.len() as u32,
+            generation: self.generation,
+            sampled_unix_ms: unix_ms(SystemTime::now()),
+        })
+    }
+
+    fn class_bytes(&self) -> Result<BTreeMap<u32, u64>, Status> {
+        let agent = self.lock()?;
+        let stats: BTreeMap<u32, ClassStats> = agent
+            .dp
+            .class_stats()
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(stats.into_iter().map(|(id, s)| (id, s.bytes)).collect())
+    }
+
+    /// Takes one counter sample for GetStats' rates.
+    pub fn sample_rates(&self) {
+        if let Ok(bytes) = self.class_bytes() {
+            if let Ok(mut window) = self.samples.lock() {
+                window.push(Instant::now(), bytes);
+            }
+        }
+    }
+
+    /// Removes expired tags from the kernel; returns how many.
+    pub fn sweep_tags(&self) -> usize {
+        let Ok(mut guard) = self.agent.lock() else {
+            return 0;
+        };
+        let agent = &mut *guard;
+        agent
+            .tags
+            .sweep(&mut agent.dp, monotonic_ns())
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "sweeping expired flow tags failed; retrying");
+                0
+            })
+    }
+
+    /// The class a TagFlow request names, if it is in force here.
+    fn resolve(agent: &Agent<D>, target: &Target) -> Result<u32, Status> {
+        match target {
+            Target::ClassId(id) => {
+                if agent.dp.classes().contains_key(id) {
+                    Ok(*id)
+                } else {
+                    Err(Status::not_found(format!(
+                        "class_id `{id}`: no such class on this node; ListClasses shows the \
+                         classes in force"
+                    )))
+                }
+            }
+            Target::Claim(key) => {
+                if let Some(id) = agent
+                    .plan
+                    .ids
+                    .get(key)
+                    .filter(|id| agent.dp.classes().contains_key(id))
+                {
+                    return Ok(*id);
+                }
+                let why = match agent.statuses.get(key) {
+                    Some(status) if status.phase != Phase::Applied => {
+                        format!("it is {:?}: {}", status.phase, status.message)
+                    }
+                    _ => "no such claim on this node; ListClasses shows the claims in force"
+                        .to_string(),
+                };
+                Err(Status::not_found(format!("claim `{key}`: {why}")))
+            }
+        }
+    }
+}
+
+type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::GetStatsResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
+    async fn tag_flow(
+        &self,
+        request: Request<pb::TagFlowRequest>,
+    ) -> Result<Response<pb::TagFlowResponse>, Status> {
+        let request = convert::tag_request(request.get_ref())?;
+        let mut guard = self.lock()?;
+        let agent = &mut *guard;
+        let class_id = Self::resolve(agent, &request.target)?;
+        let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
+        let tag = Tag {
+            class_id,
+            expires_ns: monotonic_ns() + ttl.as_nanos() as u64,
+        };
+        agent
+            .tags
+            .tag(&mut agent.dp, &request.flow, tag, monotonic_ns())
+            .map_err(convert::tag_error)?;
+        tracing::debug!(flow = ?request.flow, class_id, ttl_s = request.ttl_seconds, "tagged");
+        Ok(Response::new(pb::TagFlowResponse {
+            class_id,
+            expires_unix_ms: unix_ms(SystemTime::now() + ttl),
+            generation: self.generation,
+        }))
+    }
+
+    async fn untag_flow(
+        &self,
+        request: Request<pb::UntagFlowRequest>,
+    ) -> Result<Response<pb::UntagFlowResponse>, Status> {
+        let flow = convert::flow(request.get_ref().flow.as_ref(), "flow")?;
+        let mut guard = self.lock()?;
+        let agent = &mut *guard;
+        let removed = agent
+            .tags
+            .untag(&mut agent.dp, &flow)
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(pb::UntagFlowResponse {
+            removed,
+            generation: self.generation,
+        }))
+    }
+
+    async fn list_classes(
+        &self,
+        _request: Request<pb::ListClassesRequest>,
+    ) -> Result<Response<pb::ListClassesResponse>, Status> {
+        let agent = self.lock()?;
+        let interfaces: Vec<String> = agent.dp.interfaces().into_iter().collect();
+        let classes = agent
+            .plan
+            .classes
+            .iter()
+            .map(|(id, planned)| {
+                let claim = agent.effective.get(&planned.claim);
+                let endpoints = agent
+                    .plan
+                    .rules
+                    .iter()
+                    .filter(|(_, class)| *class == id)
+                    .map(|(rule, _)| convert::rule_text(rule))
+                    .collect();
+                pb::ClassInfo {
+                    class_id: *id,
+                    claim: Some(convert::claim_ref(&planned.claim)),
+                    mode: convert::mode(planned.spec.mode) as i32,
+                    rate_bytes_per_second: planned.spec.rate_bytes,
+                    ceil_bytes_per_second: planned.spec.ceil_bytes,
+                    burst_bytes: planned.spec.burst_bytes,
+                    priority: claim
+                        .map(|c| c.priority.name().to_string())
+                        .unwrap_or_default(),
+                    direction: claim
+                        .map(|c| format!("{:?}", c.direction).to_lowercase())
+                        .unwrap_or_default(),
+                    endpoints,
+                    interfaces: interfaces.clone(),
+                }
+            })
+            .collect();
+        let claims = agent
+            .statuses
+            .iter()
+            .map(|(key, status)| pb::ClaimState {
+                claim: Some(convert::claim_ref(key)),
+                phase: format!("{:?}", status.phase),
+                message: status.message.clone(),
+                class_id: status.class_id.unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(pb::ListClassesResponse {
+            classes,
+            generation: self.generation,
+            claims,
+            source_errors: agent.source_errors.clone(),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        _request: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let achieved = self
+            .samples
+            .lock()
+            .map(|w| w.rates.clone())
+            .unwrap_or_default();
+        Ok(Response::new(self.snapshot(&achieved)?))
+    }
+
+    type WatchStatsStream = StatsStream;
+
+    async fn watch_stats(
+        &self,
+        request: Request<pb::WatchStatsRequest>,
+    ) -> Result<Response<Self::WatchStatsStream>, Status> {
+        let interval_ms = request.get_ref().interval_ms;
+        if !WATCH_INTERVAL_MS.contains(&interval_ms) {
+            return Err(convert::invalid(
+                "interval_ms",
+                interval_ms,
+                &format!(
+                    "must be {}-{} ms",
+                    WATCH_INTERVAL_MS.start(),
+                    WATCH_INTERVAL_MS.end()
+                ),
+            ));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let api = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.into()));
+            let mut window = RateWindow::default();
+            loop {
+                ticker.tick().await;
+                let message = api.class_bytes().and_then(|bytes| {
+                    window.push(Instant::now(), bytes);
+                    api.snapshot(&window.rates)
+                });
+                let failed = message.is_err();
+                // The caller went away: stop sampling for it.
+                if tx.send(message).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let limits = self.lock()?.limits;
+        let yaml = &request.get_ref().yaml;
+        if yaml.trim().is_empty() {
+            return Err(convert::invalid(
+                "yaml",
+                "",
+                "empty; give one or more QoSClaim documents",
+            ));
+        }
+        let response = match load_documents("request", yaml) {
+            Err(error) => pb::ValidateResponse {
+                valid: false,
+                valid_claims: 0,
+                errors: vec![convert::validation_error(&error)],
+            },
+            Ok(documents) => {
+                let validated = validate(&documents, limits);
+                let errors: Vec<pb::ValidationError> = validated
+                    .errors()
+                    .into_iter()
+                    .map(convert::validation_error)
+                    .collect();
+                pb::ValidateResponse {
+                    valid: errors.is_empty(),
+                    valid_claims: validated.valid.len() as u32,
+                    errors,
+                }
+            }
+        };
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use tonic::Code;
+
+    use super::*;
+    use crate::{
+        kernel::FakeDataplane, reconcile::agent::SourceSnapshot, source::tags::TagTable,
+        spec::Limits,
+    };
+
+    const CLAIM: &str = "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+        metadata: {name: catalogue, namespace: shop}\nspec:\n  trafficQoS:\n    \
+        name: catalogue\n    qos_group: {rate: 10mbit}\n    \
+        endpoints: [{host: 10.0.0.5, port: 3306}]\n";
+
+    fn api(tag_capacity: usize) -> PisaApi<FakeDataplane> {
+        let limits = Limits {
+            max_classes: 10,
+            edt_available: false,
+        };
+        let ifaces = BTreeSet::from(["eth0".to_string()]);
+        let mut agent = Agent::new(FakeDataplane::default(), ifaces, limits);
+        agent.tags = TagTable::new(tag_capacity);
+        agent.update(&[SourceSnapshot {
+            name: "claims.yaml".into(),
+            documents: load_documents("claims.yaml", CLAIM),
+        }]);
+        agent.reconcile().unwrap();
+        PisaApi::new(Arc::new(Mutex::new(agent)), 42)
+    }
+
+    fn tag_request(src_port: u32, target: pb::tag_flow_request::Target) -> pb::TagFlowRequest {
+        pb::TagFlowRequest {
+            flow: Some(pb::FlowTuple {
+                src_ip: "10.0.0.1".into(),
+                src_port,
+                dst_ip: "10.0.0.5".into(),
+                dst_port: 3306,
+                protocol: pb::Protocol::Tcp as i32,
+            }),
+            target: Some(target),
+            ttl_seconds: 60,
+        }
+    }
+
+    fn claim(namespace: &str, name: &str) -> pb::tag_flow_request::Target {
+        pb::tag_flow_request::Target::Claim(pb::ClaimRef {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+
+    #[tokio::test]
+    async fn tagging_by_claim_writes_both_directions_and_untag_removes_them() {
+        let api = api(10);
+        let response = api
+            .tag_flow(Request::new(tag_request(40000, claim("shop", "catalogue"))))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.generation, 42);
+        let class_id = response.class_id;
+        {
+            let agent = api.agent.lock().unwrap();
+            assert_eq!(agent.dp.flow_tags.len(), 2);
+            assert!(agent.dp.flow_tags.values().all(|t| t.class_id == class_id));
+        }
+        let listed = api
+            .list_classes(Request::new(pb::ListClassesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(listed.classes[0].class_id, class_id);
+        assert_eq!(
+            listed.classes[0].endpoints,
+            ["tcp dst 10.0.0.5/32:3306", "tcp src 10.0.0.5/32:3306"]
+        );
+        assert_eq!(listed.classes[0].direction, "both");
+        assert_eq!(listed.classes[0].interfaces, ["eth0"]);
+        assert_eq!(listed.claims[0].phase, "Applied");
+        let stats = api
+            .get_stats(Request::new(pb::GetStatsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(stats.active_tags, 1);
+        let untagged = api
+            .untag_flow(Request::new(pb::UntagFlowRequest {
+                flow: tag_request(40000, claim("shop", "catalogue")).flow,
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(untagged.removed);
+        assert!(api.agent.lock().unwrap().dp.flow_tags.is_empty());
+    }
+
+    #[tokio::test]
+    async fn unknown_claims_and_classes_are_not_found() {
+        let api = api(10);
+        for target in [
+            claim("shop", "nope"),
+            claim("other", "catalogue"),
+            pb::tag_flow_request::Target::ClassId(9999),
+        ] {
+            let status = api
+                .tag_flow(Request::new(tag_request(40000, target)))
+                .await
+                .unwrap_err();
+            assert_eq!(status.code(), Code::NotFound, "{}", status.message());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_table_is_resource_exhausted_and_keeps_its_tags() {
+        let api = api(1);
+        let target = || claim("shop", "catalogue");
+        api.tag_flow(Request::new(tag_request(40000, target())))
+            .await
+            .unwrap();
+        let status = api
+            .tag_flow(Request::new(tag_request(40001, target())))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("full (1 connections)"));
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn validate_returns_every_error_with_its_field() {
+        let api = api(1);
+        let yaml = CLAIM.replace("10mbit", "10mps").replace("3306", "0");
+        let response = api
+            .validate(Request::new(pb::ValidateRequest { yaml }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!response.valid);
+        let fields: Vec<&str> = response.errors.iter().map(|e| e.field.as_str()).collect();
+        assert!(
+            fields.contains(&"spec.trafficQoS.qos_group.rate"),
+            "{fields:?}"
+        );
+        assert!(
+            fields.iter().any(|f| f.contains("endpoints[0].port")),
+            "{fields:?}"
+        );
+        let empty = api
+            .validate(Request::new(pb::ValidateRequest { yaml: " ".into() }))
+            .await
+            .unwrap_err();
+        assert_eq!(empty.code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn watch_interval_out_of_bounds_is_invalid() {
+        let api = api(1);
+        for interval_ms in [0, 99, 60_001] {
+            let Err(status) = api
+                .watch_stats(Request::new(pb::WatchStatsRequest { interval_ms }))
+                .await
+            else {
+                panic!("interval {interval_ms} accepted");
+            };
+            assert_eq!(status.code(), Code::InvalidArgument);
+            assert!(status.message().starts_with("interval_ms"));
+        }
+    }
+
+    #[test]
+    fn removing_a_claim_removes_its_tags() {
+        let api = api(10);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(api.tag_flow(Request::new(tag_request(40000, claim("shop", "catalogue")))))
+            .unwrap();
+        let mut agent = api.agent.lock().unwrap();
+        agent.update(&[SourceSnapshot {
+            name: "claims.yaml".into(),
+            documents: Ok(vec![]),
+        }]);
+        agent.reconcile().unwrap();
+        assert!(agent.tags.is_empty());
+        assert!(agent.dp.flow_tags.is_empty());
+    }
+}
