@@ -280,9 +280,14 @@ fn invalid_edit_keeps_last_good_state_and_reports_everywhere() {
         .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
         .arg(&daemon.state_file)
         .args(["--sample-ms", "100"])
+        .env("PISA_API_SOCKET", api_socket())
         .output()
         .expect("status");
     let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("source: api unix:"),
+        "status asks the running daemon: {table}"
+    );
     assert!(
         !out.status.success(),
         "status exits non-zero while a claim is invalid"

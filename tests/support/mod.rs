@@ -343,6 +343,10 @@ impl Drop for ChildGuard {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // A daemon killed with SIGKILL leaves its socket file behind.
+        if self.what.starts_with("pisa-daemon") {
+            let _ = std::fs::remove_file(api_socket());
+        }
     }
 }
 
@@ -392,10 +396,32 @@ pub fn daemon_bin() -> &'static str {
     env!("CARGO_BIN_EXE_pisa-daemon")
 }
 
+/// The Python of the tests' third-party clients: a venv `cargo xtask setup`
+/// builds with Debian's python3, so that any user can run it.
+pub fn test_python() -> PathBuf {
+    let python = std::env::var_os("PISA_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/opt/pisa-test-venv/bin/python3"));
+    assert!(
+        python.exists(),
+        "{} is missing: run `cargo xtask setup` (it builds the test venv)",
+        python.display()
+    );
+    python
+}
+
+/// The gRPC socket of daemons this test process starts: one per process
+/// (tests run one at a time), never the system-wide `/run/pisa/pisa.sock`.
+/// `ChildGuard` removes it when a daemon it guards goes away.
+pub fn api_socket() -> PathBuf {
+    std::env::temp_dir().join(format!("pisa-api-{}.sock", std::process::id()))
+}
+
 /// Starts `pisa-daemon` with `args`, stderr captured.
 pub fn spawn_daemon(args: &[&str]) -> ChildGuard {
     let child = Command::new(daemon_bin())
         .args(args)
+        .env("PISA_API_SOCKET", api_socket())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -408,6 +434,7 @@ pub fn run_daemon(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(daemon_bin())
         .args(args)
         .env("NO_COLOR", "1")
+        .env("PISA_API_SOCKET", api_socket())
         .output()
         .expect("running pisa-daemon");
     (
@@ -569,16 +596,21 @@ pub fn measure_wire_bps(iface: &str, window: Duration) -> f64 {
 
 /// Runs an iperf3 client in `ns` and returns the receiver's goodput (bits/s).
 pub fn iperf3_goodput(ns: &Netns, server: &str, port: u16, seconds: u32) -> f64 {
-    let out = ns.exec(&[
-        "iperf3",
-        "-c",
-        server,
-        "-p",
-        &port.to_string(),
-        "-t",
-        &seconds.to_string(),
-        "-J",
-    ]);
+    iperf3_goodput_with(ns, server, port, seconds, &[])
+}
+
+/// `iperf3_goodput` with extra client arguments (e.g. `--cport`).
+pub fn iperf3_goodput_with(
+    ns: &Netns,
+    server: &str,
+    port: u16,
+    seconds: u32,
+    extra: &[&str],
+) -> f64 {
+    let (port, seconds) = (port.to_string(), seconds.to_string());
+    let mut args = vec!["iperf3", "-c", server, "-p", &port, "-t", &seconds, "-J"];
+    args.extend_from_slice(extra);
+    let out = ns.exec(&args);
     let report: serde_json::Value = serde_json::from_str(&out).expect("iperf3 JSON");
     report["end"]["sum_received"]["bits_per_second"]
         .as_f64()

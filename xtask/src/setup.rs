@@ -26,6 +26,21 @@ pub const PACKAGES: &[&str] = &[
     // promtool checks the live /metrics; Prometheus itself scrapes in tests.
     "prometheus",
     "curl",
+    // A Python any user can run, for the third-party clients in tests/
+    // (pyenv's Python lives under /root, which other users cannot enter).
+    "python3",
+    "python3-venv",
+];
+
+/// Where the tests' Python environment lives (world-readable).
+pub const TEST_VENV: &str = "/opt/pisa-test-venv";
+
+/// PyPI packages of the test clients, pinned so that every machine runs
+/// the same generated stubs and validators.
+pub const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio==1.76.0",
+    "grpcio-tools==1.76.0",
+    "grpcio-reflection==1.76.0",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -35,6 +50,7 @@ pub fn run_setup_steps() -> Result<()> {
         bail!("setup installs Debian packages and mounts bpffs: run it as root");
     }
     apt_packages(PACKAGES)?;
+    test_venv()?;
     bpf_linker()?;
     bpffs()?;
     Ok(())
@@ -71,6 +87,34 @@ pub fn apt_packages(packages: &[&str]) -> Result<()> {
         bail!("apt-get install {} failed: {status}", missing.join(" "));
     }
     Ok(())
+}
+
+/// The tests' Python environment, built with Debian's python3 so that a
+/// non-root user can run it too (the socket-permission test needs that).
+fn test_venv() -> Result<()> {
+    let python = format!("{TEST_VENV}/bin/python3");
+    let check = capture(
+        &python,
+        &["-m", "pip", "freeze", "--disable-pip-version-check"],
+    )
+    .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+    .unwrap_or_default();
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !check.lines().any(|l| l.eq_ignore_ascii_case(p)))
+        .collect();
+    if missing.is_empty() {
+        eprintln!("setup: {TEST_VENV} has {}", PYTHON_PACKAGES.join(" "));
+        return Ok(());
+    }
+    if !Path::new(&python).exists() {
+        cmd("/usr/bin/python3", &["-m", "venv", TEST_VENV])?;
+    }
+    eprintln!("setup: installing {} into {TEST_VENV}", missing.join(" "));
+    let mut args = vec!["-m", "pip", "install", "-q", "--disable-pip-version-check"];
+    args.extend(PYTHON_PACKAGES.iter().copied());
+    cmd(&python, &args)
 }
 
 fn cargo_bin(tool: &str) -> String {

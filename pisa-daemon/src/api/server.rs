@@ -115,13 +115,22 @@ pub async fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, ApiError> {
 }
 
 fn router<D: Dataplane + Send + 'static>(api: PisaApi<D>) -> Result<Router, ApiError> {
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: grpcurl and grpc-python's helpers still
+    // speak v1alpha, newer tools v1.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
+        .map_err(|source| ApiError::Reflection { source })?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
         .map_err(|source| ApiError::Reflection { source })?;
     Ok(Server::builder()
         .add_service(pb::pisa_daemon_server::PisaDaemonServer::new(api))
-        .add_service(reflection))
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha))
 }
 
 /// Serves the API on a Unix listener until `shutdown` resolves.
