@@ -44,9 +44,16 @@ impl Metrics {
             reconcile_runs.clone(),
         );
         let reconcile_errors = Family::<Labels, Counter>::default();
+        // Every reason exists from the start at 0, so `increase()` sees the
+        // first failure and dashboards have a series while all is well.
+        for reason in crate::reconcile::ERROR_REASONS {
+            reconcile_errors
+                .get_or_create(&vec![("reason".into(), reason.into())])
+                .inc_by(0);
+        }
         registry.register(
             "pisa_reconcile_errors",
-            "Failed reconcile runs by reason (interface, netlink, map, attach, kernel)",
+            "Failed reconcile runs by reason (source, interface, netlink, map, attach, kernel)",
             reconcile_errors.clone(),
         );
         let reconcile_duration = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
@@ -192,7 +199,8 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
         let counters: [ClassMetric; 4] = [
             (
                 "pisa_class_bytes",
-                "Bytes the class let through (wire bytes)",
+                "Bytes the class let through, as skb->len at tc egress before the qdisc \
+                 (a GSO packet counts one set of headers)",
                 |c| c.stats.bytes,
             ),
             ("pisa_class_packets", "Packets the class let through", |c| {

@@ -68,6 +68,10 @@ pub struct ApplyError {
     pub source: KernelError,
 }
 
+/// Every value `ApplyError::reason` (and the run loop, for `source`) gives
+/// the `reason` label of `pisa_reconcile_errors_total`.
+pub const ERROR_REASONS: [&str; 6] = ["source", "interface", "netlink", "map", "attach", "kernel"];
+
 impl ApplyError {
     /// A bounded label for metrics.
     pub fn reason(&self) -> &'static str {
