@@ -1,4 +1,4 @@
-//! `cargo xtask bench [dataplane|agent|all]`: runs the benchmark binaries
+//! `cargo xtask bench [dataplane|agent|api|all]`: runs the benchmark binaries
 //! (release build, root) and records their Markdown output in
 //! `docs/benchmarks.md`, one section per benchmark, with the date and the
 //! machine. Figures are measured in the run, never edited by hand.
@@ -12,9 +12,9 @@ pub fn run(which: &str) -> Result<()> {
         bail!("benchmarks attach programs and build namespaces: run them as root");
     }
     let names: Vec<&str> = match which {
-        "all" => vec!["dataplane", "agent"],
-        "dataplane" | "agent" => vec![which],
-        other => bail!("unknown benchmark `{other}`; valid: dataplane, agent, all"),
+        "all" => vec!["dataplane", "agent", "api"],
+        "dataplane" | "agent" | "api" => vec![which],
+        other => bail!("unknown benchmark `{other}`; valid: dataplane, agent, api, all"),
     };
     for name in names {
         eprintln!("+ cargo bench --package pisa-daemon --bench {name}");
