@@ -141,6 +141,9 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Print the QoSClaim CRD (YAML) generated from the Rust types.
+    #[command(hide = true)]
+    Crd,
     /// Detach from every interface and remove every pinned object, qdisc
     /// and class under the bpffs root. Touches nothing it did not create.
     Cleanup {
@@ -302,6 +305,10 @@ fn dispatch(command: Command) -> Result<bool> {
             matches!(output, Output::Json),
             Duration::from_millis(sample_ms),
         ),
+        Command::Crd => {
+            print!("{}", pisa_daemon::spec::crd_yaml()?);
+            Ok(true)
+        }
         Command::Cleanup { bpffs } => {
             let report = kernel::pinned::cleanup(&PinLayout::new(&bpffs))?;
             info!(

@@ -34,12 +34,32 @@ enum Task {
     },
     /// Setup, build, and shape real traffic in a throwaway network topology.
     Demo,
+    /// Write generated files: the QoSClaim CRD into manifests/crd/.
+    Codegen,
     /// Run benchmarks and record them in docs/benchmarks.md.
     Bench {
-        /// dataplane, agent, or all.
+        /// dataplane, agent, api, or all.
         #[arg(default_value = "all")]
         which: String,
     },
+}
+
+/// The CRD comes from the daemon's own types (`pisa-daemon crd`), so the
+/// committed YAML can never drift from what the daemon validates; a unit
+/// test fails when it is stale.
+fn codegen() -> Result<()> {
+    let out = shell::capture("cargo", &["run", "-q", "-p", "pisa-daemon", "--", "crd"])?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "pisa-daemon crd failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = shell::workspace().join("manifests/crd/qosclaims.yaml");
+    std::fs::create_dir_all(path.parent().expect("manifests/crd"))?;
+    std::fs::write(&path, &out.stdout)?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -49,5 +69,6 @@ fn main() -> Result<()> {
         Task::Test { filter, no_setup } => test::run(filter.as_deref(), no_setup),
         Task::Demo => demo::run(),
         Task::Bench { which } => bench::run(&which),
+        Task::Codegen => codegen(),
     }
 }

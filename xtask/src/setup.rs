@@ -41,6 +41,9 @@ pub const PYTHON_PACKAGES: &[&str] = &[
     "grpcio==1.76.0",
     "grpcio-tools==1.76.0",
     "grpcio-reflection==1.76.0",
+    "kubernetes-validate==1.33.1",
+    "jsonschema==4.26.0",
+    "PyYAML==6.0.3",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -5,7 +5,11 @@
 
 use std::{collections::BTreeMap, fmt};
 
+use kube::CustomResource;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+pub use super::status::{NodeStatus, QoSClaimStatus};
 
 pub const API_VERSION: &str = "core.database-mesh.io/v1alpha1";
 pub const KIND: &str = "QoSClaim";
@@ -74,43 +78,145 @@ pub struct ObjectMeta {
     pub other: BTreeMap<String, serde_yaml::Value>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+// The CRD (`manifests/crd/qosclaims.yaml`) is generated from these types
+// by `cargo xtask codegen`: doc comments become `kubectl explain` text.
+
+/// A QoS claim on a database's traffic: every node shapes the traffic of
+/// the claim's endpoints (or of the connections the SQL proxy tags with it)
+/// to its rate, borrowing up to its ceil. `kubectl get qc` shows which nodes
+/// applied it.
+// clippy reads each `printcolumn(type_ = …)` as a repeated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, CustomResource, JsonSchema)]
+#[kube(
+    group = "core.database-mesh.io",
+    version = "v1alpha1",
+    kind = "QoSClaim",
+    root = "QoSClaimResource",
+    plural = "qosclaims",
+    namespaced,
+    status = "QoSClaimStatus",
+    shortname = "qc",
+    category = "pisanix",
+    doc = "QoSClaim: traffic QoS for a database, enforced in the kernel of every node by Pisa-Daemon.",
+    printcolumn(
+        name = "Rate",
+        type_ = "string",
+        json_path = ".spec.trafficQoS.qos_group.rate"
+    ),
+    printcolumn(
+        name = "Ceil",
+        type_ = "string",
+        json_path = ".spec.trafficQoS.qos_group.ceil"
+    ),
+    printcolumn(
+        name = "Priority",
+        type_ = "string",
+        json_path = ".spec.trafficQoS.priority"
+    ),
+    printcolumn(
+        name = "Applied",
+        type_ = "string",
+        description = "Nodes that enforce the claim",
+        json_path = ".status.nodes[?(@.phase==\"Applied\")].node"
+    ),
+    printcolumn(
+        name = "Invalid",
+        type_ = "string",
+        description = "Nodes that rejected the claim (see status.nodes[].message)",
+        json_path = ".status.nodes[?(@.phase==\"Invalid\")].node"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
 #[serde(deny_unknown_fields)]
 pub struct QoSClaimSpec {
+    /// The claim's traffic QoS (Pisanix's field name).
     #[serde(rename = "trafficQoS")]
     pub traffic_qos: TrafficQoS,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrafficQoS {
-    /// The VirtualDatabase service this claim binds to (Pisanix).
+    /// The VirtualDatabase service this claim binds to (Pisanix): a
+    /// VirtualDatabase whose `services[].qosClaim` names this claim supplies
+    /// the endpoints (`databaseMySQL.host`/`port`) when `endpoints` is empty.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
+    /// Rate and ceil of the claim's class.
     pub qos_group: QosGroup,
+    /// Who is served first when classes borrow idle bandwidth: guaranteed
+    /// (HTB prio 0), burstable (the default, prio 4) or besteffort (prio 7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
-    /// Bucket depth, tc size units (`64kb`).
+    /// Bucket depth in tc size units (`64kb`, `1mb`, `1500b`); by default
+    /// enough for 10 ms at the rate, and at least 64kb.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^[0-9]+(\.[0-9]+)?([bB]|[kKmMgG]([iI]?[bB])?|[kKmMgG][bB][iI][tT])$"
+    ))]
+    #[schemars(length(max = 32))]
     pub burst: Option<String>,
+    /// Which packets are shaped: `to` the database (requests, matched on
+    /// destination), `from` it (responses, matched on source), or `both`
+    /// (the default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
+    /// How the kernel enforces the rate: `auto` (= htb), `htb` (queue with
+    /// rate, ceil and borrowing), `edt` (pacing, needs sch_fq on the node)
+    /// or `police` (drop above rate + burst).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// The database's addresses. Empty: endpoints come from the bound
+    /// VirtualDatabase, or only connections the SQL proxy tags are shaped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub endpoints: Option<Vec<Endpoint>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// The CEL rule that keeps `ceil >= rate`, unit-aware: each value's number
+/// times its unit's bits per second (tc's units, case-insensitive).
+pub const CEIL_AT_LEAST_RATE_RULE: &str = "!has(self.ceil) || \
+double(self.ceil.find('^[0-9.]+')) * {'bit': 1.0, 'kbit': 1e3, 'mbit': 1e6, 'gbit': 1e9, 'tbit': 1e12, \
+'kibit': 1024.0, 'mibit': 1048576.0, 'gibit': 1073741824.0, 'tibit': 1099511627776.0, \
+'bps': 8.0, 'kbps': 8e3, 'mbps': 8e6, 'gbps': 8e9, 'tbps': 8e12, \
+'kibps': 8192.0, 'mibps': 8388608.0, 'gibps': 8589934592.0, 'tibps': 8796093022208.0}\
+[self.ceil.lowerAscii().find('[a-z]+$')] >= \
+double(self.rate.find('^[0-9.]+')) * {'bit': 1.0, 'kbit': 1e3, 'mbit': 1e6, 'gbit': 1e9, 'tbit': 1e12, \
+'kibit': 1024.0, 'mibit': 1048576.0, 'gibit': 1073741824.0, 'tibit': 1099511627776.0, \
+'bps': 8.0, 'kbps': 8e3, 'mbps': 8e6, 'gbps': 8e9, 'tbps': 8e12, \
+'kibps': 8192.0, 'mibps': 8388608.0, 'gibps': 8589934592.0, 'tibps': 8796093022208.0}\
+[self.rate.lowerAscii().find('[a-z]+$')]";
+
+/// tc rate units: `bit kbit mbit gbit tbit` (bits/s), `bps kbps mbps gbps
+/// tbps` (bytes/s), their `ki mi gi ti` 1024-based forms, any case.
+const RATE_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?([kKmMgGtT][iI]?)?([bB][iI][tT]|[bB][pP][sS])$";
+
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": CEIL_AT_LEAST_RATE_RULE,
+    "message": "ceil must be at least rate",
+    "fieldPath": ".ceil",
+    "reason": "FieldValueInvalid",
+}]))]
 pub struct QosGroup {
-    /// Guaranteed rate, tc rate units (`40mbit`, `5mbps`).
+    /// Guaranteed rate in tc units: `40mbit` is 40 megabits per second,
+    /// `5mbps` is 5 megaBYTES per second.
+    #[schemars(regex(pattern = RATE_PATTERN), length(max = 32))]
     pub rate: String,
-    /// Ceiling reachable by borrowing idle bandwidth; defaults to `rate`.
+    /// Ceiling reachable by borrowing idle bandwidth, tc units; defaults to
+    /// `rate`, and must not be below it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = RATE_PATTERN), length(max = 32))]
     pub ceil: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     /// Served first when classes borrow (HTB prio 0).
@@ -141,7 +247,7 @@ impl Priority {
 }
 
 /// Which traffic the class shapes, relative to the database.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Requests to the database (matched on destination).
@@ -153,7 +259,7 @@ pub enum Direction {
     Both,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// `htb`: rate, ceil and borrowing, and TCP-friendly queueing.
@@ -164,20 +270,30 @@ pub enum Mode {
     Police,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+/// One database endpoint: exactly one of `host` or `cidr`, with an
+/// optional port and protocol.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.host) != has(self.cidr)",
+    "message": "give exactly one of host or cidr",
+}]))]
 pub struct Endpoint {
-    /// An IPv4 or IPv6 address.
+    /// An IPv4 or IPv6 address, e.g. `10.0.0.5` or `fd00::5`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 45))]
     pub host: Option<String>,
-    /// An IPv4 or IPv6 network, `10.0.0.0/24`.
+    /// An IPv4 or IPv6 network, e.g. `10.0.0.0/24` or `fd00::/64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 4, max = 49))]
     pub cidr: Option<String>,
-    /// 1-65535; absent means any port.
+    /// The database's port, 1-65535; absent means any port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: Option<i64>,
-    /// `TCP` (default) or `UDP`.
+    /// `TCP` (the default) or `UDP`, any case.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^([tT][cC][pP]|[uU][dD][pP])$"))]
     pub protocol: Option<String>,
 }
 

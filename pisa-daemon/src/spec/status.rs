@@ -1,0 +1,47 @@
+//! `QoSClaim.status`: one entry per node. Each node's daemon writes only its
+//! own entry, with server-side apply under its own field manager, so nodes
+//! never overwrite each other (the list is a map keyed by `node`).
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What the nodes made of the claim, written by each node's Pisa-Daemon.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct QoSClaimStatus {
+    /// What each node made of the claim.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<NodeStatus>,
+}
+
+/// One node's view of the claim.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node (`spec.nodeName` of the daemon's pod).
+    pub node: String,
+    /// Applied (in force in the kernel), Invalid (rejected; a last good
+    /// version may still be in force, see message) or Pending (accepted but
+    /// not in force: no endpoints yet, or the kernel update is retried).
+    pub phase: NodePhase,
+    /// Why: every validation error (field, value, reason), or what is in force.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The claim's metadata.generation this entry describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The kernel class (HTB class 5150:<id in hex>; the `class` metric label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_id: Option<u32>,
+    /// When `phase` last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// Applied, Invalid or Pending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+pub enum NodePhase {
+    Applied,
+    Invalid,
+    Pending,
+}
