@@ -2,4 +2,5 @@
 //! them (the embedded default).
 
 pub mod file;
+pub mod kube;
 pub mod tags;
