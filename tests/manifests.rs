@@ -224,3 +224,67 @@ fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
         "fields without a description: {missing:?}"
     );
 }
+
+#[test]
+fn daemonset_args_are_the_daemons_own_flags_and_capabilities_are_minimal() {
+    let daemonset: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(manifest("daemonset.yaml")).expect("daemonset"),
+    )
+    .expect("YAML");
+    let pod = &daemonset["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let container = &pod["containers"][0];
+    let security = &container["securityContext"];
+    assert_eq!(security["privileged"], false);
+    let added: Vec<&str> = security["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON"]);
+    let mounts = container["volumeMounts"].as_sequence().unwrap();
+    assert!(mounts
+        .iter()
+        .any(|m| m["mountPath"] == "/sys/fs/bpf" && m["mountPropagation"] == "Bidirectional"));
+    assert!(mounts
+        .iter()
+        .any(|m| m["mountPath"] == "/sys/kernel/btf" && m["readOnly"] == true));
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // The args parse: the daemon gets as far as looking up the interface.
+    let mut args: Vec<String> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    for arg in args.iter_mut() {
+        if arg.starts_with("--iface=") {
+            *arg = "--iface=pisa-absent0".into();
+        }
+    }
+    let out = std::process::Command::new(daemon_bin())
+        .args(&args)
+        .env("NODE_NAME", "node-a")
+        .output()
+        .expect("running the daemon");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("interface `pisa-absent0` does not exist"),
+        "the DaemonSet's args must parse: {stderr}"
+    );
+
+    let monitor: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(manifest("monitoring/podmonitor.yaml")).expect("podmonitor"),
+    )
+    .expect("YAML");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert!(endpoint["relabelings"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|r| r["targetLabel"] == "node"));
+}

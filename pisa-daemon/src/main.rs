@@ -53,8 +53,25 @@ enum Command {
     Run {
         /// QoSClaim YAML: a multi-document file or a directory of *.yaml.
         /// Without it, only attach (and count); pinned classes are kept.
-        #[arg(long, value_name = "PATH", env = "PISA_CONFIG")]
+        #[arg(
+            long,
+            value_name = "PATH",
+            env = "PISA_CONFIG",
+            conflicts_with = "kube"
+        )]
         config: Option<PathBuf>,
+        /// Take claims from the Kubernetes API (in-cluster, or kubeconfig):
+        /// QoSClaims and Pisanix VirtualDatabases, with this node's status
+        /// written back to each claim.
+        #[arg(long, requires = "node_name")]
+        kube: bool,
+        /// With --kube: watch only this namespace (repeat for several).
+        #[arg(long = "namespace", value_name = "NS", requires = "kube")]
+        namespaces: Vec<String>,
+        /// With --kube: this node's name (the DaemonSet sets it from
+        /// spec.nodeName through the downward API).
+        #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+        node_name: Option<String>,
         /// Interface to attach to (repeat for several), e.g. --iface eth0.
         #[arg(long = "iface", value_name = "NAME", required = true)]
         ifaces: Vec<String>,
@@ -225,6 +242,9 @@ fn dispatch(command: Command) -> Result<bool> {
     match command {
         Command::Run {
             config,
+            kube,
+            namespaces,
+            node_name,
             ifaces,
             bpffs,
             metrics_addr,
@@ -240,6 +260,10 @@ fn dispatch(command: Command) -> Result<bool> {
                 .with_context(|| format!("--link-rate `{link_rate}`"))?;
             let args = run::RunArgs {
                 config,
+                kube: kube.then(|| run::KubeArgs {
+                    namespaces,
+                    node: node_name.unwrap_or_default(),
+                }),
                 api: run::ApiArgs {
                     socket: (api_socket.as_os_str() != "none").then_some(api_socket),
                     socket_group: api_socket_group,

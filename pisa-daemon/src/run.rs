@@ -20,15 +20,25 @@ use pisa_daemon::{
     kernel::{Dataplane, Kernel, PinLayout},
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
-    source::{file, tags::TagTable},
+    reconcile::agent::SourceSnapshot,
+    source::{
+        file,
+        kube::{rfc3339, KubeSource, StatusWriter},
+        tags::TagTable,
+    },
     spec::Limits,
     state::{self, PublishedClaim, PublishedClass, PublishedState},
 };
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::{
+    signal::unix::{signal, SignalKind},
+    sync::Notify,
+};
 use tracing::{error, info, warn};
 
 pub struct RunArgs {
     pub config: Option<PathBuf>,
+    /// Claims from the Kubernetes API instead of a file.
+    pub kube: Option<KubeArgs>,
     pub api: ApiArgs,
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
@@ -36,6 +46,26 @@ pub struct RunArgs {
     pub link_rate_bytes: u64,
     pub max_classes: usize,
     pub state_file: PathBuf,
+}
+
+/// The Kubernetes source.
+pub struct KubeArgs {
+    /// Namespaces to watch; empty: all.
+    pub namespaces: Vec<String>,
+    /// This node's name (the downward API's `spec.nodeName`).
+    pub node: String,
+}
+
+/// Where claims come from, as the loop sees it.
+enum Claims {
+    /// Only attach; pinned classes stay as they are.
+    None,
+    File(PathBuf),
+    Kube {
+        source: KubeSource,
+        status: StatusWriter,
+        changed: Arc<Notify>,
+    },
 }
 
 /// Where the gRPC API listens.
@@ -104,13 +134,27 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::spawn(crate::http::serve(listener, metrics.clone(), agent.clone()));
     }
 
+    let mut claims = match (&args.config, &args.kube) {
+        (Some(path), _) => Claims::File(path.clone()),
+        (None, Some(kube)) => start_kube(kube).await?,
+        (None, None) => Claims::None,
+    };
+
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut fingerprint = args.config.as_deref().map(file::fingerprint);
     let mut retry = RETRY_MIN;
     let mut next_retry: Option<Instant> = None;
-    reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+    reconcile_once(
+        &args,
+        &mut claims,
+        &agent,
+        &metrics,
+        &mut retry,
+        &mut next_retry,
+    )
+    .await;
     let mut poll = tokio::time::interval(POLL);
     loop {
         tokio::select! {
@@ -118,7 +162,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = int.recv() => { info!("SIGINT"); break; }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading claims");
-                reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+                reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
             }
             _ = poll.tick() => {
                 let changed = match (&args.config, fingerprint) {
@@ -140,8 +184,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     info!("claims changed: reloading");
                 }
                 if changed || due {
-                    reconcile_once(&args, &agent, &metrics, &mut retry, &mut next_retry);
+                    reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
                 }
+            }
+            _ = kube_changed(&claims) => {
+                // Let a burst of watch events (a relist) settle first.
+                tokio::time::sleep(DEBOUNCE).await;
+                reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
             }
         }
     }
@@ -207,21 +256,91 @@ async fn start_api(
     Ok((stop, tasks))
 }
 
-fn reconcile_once(
+/// Connects to the API server (in-cluster first, then kubeconfig), starts
+/// the reflectors and waits until they have listed once: before that, an
+/// empty store would look like "every claim was deleted".
+async fn start_kube(kube: &KubeArgs) -> Result<Claims> {
+    let config = match kube::Config::incluster() {
+        Ok(config) => config,
+        Err(_) => kube::Config::infer()
+            .await
+            .context("no in-cluster service account and no kubeconfig")?,
+    };
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let changed = Arc::new(Notify::new());
+    let source = KubeSource::start(&client, &kube.namespaces, changed.clone());
+    info!(node = %kube.node, namespaces = ?kube.namespaces, "watching QoSClaims and VirtualDatabases");
+    while !source.ready() {
+        changed.notified().await;
+    }
+    Ok(Claims::Kube {
+        source,
+        status: StatusWriter::new(client, kube.node.clone()),
+        changed,
+    })
+}
+
+/// Resolves when the kube source saw a change; never for other sources.
+async fn kube_changed(claims: &Claims) {
+    match claims {
+        Claims::Kube { changed, .. } => changed.notified().await,
+        _ => std::future::pending().await,
+    }
+}
+
+fn read_claims(claims: &Claims) -> Option<Result<Vec<SourceSnapshot>, String>> {
+    match claims {
+        Claims::None => None,
+        Claims::File(path) => Some(file::read(path).map_err(|e| e.to_string())),
+        Claims::Kube { source, .. } => Some(Ok(source.snapshot())),
+    }
+}
+
+async fn reconcile_once(
     args: &RunArgs,
-    agent: &SharedAgent,
+    claims: &mut Claims,
+    shared: &SharedAgent,
     metrics: &Metrics,
     retry: &mut Duration,
     next_retry: &mut Option<Instant>,
 ) {
+    let statuses = reconcile_locked(args, claims, shared, metrics, retry, next_retry);
+    if let (Claims::Kube { status, .. }, Some(statuses)) = (claims, statuses) {
+        let now = rfc3339(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        );
+        for error in status.write(&statuses, &now).await {
+            warn!(%error, "status not written; retrying on the next change");
+        }
+    }
+}
+
+/// One reconcile under the agent's lock; returns the claim statuses to
+/// publish.
+fn reconcile_locked(
+    args: &RunArgs,
+    claims: &Claims,
+    agent: &SharedAgent,
+    metrics: &Metrics,
+    retry: &mut Duration,
+    next_retry: &mut Option<Instant>,
+) -> Option<
+    std::collections::BTreeMap<
+        pisa_daemon::spec::ClaimKey,
+        pisa_daemon::reconcile::agent::ClaimStatus,
+    >,
+> {
     let started = Instant::now();
     let Ok(mut agent) = agent.lock() else {
         error!("agent lock poisoned");
-        return;
+        return None;
     };
     metrics.reconcile_runs.inc();
-    let result = match &args.config {
-        Some(path) => match file::read(path) {
+    let result = match read_claims(claims) {
+        Some(read) => match read {
             Ok(sources) => {
                 agent.update(&sources);
                 for message in &agent.source_errors {
@@ -236,7 +355,7 @@ fn reconcile_once(
                 metrics.set_claims(valid, invalid);
                 agent.reconcile().map_err(|e| (e.reason(), e.to_string()))
             }
-            Err(e) => Err(("source", e.to_string())),
+            Err(e) => Err(("source", e)),
         },
         // No claim source: only keep the interfaces attached; classes and
         // rules already pinned are left exactly as they are.
@@ -270,6 +389,7 @@ fn reconcile_once(
         }
     };
     publish(args, &agent, last_error);
+    Some(agent.statuses.clone())
 }
 
 fn attach_only(agent: &mut Agent<Kernel>) -> Result<usize, (&'static str, String)> {
