@@ -27,23 +27,6 @@ struct Setup {
     dir: TempDir,
 }
 
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let path = std::env::temp_dir().join(unique("pcfg"));
-        std::fs::create_dir_all(&path).expect("temp dir");
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 fn claim(name: &str, rate: &str, server: &str, port: u16) -> String {
     format!(
         "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
@@ -59,7 +42,7 @@ impl Setup {
         Self {
             topo: Routed::new(),
             root: BpffsRoot::new(),
-            dir: TempDir::new(),
+            dir: TempDir::new("pcfg"),
         }
     }
 

@@ -28,21 +28,14 @@ const TAGGED_CLAIM: &str = "apiVersion: core.database-mesh.io/v1alpha1\nkind: Qo
 struct Fixture {
     topo: Routed,
     root: BpffsRoot,
-    dir: PathBuf,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    dir: TempDir,
 }
 
 impl Fixture {
     fn new() -> Self {
         require_root();
-        let dir = std::env::temp_dir().join(unique("papi"));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        std::fs::write(dir.join("claims.yaml"), TAGGED_CLAIM).expect("claims");
+        let dir = TempDir::new("papi");
+        std::fs::write(dir.0.join("claims.yaml"), TAGGED_CLAIM).expect("claims");
         Self {
             topo: Routed::new(),
             root: BpffsRoot::new(),
@@ -51,8 +44,8 @@ impl Fixture {
     }
 
     fn start(&self, extra: &[&str]) -> ChildGuard {
-        let config = self.dir.join("claims.yaml");
-        let state = self.dir.join("state.json");
+        let config = self.dir.0.join("claims.yaml");
+        let state = self.dir.0.join("state.json");
         let mut args = vec![
             "run",
             "--config",
@@ -94,6 +87,11 @@ impl Fixture {
             "ttl_seconds": ttl_seconds,
         });
         client(&["call", "TagFlow", &request.to_string()])
+    }
+
+    fn untag(&self, client_port: u16) -> Value {
+        let request = json!({"flow": self.flow(client_port)});
+        client(&["call", "UntagFlow", &request.to_string()])
     }
 
     /// iperf3 goodput from a fixed client port, so the 5-tuple is known.
@@ -190,11 +188,7 @@ fn tagged_connection_is_shaped_untagged_and_expired_ones_are_not() {
         "the class counted the tagged flow: {class}"
     );
     assert_eq!(stats["active_tags"], 1);
-    let untag = client(&[
-        "call",
-        "UntagFlow",
-        &json!({"flow": f.flow(40001)}).to_string(),
-    ]);
+    let untag = f.untag(40001);
     assert_eq!(untag["removed"], true, "{untag}");
 
     // Tagged, then untagged (with the CLI, as a second client): unshaped.
@@ -211,11 +205,7 @@ fn tagged_connection_is_shaped_untagged_and_expired_ones_are_not() {
     ]);
     assert!(ok, "pisa-daemon tag: {out}{err}");
     assert!(out.contains(&format!("with class {class_id}")), "{out}");
-    let untag = client(&[
-        "call",
-        "UntagFlow",
-        &json!({"flow": f.flow(40002)}).to_string(),
-    ]);
+    let untag = f.untag(40002);
     assert_eq!(untag["removed"], true, "{untag}");
     let free = f.goodput_from(40002, 3);
     eprintln!("untagged: {}", mbit(free));
@@ -414,10 +404,6 @@ fn restart_drops_tags_and_changes_the_generation() {
         pinned_flow_tags(&f.root).is_empty(),
         "tags are not persisted"
     );
-    let untag = client(&[
-        "call",
-        "UntagFlow",
-        &json!({"flow": f.flow(40001)}).to_string(),
-    ]);
+    let untag = f.untag(40001);
     assert_eq!(untag["removed"], false, "{untag}");
 }

@@ -60,14 +60,14 @@ fn every_manifest_is_valid_against_the_kubernetes_schemas() {
 #[test]
 fn a_misspelt_field_fails_kubernetes_validation() {
     // The check itself must be able to fail.
-    let bad = std::env::temp_dir().join(format!("{}.yaml", unique("pkbad")));
+    let dir = TempDir::new("pkbad");
+    let bad = dir.0.join("bad.yaml");
     std::fs::write(
         &bad,
         "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: x\n  namespce: y\n",
     )
     .expect("bad manifest");
     let results = check("kube", std::slice::from_ref(&bad));
-    let _ = std::fs::remove_file(&bad);
     let result = results
         .values()
         .next()
@@ -106,8 +106,7 @@ fn claim_with(qos_group: &str, extra: &str) -> String {
 
 #[test]
 fn bad_claims_are_rejected_by_the_schema_or_by_the_daemon() {
-    let dir = std::env::temp_dir().join(unique("pcrd"));
-    std::fs::create_dir_all(&dir).expect("temp dir");
+    let dir = TempDir::new("pcrd");
     let cases = [
         // (name, claim, rejected by the schema?, what the rejection names)
         ("bad-unit", claim_with("{rate: 1mps}", ""), true, "rate"),
@@ -145,7 +144,7 @@ fn bad_claims_are_rejected_by_the_schema_or_by_the_daemon() {
     ];
     let crd = manifest("crd/qosclaims.yaml");
     for (name, body, by_schema, needle) in cases {
-        let path = dir.join(format!("{name}.yaml"));
+        let path = dir.0.join(format!("{name}.yaml"));
         std::fs::write(&path, &body).expect("claim");
         let results = check("crd", &[crd.clone(), path.clone()]);
         let schema_says = results
@@ -164,7 +163,6 @@ fn bad_claims_are_rejected_by_the_schema_or_by_the_daemon() {
             assert!(out.contains(needle), "{name}: {out}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

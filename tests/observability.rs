@@ -32,14 +32,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Runs a command to completion; returns (success, stdout + stderr).
 fn run(program: &str, args: &[&str], cwd: &Path) -> (bool, String) {
     require_tool(program);
@@ -228,20 +220,12 @@ fn claims(server: &str) -> String {
     )
 }
 
-#[test]
-fn real_prometheus_evaluates_every_panel_and_rule_on_shaped_traffic() {
-    require_root();
-    require_tool("prometheus");
-    require_tool("curl");
-    let topo = Routed::new();
-    let root = BpffsRoot::new();
-    let dir = TempDir(std::env::temp_dir().join(unique("pobs")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
+/// The daemon shaping alpha's traffic to the server, with `extra` args.
+fn start_daemon(topo: &Routed, root: &BpffsRoot, dir: &TempDir, extra: &[&str]) -> ChildGuard {
     let config = dir.0.join("claims.yaml");
     std::fs::write(&config, claims(topo.server_ip())).expect("claims");
-    let metrics = format!("127.0.0.1:{}", free_port());
     let state = dir.0.join("state.json");
-    let mut daemon = spawn_daemon(&[
+    let mut args = vec![
         "run",
         "--config",
         config.to_str().unwrap(),
@@ -249,11 +233,23 @@ fn real_prometheus_evaluates_every_panel_and_rule_on_shaped_traffic() {
         topo.to_server(),
         "--bpffs",
         root.as_str(),
-        "--metrics-addr",
-        &metrics,
         "--state-file",
         state.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    spawn_daemon(&args)
+}
+
+#[test]
+fn real_prometheus_evaluates_every_panel_and_rule_on_shaped_traffic() {
+    require_root();
+    require_tool("prometheus");
+    require_tool("curl");
+    let topo = Routed::new();
+    let root = BpffsRoot::new();
+    let dir = TempDir::new("pobs");
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut daemon = start_daemon(&topo, &root, &dir, &["--metrics-addr", &metrics]);
     let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
 
     // Prometheus with the shipped rules, scraping every second.
@@ -348,22 +344,8 @@ fn bpftool_shows_every_map_with_btf_field_names_and_the_configured_values() {
     require_root();
     let topo = Routed::new();
     let root = BpffsRoot::new();
-    let dir = TempDir(std::env::temp_dir().join(unique("pbtf")));
-    std::fs::create_dir_all(&dir.0).expect("temp dir");
-    let config = dir.0.join("claims.yaml");
-    std::fs::write(&config, claims(topo.server_ip())).expect("claims");
-    let state = dir.0.join("state.json");
-    let _daemon = spawn_daemon(&[
-        "run",
-        "--config",
-        config.to_str().unwrap(),
-        "--iface",
-        topo.to_server(),
-        "--bpffs",
-        root.as_str(),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    let dir = TempDir::new("pbtf");
+    let _daemon = start_daemon(&topo, &root, &dir, &[]);
     let layout = root.layout();
     let class_config = layout.map("CLASS_CONFIG");
     wait_until(

@@ -3,13 +3,14 @@
 
 mod support;
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use aya::programs::{TestRun, TestRunOptions};
 use pisa_daemon::kernel::{
     ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
 };
-use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, FAMILY_V4, FAMILY_V6};
+use pisa_daemon::source::tags::{monotonic_ns, Flow};
+use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, PROTO_TCP, PROTO_UDP};
 use support::{packet::*, *};
 
 const TC_ACT_OK: i32 = 0;
@@ -127,35 +128,17 @@ fn htb_handle(class_id: u32) -> u32 {
 }
 
 fn flow_key(p: &Packet) -> FlowKey {
-    let mut key = FlowKey {
-        protocol: p.protocol,
-        src_port_be: p.sport.to_be(),
-        dst_port_be: p.dport.to_be(),
-        ..FlowKey::default()
+    let protocol = match p.protocol {
+        PROTO_TCP => Protocol::Tcp,
+        PROTO_UDP => Protocol::Udp,
+        other => panic!("flow tags are TCP or UDP, not protocol {other}"),
     };
-    for (addr, out) in [(p.src, &mut key.src_addr), (p.dst, &mut key.dst_addr)] {
-        match addr {
-            IpAddr::V4(v4) => {
-                key.family = FAMILY_V4;
-                out[..4].copy_from_slice(&v4.octets());
-            }
-            IpAddr::V6(v6) => {
-                key.family = FAMILY_V6;
-                *out = v6.octets();
-            }
-        }
+    Flow {
+        protocol,
+        src: SocketAddr::new(p.src, p.sport),
+        dst: SocketAddr::new(p.dst, p.dport),
     }
-    key
-}
-
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    .key()
 }
 
 #[test]

@@ -256,6 +256,23 @@ impl Drop for BpffsRoot {
     }
 }
 
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let path = std::env::temp_dir().join(unique(prefix));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A child process killed (SIGKILL) and reaped on drop. Its stderr (if
 /// piped) is drained by a thread, so a chatty child never blocks on a full
 /// pipe, and the text is kept for assertions.

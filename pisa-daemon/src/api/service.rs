@@ -51,7 +51,8 @@ struct RateWindow {
 }
 
 impl RateWindow {
-    fn push(&mut self, at: Instant, bytes: BTreeMap<u32, u64>) {
+    fn push(&mut self, at: Instant, stats: &BTreeMap<u32, ClassStats>) {
+        let bytes: BTreeMap<u32, u64> = stats.iter().map(|(id, s)| (*id, s.bytes)).collect();
         if let Some((then, before)) = &self.previous {
             let seconds = at.duration_since(*then).as_secs_f64();
             if seconds > 0.0 {
@@ -95,13 +96,18 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
             .map_err(|_| Status::internal("agent state is poisoned; restart the daemon"))
     }
 
-    /// Reads the counters into GetStats form; `achieved` fills the rates.
-    fn snapshot(&self, achieved: &BTreeMap<u32, f64>) -> Result<pb::GetStatsResponse, Status> {
+    /// Reads the counters once into GetStats form; `achieved` turns that
+    /// reading into the rates to report.
+    fn snapshot(
+        &self,
+        achieved: impl FnOnce(&BTreeMap<u32, ClassStats>) -> BTreeMap<u32, f64>,
+    ) -> Result<pb::GetStatsResponse, Status> {
         let agent = self.lock()?;
         let stats = agent
             .dp
             .class_stats()
             .map_err(|e| Status::unavailable(e.to_string()))?;
+        let achieved = achieved(&stats);
         let reasons = agent
             .dp
             .reason_stats()
@@ -141,21 +147,13 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
         })
     }
 
-    fn class_bytes(&self) -> Result<BTreeMap<u32, u64>, Status> {
-        let agent = self.lock()?;
-        let stats: BTreeMap<u32, ClassStats> = agent
-            .dp
-            .class_stats()
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(stats.into_iter().map(|(id, s)| (id, s.bytes)).collect())
-    }
-
     /// Takes one counter sample for GetStats' rates.
     pub fn sample_rates(&self) {
-        if let Ok(bytes) = self.class_bytes() {
-            if let Ok(mut window) = self.samples.lock() {
-                window.push(Instant::now(), bytes);
-            }
+        let Ok(agent) = self.agent.lock() else {
+            return;
+        };
+        if let (Ok(stats), Ok(mut window)) = (agent.dp.class_stats(), self.samples.lock()) {
+            window.push(Instant::now(), &stats);
         }
     }
 
@@ -222,13 +220,14 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         let agent = &mut *guard;
         let class_id = Self::resolve(agent, &request.target)?;
         let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
+        let now_ns = monotonic_ns();
         let tag = Tag {
             class_id,
-            expires_ns: monotonic_ns() + ttl.as_nanos() as u64,
+            expires_ns: now_ns + ttl.as_nanos() as u64,
         };
         agent
             .tags
-            .tag(&mut agent.dp, &request.flow, tag, monotonic_ns())
+            .tag(&mut agent.dp, &request.flow, tag, now_ns)
             .map_err(convert::tag_error)?;
         tracing::debug!(flow = ?request.flow, class_id, ttl_s = request.ttl_seconds, "tagged");
         Ok(Response::new(pb::TagFlowResponse {
@@ -319,7 +318,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
             .lock()
             .map(|w| w.rates.clone())
             .unwrap_or_default();
-        Ok(Response::new(self.snapshot(&achieved)?))
+        Ok(Response::new(self.snapshot(|_| achieved)?))
     }
 
     type WatchStatsStream = StatsStream;
@@ -347,9 +346,9 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
             let mut window = RateWindow::default();
             loop {
                 ticker.tick().await;
-                let message = api.class_bytes().and_then(|bytes| {
-                    window.push(Instant::now(), bytes);
-                    api.snapshot(&window.rates)
+                let message = api.snapshot(|stats| {
+                    window.push(Instant::now(), stats);
+                    window.rates.clone()
                 });
                 let failed = message.is_err();
                 // The caller went away: stop sampling for it.
