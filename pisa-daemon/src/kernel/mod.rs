@@ -13,6 +13,7 @@ pub mod iface;
 mod loader;
 mod netlink;
 pub mod pinned;
+pub mod route;
 mod tags;
 
 pub use apply::default_burst;

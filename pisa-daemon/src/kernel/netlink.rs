@@ -83,6 +83,31 @@ impl RtNetlink {
         }
     }
 
+    /// Sends a query for one object and returns the kernel's answer.
+    pub fn get(
+        &mut self,
+        message: RouteNetlinkMessage,
+    ) -> Result<RouteNetlinkMessage, NetlinkError> {
+        let sequence = self.send(message, 0)?;
+        loop {
+            for reply in self.receive()? {
+                if reply.header.sequence_number != sequence {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::InnerMessage(inner) => return Ok(inner),
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(NetlinkError::Kernel(e.to_io()))
+                    }
+                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_) => {
+                        return Err(NetlinkError::Decode("no answer to the query".into()))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
     /// Sends a dump request and collects every message until DONE.
     pub fn dump(
         &mut self,

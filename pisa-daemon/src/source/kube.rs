@@ -12,8 +12,9 @@ use futures::StreamExt;
 use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     runtime::{reflector, watcher, WatchStreamExt},
-    Client,
+    Client, Resource,
 };
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
@@ -104,7 +105,11 @@ impl KubeSource {
     }
 }
 
-fn store_ready(store: &reflector::Store<DynamicObject>) -> bool {
+pub(crate) fn store_ready<K>(store: &reflector::Store<K>) -> bool
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
     futures::FutureExt::now_or_never(store.wait_until_ready()).is_some()
 }
 
@@ -115,9 +120,29 @@ fn reflect(
     kind: &'static str,
 ) -> reflector::Store<DynamicObject> {
     let writer = reflector::store::Writer::new(resource);
+    spawn_reflector(api, watcher::Config::default(), writer, changed, kind)
+}
+
+/// Runs the watch of `api` into `writer` in the background and returns the
+/// store it fills. Every change (including a relist after `410 Gone`, which
+/// the watcher performs itself) wakes `changed`; watch errors are retried
+/// with exponential backoff. Managed fields are dropped before storing:
+/// nothing here reads them and they are often the bulk of an object.
+pub(crate) fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    kind: &'static str,
+) -> reflector::Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let reader = writer.as_reader();
-    let stream = watcher(api, watcher::Config::default())
+    let stream = watcher(api, config)
         .default_backoff()
+        .modify(|object| object.meta_mut().managed_fields = None)
         .reflect(writer);
     tokio::spawn(async move {
         futures::pin_mut!(stream);
