@@ -72,8 +72,15 @@ enum Command {
         /// spec.nodeName through the downward API).
         #[arg(long, value_name = "NAME", env = "NODE_NAME")]
         node_name: Option<String>,
+        /// With --kube: do not follow this node's Pods. By default the host
+        /// interface each Pod's address is routed to (its veth, or the
+        /// bridge of a bridged CNI) is attached while the Pod runs, so that
+        /// traffic between Pods on one node is shaped too.
+        #[arg(long, requires = "kube")]
+        no_follow_pods: bool,
         /// Interface to attach to (repeat for several), e.g. --iface eth0.
-        #[arg(long = "iface", value_name = "NAME", required = true)]
+        /// Required unless --kube follows Pods.
+        #[arg(long = "iface", value_name = "NAME", required_unless_present = "kube")]
         ifaces: Vec<String>,
         /// bpffs directory holding the pinned program, maps and links.
         #[arg(long, value_name = "PATH", default_value = DEFAULT_ROOT, env = "PISA_BPFFS")]
@@ -245,6 +252,7 @@ fn dispatch(command: Command) -> Result<bool> {
             kube,
             namespaces,
             node_name,
+            no_follow_pods,
             ifaces,
             bpffs,
             metrics_addr,
@@ -263,6 +271,7 @@ fn dispatch(command: Command) -> Result<bool> {
                 kube: kube.then(|| run::KubeArgs {
                     namespaces,
                     node: node_name.unwrap_or_default(),
+                    follow_pods: !no_follow_pods,
                 }),
                 api: run::ApiArgs {
                     socket: (api_socket.as_os_str() != "none").then_some(api_socket),

@@ -17,6 +17,7 @@ use std::{
 use anyhow::{Context, Result};
 use pisa_daemon::{
     api::{server as api_server, service::PisaApi},
+    kernel::route::RouteLookup,
     kernel::{Dataplane, Kernel, PinLayout},
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
@@ -24,6 +25,7 @@ use pisa_daemon::{
     source::{
         file,
         kube::{rfc3339, KubeSource, StatusWriter},
+        pods::{pod_interfaces, PodInterfaces, PodSource},
         tags::TagTable,
     },
     spec::Limits,
@@ -54,6 +56,8 @@ pub struct KubeArgs {
     pub namespaces: Vec<String>,
     /// This node's name (the downward API's `spec.nodeName`).
     pub node: String,
+    /// Attach to the host interfaces of this node's Pods while they run.
+    pub follow_pods: bool,
 }
 
 /// Where claims come from, as the loop sees it.
@@ -65,7 +69,52 @@ enum Claims {
         source: KubeSource,
         status: StatusWriter,
         changed: Arc<Notify>,
+        /// None with --no-follow-pods.
+        pods: Option<FollowedPods>,
     },
+}
+
+/// This node's Pods and the interfaces they were last found behind.
+struct FollowedPods {
+    source: PodSource,
+    found: PodInterfaces,
+}
+
+impl FollowedPods {
+    /// Looks up every Pod's interface again; returns whether the set of
+    /// interfaces changed. Pods whose address leads nowhere yet (the CNI
+    /// may add the route after the IP is reported) are looked up again on
+    /// the next change or resync.
+    fn refresh(&mut self) -> bool {
+        let pods = self.source.pods();
+        let found = match RouteLookup::open() {
+            Ok(mut lookup) => pod_interfaces(&pods, |ip| lookup.route_to(ip)),
+            Err(error) => {
+                warn!(%error, "cannot look up Pod routes; keeping the Pod interfaces as they were");
+                return false;
+            }
+        };
+        for (iface, pods) in &found.interfaces {
+            if !self.found.interfaces.contains_key(iface) {
+                info!(%iface, ?pods, "following Pod interface");
+            }
+        }
+        for (iface, pods) in &self.found.interfaces {
+            if !found.interfaces.contains_key(iface) {
+                info!(%iface, ?pods, "Pod interface no longer followed");
+            }
+        }
+        for reason in found
+            .skipped
+            .iter()
+            .filter(|r| !self.found.skipped.contains(r))
+        {
+            info!(%reason, "Pod address not followed");
+        }
+        let changed = found.names() != self.found.names();
+        self.found = found;
+        changed
+    }
 }
 
 /// Where the gRPC API listens.
@@ -83,10 +132,20 @@ const POLL: Duration = Duration::from_millis(100);
 const DEBOUNCE: Duration = Duration::from_millis(100);
 const RETRY_MIN: Duration = Duration::from_millis(200);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+/// How often Pod routes are looked up again without a Pod event (a route
+/// the CNI added after the Pod's IP was reported).
+const POD_RESYNC: Duration = Duration::from_secs(5);
 
 type SharedAgent = Arc<Mutex<Agent<Kernel>>>;
 
 pub async fn run(args: RunArgs) -> Result<()> {
+    let follows_pods = args.kube.as_ref().is_some_and(|k| k.follow_pods);
+    if args.ifaces.is_empty() && !follows_pods {
+        anyhow::bail!(
+            "--iface: none given, and Pods are not followed (--no-follow-pods): \
+             there is nothing to attach to; give --iface NAME, or let --kube follow Pods"
+        );
+    }
     // A mistyped --iface fails fast; an interface that disappears later
     // (a pod going away) is retried by the reconcile loop instead.
     for iface in &args.ifaces {
@@ -111,6 +170,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Tags are not persisted: the proxy re-tags when it sees the new
     // generation. Leftovers of the previous run (which kept shaping while
     // no daemon ran) are cleared so the table matches the kernel.
+    // Interfaces that went away while no daemon ran (deleted Pods) would
+    // otherwise leave their link pins behind for good.
+    for iface in kernel.release_vanished_interfaces()? {
+        info!(%iface, "released the attachment of a vanished interface");
+    }
     let stale_tags = kernel.clear_flow_tags()?;
     if stale_tags > 0 {
         info!(
@@ -156,6 +220,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     )
     .await;
     let mut poll = tokio::time::interval(POLL);
+    let mut last_pod_resync = Instant::now();
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM"); break; }
@@ -183,7 +248,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 if changed {
                     info!("claims changed: reloading");
                 }
-                if changed || due {
+                let pods_moved = if last_pod_resync.elapsed() >= POD_RESYNC {
+                    last_pod_resync = Instant::now();
+                    refresh_pods(&mut claims)
+                } else {
+                    false
+                };
+                if changed || due || pods_moved {
                     reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
                 }
             }
@@ -270,14 +341,32 @@ async fn start_kube(kube: &KubeArgs) -> Result<Claims> {
     let changed = Arc::new(Notify::new());
     let source = KubeSource::start(&client, &kube.namespaces, changed.clone());
     info!(node = %kube.node, namespaces = ?kube.namespaces, "watching QoSClaims and VirtualDatabases");
-    while !source.ready() {
+    let pods = kube.follow_pods.then(|| {
+        info!(node = %kube.node, "watching this node's Pods to follow their interfaces");
+        FollowedPods {
+            source: PodSource::start(&client, &kube.node, changed.clone()),
+            found: PodInterfaces::default(),
+        }
+    });
+    while !(source.ready() && pods.as_ref().is_none_or(|p| p.source.ready())) {
         changed.notified().await;
     }
     Ok(Claims::Kube {
         source,
         status: StatusWriter::new(client, kube.node.clone()),
         changed,
+        pods,
     })
+}
+
+/// Looks up the followed Pods' interfaces again; whether they changed.
+fn refresh_pods(claims: &mut Claims) -> bool {
+    match claims {
+        Claims::Kube {
+            pods: Some(pods), ..
+        } => pods.refresh(),
+        _ => false,
+    }
 }
 
 /// Resolves when the kube source saw a change; never for other sources.
@@ -304,6 +393,7 @@ async fn reconcile_once(
     retry: &mut Duration,
     next_retry: &mut Option<Instant>,
 ) {
+    refresh_pods(claims);
     let statuses = reconcile_locked(args, claims, shared, metrics, retry, next_retry);
     if let (Claims::Kube { status, .. }, Some(statuses)) = (claims, statuses) {
         let now = rfc3339(
@@ -339,6 +429,17 @@ fn reconcile_locked(
         return None;
     };
     metrics.reconcile_runs.inc();
+    if let Claims::Kube {
+        pods: Some(pods), ..
+    } = claims
+    {
+        agent.ifaces = args
+            .ifaces
+            .iter()
+            .cloned()
+            .chain(pods.found.names())
+            .collect();
+    }
     let result = match read_claims(claims) {
         Some(read) => match read {
             Ok(sources) => {

@@ -193,21 +193,68 @@ impl Kernel {
     /// Returns whether anything was attached.
     pub fn detach_egress(&mut self, iface_name: &str) -> Result<bool, KernelError> {
         let was_attached = detach_pinned(&self.layout, iface_name)?;
-        if let Ok(itf) = iface::lookup(iface_name) {
-            // Absent keys are fine: the interface may never have seen traffic.
-            let _ = self.iface_config()?.remove(&itf.ifindex);
-            for direction in [
-                pisa_daemon_common::DIRECTION_EGRESS,
-                pisa_daemon_common::DIRECTION_INGRESS,
-            ] {
-                let key = pisa_daemon_common::IfaceKey {
-                    ifindex: itf.ifindex,
-                    direction,
-                };
-                let _ = self.iface_stats()?.remove(&key);
-            }
+        let Ok(itf) = iface::lookup(iface_name) else {
+            // Gone (a Pod's veth): its index is unknown now, so sweep.
+            self.forget_vanished_ifindexes()?;
+            return Ok(was_attached);
+        };
+        // Absent keys are fine: the interface may never have seen traffic.
+        let _ = self.iface_config()?.remove(&itf.ifindex);
+        for direction in [
+            pisa_daemon_common::DIRECTION_EGRESS,
+            pisa_daemon_common::DIRECTION_INGRESS,
+        ] {
+            let key = pisa_daemon_common::IfaceKey {
+                ifindex: itf.ifindex,
+                direction,
+            };
+            let _ = self.iface_stats()?.remove(&key);
         }
         Ok(was_attached)
+    }
+
+    /// Lets go of what earlier runs attached to interfaces that no longer
+    /// exist (Pods deleted while no daemon ran): their link pins, which
+    /// would otherwise stay behind in bpffs for good, and their
+    /// per-interface map entries. Returns the names released.
+    pub fn release_vanished_interfaces(&mut self) -> Result<Vec<String>, KernelError> {
+        let mut released = Vec::new();
+        for iface_name in self.layout.pinned_egress_links()? {
+            if iface::lookup(&iface_name).is_err() && !self.ifaces.contains(&iface_name) {
+                detach_pinned(&self.layout, &iface_name)?;
+                released.push(iface_name);
+            }
+        }
+        self.forget_vanished_ifindexes()?;
+        Ok(released)
+    }
+
+    /// Drops per-interface map entries whose interface index no longer
+    /// exists. Returns how many entries went.
+    fn forget_vanished_ifindexes(&mut self) -> Result<usize, KernelError> {
+        let vanished = |ifindex: u32| nix::net::if_::if_indextoname(ifindex).is_err();
+        let configs: Vec<u32> = self
+            .iface_config()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| vanished(*ifindex))
+            .collect();
+        let stats: Vec<pisa_daemon_common::IfaceKey> = self
+            .iface_stats()?
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| vanished(key.ifindex))
+            .collect();
+        // Absent keys are fine: the program may have raced us to nothing.
+        let mut config_map = self.iface_config()?;
+        for ifindex in &configs {
+            let _ = config_map.remove(ifindex);
+        }
+        let mut stats_map = self.iface_stats()?;
+        for key in &stats {
+            let _ = stats_map.remove(key);
+        }
+        Ok(configs.len() + stats.len())
     }
 }
 

@@ -1,7 +1,7 @@
 //! Route lookups (what `ip route get` asks): which interface of this host
 //! a Pod's address lives behind.
 
-use std::{ffi::CStr, net::IpAddr};
+use std::net::IpAddr;
 
 use netlink_packet_route::{
     route::{RouteAttribute, RouteMessage, RouteType},
@@ -89,15 +89,9 @@ impl RouteLookup {
 }
 
 fn interface_name(ifindex: u32) -> Option<String> {
-    let mut buffer = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: the buffer holds IF_NAMESIZE bytes, as if_indextoname needs.
-    let name = unsafe { libc::if_indextoname(ifindex, buffer.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success the buffer holds a NUL-terminated name.
-    let name = unsafe { CStr::from_ptr(buffer.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    nix::net::if_::if_indextoname(ifindex)
+        .ok()
+        .and_then(|name| name.into_string().ok())
 }
 
 #[cfg(test)]

@@ -178,8 +178,9 @@ impl<D: Dataplane> Agent<D> {
                 }
                 (Ok(_), _) => {
                     status.phase = Phase::Applied;
-                    status.message =
-                        format!("class {id} in force on {} interface(s)", self.ifaces.len());
+                    // No interface count here: Pods coming and going would
+                    // otherwise rewrite every claim's status on every node.
+                    status.message = format!("class {id} in force");
                 }
             }
         }

@@ -23,14 +23,22 @@ pub enum Op {
 }
 
 /// Operations that turn `dp`'s state into `plan` on `ifaces`. Ordered so
-/// packets never meet a half-built state: interfaces and classes first,
-/// then the rules that point at them; stale rules go before their class.
+/// packets never meet a half-built state: new interfaces and classes
+/// before the rules that point at them; stale rules before their class.
 pub fn diff<D: Dataplane + ?Sized>(plan: &Plan, dp: &D, ifaces: &BTreeSet<String>) -> Vec<Op> {
     let attached = dp.interfaces();
-    let mut ops: Vec<Op> = ifaces
-        .difference(&attached)
-        .map(|iface| Op::Attach(iface.clone()))
+    // Interfaces no longer wanted go first: one that vanished with its Pod
+    // must not hold up class changes on the others, and detaching never
+    // affects packets elsewhere.
+    let mut ops: Vec<Op> = attached
+        .difference(ifaces)
+        .map(|iface| Op::Detach(iface.clone()))
         .collect();
+    ops.extend(
+        ifaces
+            .difference(&attached)
+            .map(|iface| Op::Attach(iface.clone())),
+    );
     for (id, planned) in &plan.classes {
         if dp.classes().get(id) != Some(&planned.spec) {
             ops.push(Op::PutClass(planned.spec));
@@ -51,11 +59,6 @@ pub fn diff<D: Dataplane + ?Sized>(plan: &Plan, dp: &D, ifaces: &BTreeSet<String
             ops.push(Op::DeleteClass(*id));
         }
     }
-    ops.extend(
-        attached
-            .difference(ifaces)
-            .map(|iface| Op::Detach(iface.clone())),
-    );
     ops
 }
 
@@ -242,10 +245,11 @@ mod tests {
     }
 
     #[test]
-    fn interfaces_no_longer_wanted_are_detached_last() {
+    fn interfaces_no_longer_wanted_are_detached_first() {
         let mut dp = FakeDataplane::default();
         converge(&mut dp, &Plan::default(), &ifaces(&["a", "b"])).unwrap();
-        let ops = diff(&plan_of(&[(1, 10, "10.0.0.1")]), &dp, &ifaces(&["a"]));
-        assert_eq!(ops.last(), Some(&Op::Detach("b".into())));
+        let ops = diff(&plan_of(&[(1, 10, "10.0.0.1")]), &dp, &ifaces(&["a", "c"]));
+        assert_eq!(ops[0], Op::Detach("b".into()));
+        assert_eq!(ops[1], Op::Attach("c".into()));
     }
 }

@@ -272,7 +272,7 @@ fn status_patch_holds_only_this_nodes_entry() {
     let status = ClaimStatus {
         claim: "shop/alpha".into(),
         phase: Phase::Applied,
-        message: "class 7 in force on 2 interface(s)".into(),
+        message: "class 7 in force".into(),
         class_id: Some(7),
         observed_generation: Some(3),
         mode: None,
@@ -287,7 +287,7 @@ fn status_patch_holds_only_this_nodes_entry() {
             "kind": "QoSClaim",
             "status": {"nodes": [{
                 "node": "node-a", "phase": "Applied",
-                "message": "class 7 in force on 2 interface(s)",
+                "message": "class 7 in force",
                 "observedGeneration": 3, "classId": 7,
                 "lastTransitionTime": "2026-11-21T04:00:00Z",
             }]},
