@@ -436,8 +436,14 @@ pub fn api_socket() -> PathBuf {
 
 /// Starts `pisa-daemon` with `args`, stderr captured.
 pub fn spawn_daemon(args: &[&str]) -> ChildGuard {
+    spawn_daemon_with_env(args, &[])
+}
+
+/// `spawn_daemon` with extra environment variables.
+pub fn spawn_daemon_with_env(args: &[&str], env: &[(&str, &Path)]) -> ChildGuard {
     let child = Command::new(daemon_bin())
         .args(args)
+        .envs(env.iter().copied())
         .env("PISA_API_SOCKET", api_socket())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -215,13 +215,16 @@ impl Kernel {
 
     /// Lets go of what earlier runs attached to interfaces that no longer
     /// exist (Pods deleted while no daemon ran): their link pins, which
-    /// would otherwise stay behind in bpffs for good, and their
-    /// per-interface map entries. Returns the names released.
+    /// would otherwise stay behind in bpffs for good (a run without a claim
+    /// source never detaches), and their per-interface map entries.
+    /// Returns the names released.
     pub fn release_vanished_interfaces(&mut self) -> Result<Vec<String>, KernelError> {
         let mut released = Vec::new();
         for iface_name in self.layout.pinned_egress_links()? {
-            if iface::lookup(&iface_name).is_err() && !self.ifaces.contains(&iface_name) {
+            if iface::lookup(&iface_name).is_err() {
                 detach_pinned(&self.layout, &iface_name)?;
+                self.ifaces.remove(&iface_name);
+                self.htb_roots.remove(&iface_name);
                 released.push(iface_name);
             }
         }

@@ -1,0 +1,334 @@
+//! `pisa-daemon run --kube` end to end: the daemon talks HTTP to a stand-in
+//! API server (`tests/python/fake_apiserver.py`; there is no cluster on
+//! these machines), follows the Pods of its node by attaching to their
+//! real host-side veths, shapes real iperf3 traffic between two "Pods" per
+//! a QoSClaim, writes its status with server-side apply, lets go of a
+//! Pod's veth when the Pod goes, and on restart releases the attachment of
+//! a veth that vanished while no daemon ran.
+
+mod support;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType};
+use serde_json::{json, Value};
+use support::*;
+
+const NODE: &str = "node-a";
+const PORT: u16 = 5201;
+const CLASS_RATE_BPS: f64 = 10e6;
+
+/// The stand-in API server and a kubeconfig pointing at it.
+struct FakeApi {
+    url: String,
+    kubeconfig: PathBuf,
+    _server: ChildGuard,
+}
+
+impl FakeApi {
+    fn start(dir: &Path) -> Self {
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/fake_apiserver.py");
+        let mut child = Command::new(test_python())
+            .arg(&script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the fake API server");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let server = ChildGuard::new(child, "fake_apiserver.py".into());
+        let mut port = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut port)
+            .expect("reading the fake API server's port");
+        let port: u16 = port.trim().parse().unwrap_or_else(|e| {
+            panic!(
+                "the fake API server printed no port ({e}): {}",
+                server.stderr_text()
+            )
+        });
+        let url = format!("http://127.0.0.1:{port}");
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: test\n\
+                 clusters: [{{name: test, cluster: {{server: \"{url}\"}}}}]\n\
+                 users: [{{name: pisa, user: {{token: test-token}}}}]\n\
+                 contexts: [{{name: test, context: {{cluster: test, user: pisa}}}}]\n"
+            ),
+        )
+        .expect("writing the kubeconfig");
+        Self {
+            url,
+            kubeconfig,
+            _server: server,
+        }
+    }
+
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        require_tool("curl");
+        let url = format!("{}{path}", self.url);
+        let mut args = vec!["-sS", "--fail-with-body", "-X", method, &url];
+        let text;
+        if let Some(body) = body {
+            text = body.to_string();
+            args.extend([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &text,
+            ]);
+        }
+        serde_json::from_str(&sh("curl", &args)).expect("JSON from the fake API server")
+    }
+
+    fn put(&self, plural: &str, name: &str, object: Value) {
+        self.call(
+            "PUT",
+            &format!("/control/{plural}/shop/{name}"),
+            Some(&object),
+        );
+    }
+
+    fn delete(&self, plural: &str, name: &str) {
+        self.call("DELETE", &format!("/control/{plural}/shop/{name}"), None);
+    }
+
+    fn patches(&self) -> Vec<Value> {
+        self.call("GET", "/control/patches", None)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+fn claim(server_ip: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"team": "catalogue"}},
+        "spec": {"trafficQoS": {
+            "name": "catalogue",
+            "qos_group": {"rate": "10mbit", "ceil": "10mbit"},
+            "endpoints": [{"host": server_ip, "port": PORT}],
+        }},
+    })
+}
+
+fn pod(node: &str, ip: &str) -> Value {
+    json!({
+        "metadata": {"labels": {"app": "catalogue"}},
+        "spec": {
+            "nodeName": node,
+            "containers": [{"name": "app", "image": "mysql:8.0"}],
+        },
+        "status": {
+            "phase": "Running",
+            "hostIP": "192.168.49.2",
+            "podIP": ip,
+            "podIPs": [{"ip": ip}],
+        },
+    })
+}
+
+/// Whether our classifier is attached at TCX egress of `iface`, asked of
+/// the kernel (BPF_PROG_QUERY). bpftool 7.1 cannot show TCX per interface.
+fn attached(iface: &str) -> bool {
+    let (_, programs) = SchedClassifier::query_tcx(iface, TcAttachType::Egress)
+        .unwrap_or_else(|e| panic!("querying TCX egress of {iface}: {e}"));
+    programs
+        .iter()
+        .any(|p| p.name_as_str() == Some("pisa_tc_egress"))
+}
+
+fn root_qdisc_kind(iface: &str) -> String {
+    let out = sh("tc", &["-j", "qdisc", "show", "dev", iface, "root"]);
+    let qdiscs: Value = serde_json::from_str(&out).expect("tc JSON");
+    qdiscs[0]["kind"].as_str().unwrap_or_default().to_owned()
+}
+
+fn start_daemon(api: &FakeApi, root: &BpffsRoot, dir: &Path) -> ChildGuard {
+    let state = dir.join("state.json");
+    spawn_daemon_with_env(
+        &[
+            "run",
+            "--kube",
+            "--node-name",
+            NODE,
+            "--bpffs",
+            root.as_str(),
+            "--state-file",
+            state.to_str().expect("utf-8"),
+        ],
+        &[
+            ("KUBECONFIG", &api.kubeconfig),
+            ("NO_COLOR", Path::new("1")),
+        ],
+    )
+}
+
+/// Waits up to 30 s for `check`, failing at once if the daemon exits.
+fn wait_for(daemon: &mut ChildGuard, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        daemon.assert_running();
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; daemon log:\n{}",
+            daemon.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
+    require_root();
+    require_tool("iperf3");
+    let net = Routed::new();
+    // A Pod of another node whose address happens to be routable here: it
+    // must not be attached.
+    let elsewhere = VethToNs::new();
+    let root = BpffsRoot::new();
+    let dir = TempDir::new("pkube");
+    let api = FakeApi::start(&dir.0);
+    let server_ip = net.server_ip().to_owned();
+    api.put("qosclaims", "catalogue", claim(&server_ip));
+    api.put("pods", "app-0", pod(NODE, &net.client.ns_ip));
+    api.put("pods", "db-0", pod(NODE, &server_ip));
+    api.put("pods", "db-1", pod("node-b", &elsewhere.ns_ip));
+
+    let mut daemon = start_daemon(&api, &root, &dir.0);
+    wait_for(&mut daemon, "both Pod veths attached", || {
+        attached(net.to_server()) && attached(net.to_client())
+    });
+    assert!(
+        !attached(&elsewhere.host),
+        "another node's Pod was attached"
+    );
+    assert!(!root.layout().egress_link(&elsewhere.host).exists());
+    assert_eq!(root_qdisc_kind(net.to_server()), "htb");
+
+    // The Pod watch asked for this node's Pods only, listing and watching.
+    let requests = api.call("GET", "/control/requests", None);
+    let pod_queries: Vec<&str> = requests
+        .as_array()
+        .expect("requests")
+        .iter()
+        .filter(|r| r["path"] == "/api/v1/pods")
+        .filter_map(|r| r["query"].as_str())
+        .collect();
+    assert!(
+        pod_queries.iter().any(|q| !q.contains("watch=true"))
+            && pod_queries.iter().any(|q| q.contains("watch=true")),
+        "{pod_queries:?}"
+    );
+    for query in &pod_queries {
+        assert!(
+            query.contains("fieldSelector=spec.nodeName%3Dnode-a"),
+            "{query}"
+        );
+    }
+
+    // This node's status, by server-side apply, field by field.
+    wait_for(&mut daemon, "an Applied status", || {
+        api.patches()
+            .iter()
+            .any(|p| p["body"]["status"]["nodes"][0]["phase"] == "Applied")
+    });
+    let patches = api.patches();
+    let applied = patches
+        .iter()
+        .find(|p| p["body"]["status"]["nodes"][0]["phase"] == "Applied")
+        .expect("applied");
+    assert_eq!(
+        applied["path"],
+        "/apis/core.database-mesh.io/v1alpha1/namespaces/shop/qosclaims/catalogue/status"
+    );
+    let query = applied["query"].as_str().expect("query");
+    assert!(
+        query.contains("fieldManager=pisa-daemon-node-a") && query.contains("force=true"),
+        "{query}"
+    );
+    assert_eq!(applied["contentType"], "application/apply-patch+yaml");
+    let entry = &applied["body"]["status"]["nodes"][0];
+    assert_eq!(
+        applied["body"]["status"]["nodes"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(entry["node"], NODE);
+    assert_eq!(entry["observedGeneration"], 1);
+    let class_id = entry["classId"].as_u64().expect("classId");
+    assert_eq!(entry["message"], format!("class {class_id} in force"));
+    let transition = entry["lastTransitionTime"].as_str().expect("time");
+    assert!(
+        transition.len() == 20 && transition.ends_with('Z'),
+        "{transition}"
+    );
+    // The server's echo of the status (a MODIFIED claim) must not start a
+    // write loop: nothing changed, so nothing more is written.
+    let written = api.patches().len();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(api.patches().len(), written, "status rewritten unchanged");
+
+    // Traffic from one Pod to the other is shaped on the database Pod's veth.
+    let _iperf = iperf3_server(&net.server.ns, &server_ip, PORT);
+    let shaped = iperf3_goodput(&net.client.ns, &server_ip, PORT, 3);
+    eprintln!("shaped Pod-to-Pod goodput: {:.2} Mbit/s", shaped / 1e6);
+    assert!(
+        shaped < CLASS_RATE_BPS * 1.2 && shaped > CLASS_RATE_BPS * 0.5,
+        "goodput {:.2} Mbit/s in a 10 Mbit/s class",
+        shaped / 1e6
+    );
+
+    // The database Pod goes: its veth is let go of, HTB root and pin too.
+    api.delete("pods", "db-0");
+    wait_for(&mut daemon, "the deleted Pod's veth detached", || {
+        !attached(net.to_server())
+    });
+    assert!(!root.layout().egress_link(net.to_server()).exists());
+    assert_ne!(root_qdisc_kind(net.to_server()), "htb");
+    assert!(attached(net.to_client()), "the other Pod's veth stays");
+    let unshaped = iperf3_goodput(&net.client.ns, &server_ip, PORT, 2);
+    eprintln!("goodput after the Pod left: {:.2} Mbit/s", unshaped / 1e6);
+    assert!(
+        unshaped > CLASS_RATE_BPS * 5.0,
+        "goodput {:.2} Mbit/s after the Pod left; it should no longer be shaped",
+        unshaped / 1e6
+    );
+
+    // The daemon stops; the client Pod goes away with its veth while no
+    // daemon runs. The next daemon releases what was pinned for it.
+    daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    let client_link = root.layout().egress_link(net.to_client());
+    assert!(
+        client_link.exists(),
+        "kernel state stays while no daemon runs"
+    );
+    api.delete("pods", "app-0");
+    sh("ip", &["link", "del", net.to_client()]);
+    let mut daemon = start_daemon(&api, &root, &dir.0);
+    wait_for(&mut daemon, "the vanished veth's pin released", || {
+        !client_link.exists()
+    });
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("released the attachment of a vanished interface"),
+        "{}",
+        daemon.stderr_text()
+    );
+
+    // The claim goes: its class goes from the kernel.
+    api.delete("qosclaims", "catalogue");
+    wait_for(&mut daemon, "the class removed", || {
+        pisa_daemon::kernel::pinned::classes(&root.layout())
+            .map(|classes| classes.is_empty())
+            .unwrap_or(false)
+    });
+    daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+}
