@@ -202,6 +202,10 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     api.put("pods", "db-0", pod(NODE, &server_ip));
     api.put("pods", "db-1", pod("node-b", &elsewhere.ns_ip));
 
+    // The first two status applies fail, as on an overloaded server: the
+    // daemon must try again by itself, with nothing else changing.
+    api.call("PUT", "/control/fail-status", Some(&json!({"count": 2})));
+
     let mut daemon = start_daemon(&api, &root, &dir.0);
     wait_for(&mut daemon, "both Pod veths attached", || {
         attached(net.to_server()) && attached(net.to_client())
@@ -235,16 +239,16 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     }
 
     // This node's status, by server-side apply, field by field.
+    let is_applied =
+        |p: &Value| p["code"] == 200 && p["body"]["status"]["nodes"][0]["phase"] == "Applied";
     wait_for(&mut daemon, "an Applied status", || {
-        api.patches()
-            .iter()
-            .any(|p| p["body"]["status"]["nodes"][0]["phase"] == "Applied")
+        api.patches().iter().any(is_applied)
     });
     let patches = api.patches();
-    let applied = patches
-        .iter()
-        .find(|p| p["body"]["status"]["nodes"][0]["phase"] == "Applied")
-        .expect("applied");
+    let failed = patches.iter().filter(|p| p["code"] == 500).count();
+    assert_eq!(failed, 2, "{patches:?}");
+    assert!(daemon.stderr_text().contains("status not written"));
+    let applied = patches.iter().find(|p| is_applied(p)).expect("applied");
     assert_eq!(
         applied["path"],
         "/apis/core.database-mesh.io/v1alpha1/namespaces/shop/qosclaims/catalogue/status"

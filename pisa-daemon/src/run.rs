@@ -65,13 +65,18 @@ enum Claims {
     /// Only attach; pinned classes stay as they are.
     None,
     File(PathBuf),
-    Kube {
-        source: KubeSource,
-        status: StatusWriter,
-        changed: Arc<Notify>,
-        /// None with --no-follow-pods.
-        pods: Option<FollowedPods>,
-    },
+    Kube(Box<KubeClaims>),
+}
+
+struct KubeClaims {
+    source: KubeSource,
+    status: StatusWriter,
+    changed: Arc<Notify>,
+    /// None with --no-follow-pods.
+    pods: Option<FollowedPods>,
+    /// When to retry status writes that failed, and the next backoff.
+    status_retry_at: Option<Instant>,
+    status_backoff: Duration,
 }
 
 /// This node's Pods and the interfaces they were last found behind.
@@ -244,7 +249,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     }
                     _ => false,
                 };
-                let due = next_retry.is_some_and(|t| Instant::now() >= t);
+                let due = next_retry.is_some_and(|t| Instant::now() >= t)
+                    || status_retry_due(&claims);
                 if changed {
                     info!("claims changed: reloading");
                 }
@@ -351,20 +357,28 @@ async fn start_kube(kube: &KubeArgs) -> Result<Claims> {
     while !(source.ready() && pods.as_ref().is_none_or(|p| p.source.ready())) {
         changed.notified().await;
     }
-    Ok(Claims::Kube {
+    Ok(Claims::Kube(Box::new(KubeClaims {
         source,
         status: StatusWriter::new(client, kube.node.clone()),
         changed,
         pods,
-    })
+        status_retry_at: None,
+        status_backoff: RETRY_MIN,
+    })))
 }
 
 /// Looks up the followed Pods' interfaces again; whether they changed.
 fn refresh_pods(claims: &mut Claims) -> bool {
     match claims {
-        Claims::Kube {
-            pods: Some(pods), ..
-        } => pods.refresh(),
+        Claims::Kube(kube) => kube.pods.as_mut().is_some_and(FollowedPods::refresh),
+        _ => false,
+    }
+}
+
+/// Whether failed status writes are due to be tried again.
+fn status_retry_due(claims: &Claims) -> bool {
+    match claims {
+        Claims::Kube(kube) => kube.status_retry_at.is_some_and(|t| Instant::now() >= t),
         _ => false,
     }
 }
@@ -372,7 +386,7 @@ fn refresh_pods(claims: &mut Claims) -> bool {
 /// Resolves when the kube source saw a change; never for other sources.
 async fn kube_changed(claims: &Claims) {
     match claims {
-        Claims::Kube { changed, .. } => changed.notified().await,
+        Claims::Kube(kube) => kube.changed.notified().await,
         _ => std::future::pending().await,
     }
 }
@@ -381,7 +395,7 @@ fn read_claims(claims: &Claims) -> Option<Result<Vec<SourceSnapshot>, String>> {
     match claims {
         Claims::None => None,
         Claims::File(path) => Some(file::read(path).map_err(|e| e.to_string())),
-        Claims::Kube { source, .. } => Some(Ok(source.snapshot())),
+        Claims::Kube(kube) => Some(Ok(kube.source.snapshot())),
     }
 }
 
@@ -395,15 +409,26 @@ async fn reconcile_once(
 ) {
     refresh_pods(claims);
     let statuses = reconcile_locked(args, claims, shared, metrics, retry, next_retry);
-    if let (Claims::Kube { status, .. }, Some(statuses)) = (claims, statuses) {
+    if let (Claims::Kube(kube), Some(statuses)) = (claims, statuses) {
         let now = rfc3339(
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         );
-        for error in status.write(&statuses, &now).await {
-            warn!(%error, "status not written; retrying on the next change");
+        let errors = kube.status.write(&statuses, &now).await;
+        for error in &errors {
+            let retry_in_ms = kube.status_backoff.as_millis() as u64;
+            warn!(%error, retry_in_ms, "status not written");
+        }
+        // The retry reconciles again, which is harmless (no change, no
+        // operations), and writes what is still unwritten.
+        if errors.is_empty() {
+            kube.status_backoff = RETRY_MIN;
+            kube.status_retry_at = None;
+        } else {
+            kube.status_retry_at = Some(Instant::now() + kube.status_backoff);
+            kube.status_backoff = (kube.status_backoff * 2).min(RETRY_MAX);
         }
     }
 }
@@ -429,10 +454,10 @@ fn reconcile_locked(
         return None;
     };
     metrics.reconcile_runs.inc();
-    if let Claims::Kube {
-        pods: Some(pods), ..
-    } = claims
-    {
+    if let Some(pods) = match claims {
+        Claims::Kube(kube) => kube.pods.as_ref(),
+        _ => None,
+    } {
         agent.ifaces = args
             .ifaces
             .iter()

@@ -17,6 +17,8 @@ The test drives it through `/control/...`:
   GET    /control/requests                      every API request seen
   GET    /control/patches                       every status apply seen
   GET    /control/objects/{plural}              the stored objects
+  PUT    /control/fail-status  {"count": N}      fail the next N status applies
+                                                with 500, as an overloaded server
 
 Usage: fake_apiserver.py  (prints the port it listens on, then serves)
 """
@@ -55,6 +57,7 @@ class Store:
         self.events = []  # (resourceVersion, plural, type, object)
         self.requests = []
         self.patches = []
+        self.failing_status_applies = 0
 
     def put(self, plural, ns, name, obj, kind=None):
         with self.lock:
@@ -228,14 +231,21 @@ class Handler(BaseHTTPRequestHandler):
         ns, name = match["ns"], match["name"]
         body = self.body()
         with STORE.lock:
+            failing = STORE.failing_status_applies > 0
+            STORE.failing_status_applies -= int(failing)
             STORE.patches.append(
                 {
                     "path": url.path,
                     "query": url.query,
                     "contentType": self.headers.get("Content-Type"),
                     "body": body,
+                    "code": 500 if failing else 200,
                 }
             )
+            if failing:
+                return self.reply(
+                    500, status_body(500, "InternalError", "injected failure")
+                )
             obj = STORE.objects["qosclaims"].get((ns, name))
             if obj is None:
                 return self.reply(
@@ -252,6 +262,10 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(200, stored)
 
     def do_PUT(self):
+        if urllib.parse.urlsplit(self.path).path == "/control/fail-status":
+            with STORE.lock:
+                STORE.failing_status_applies = int(self.body()["count"])
+            return self.reply(200, {})
         match = CONTROL.match(urllib.parse.urlsplit(self.path).path)
         if not match or match["plural"] not in KINDS:
             return self.reply(404, status_body(404, "NotFound", self.path))
