@@ -137,6 +137,32 @@ fn run_rejects_missing_interface_by_name() {
 }
 
 #[test]
+fn run_needs_an_interface_unless_it_follows_pods() {
+    let root = BpffsRoot::new();
+    let (ok, _, stderr) = run_daemon(&["run", "--bpffs", root.as_str()]);
+    assert!(!ok);
+    assert!(stderr.contains("--iface <NAME>"), "{stderr}");
+    let (ok, _, stderr) = run_daemon(&[
+        "run",
+        "--kube",
+        "--node-name",
+        "node-a",
+        "--no-follow-pods",
+        "--bpffs",
+        root.as_str(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--iface: none given, and Pods are not followed (--no-follow-pods)"),
+        "{stderr}"
+    );
+    assert!(
+        !root.path.exists(),
+        "nothing may be pinned before the check"
+    );
+}
+
+#[test]
 fn run_rejects_a_bpffs_root_that_is_not_bpffs() {
     require_root();
     let veth = VethToNs::new();
