@@ -193,6 +193,26 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     // A Pod of another node whose address happens to be routable here: it
     // must not be attached.
     let elsewhere = VethToNs::new();
+    // A Pod of this node whose veth already has someone else's root qdisc:
+    // it cannot be shaped, and must not hold up the others.
+    let foreign = VethToNs::new();
+    sh(
+        "tc",
+        &[
+            "qdisc",
+            "add",
+            "dev",
+            &foreign.host,
+            "root",
+            "tbf",
+            "rate",
+            "1gbit",
+            "burst",
+            "64kb",
+            "latency",
+            "50ms",
+        ],
+    );
     let root = BpffsRoot::new();
     let dir = TempDir::new("pkube");
     let api = FakeApi::start(&dir.0);
@@ -201,21 +221,41 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     api.put("pods", "app-0", pod(NODE, &net.client.ns_ip));
     api.put("pods", "db-0", pod(NODE, &server_ip));
     api.put("pods", "db-1", pod("node-b", &elsewhere.ns_ip));
+    api.put("pods", "odd-0", pod(NODE, &foreign.ns_ip));
 
     // The first two status applies fail, as on an overloaded server: the
     // daemon must try again by itself, with nothing else changing.
     api.call("PUT", "/control/fail-status", Some(&json!({"count": 2})));
 
     let mut daemon = start_daemon(&api, &root, &dir.0);
-    wait_for(&mut daemon, "both Pod veths attached", || {
-        attached(net.to_server()) && attached(net.to_client())
+    wait_for(&mut daemon, "both Pod veths attached, with HTB", || {
+        attached(net.to_server())
+            && attached(net.to_client())
+            && root_qdisc_kind(net.to_server()) == "htb"
     });
     assert!(
         !attached(&elsewhere.host),
         "another node's Pod was attached"
     );
     assert!(!root.layout().egress_link(&elsewhere.host).exists());
-    assert_eq!(root_qdisc_kind(net.to_server()), "htb");
+    // The Pod with the foreign qdisc is left out, rolled back, reported.
+    assert!(
+        !attached(&foreign.host),
+        "half-attached despite the foreign qdisc"
+    );
+    assert!(!root.layout().egress_link(&foreign.host).exists());
+    assert_eq!(
+        root_qdisc_kind(&foreign.host),
+        "tbf",
+        "someone else's qdisc touched"
+    );
+    assert!(
+        daemon
+            .stderr_text()
+            .contains("cannot attach to a Pod interface"),
+        "{}",
+        daemon.stderr_text()
+    );
 
     // The Pod watch asked for this node's Pods only, listing and watching.
     let requests = api.call("GET", "/control/requests", None);
@@ -273,6 +313,12 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
         transition.len() == 20 && transition.ends_with('Z'),
         "{transition}"
     );
+    // Once the foreign qdisc is gone, the resync attaches that Pod too.
+    sh("tc", &["qdisc", "del", "dev", &foreign.host, "root"]);
+    wait_for(&mut daemon, "the left-out Pod attached on resync", || {
+        attached(&foreign.host)
+    });
+
     // The server's echo of the status (a MODIFIED claim) must not start a
     // write loop: nothing changed, so nothing more is written.
     let written = api.patches().len();

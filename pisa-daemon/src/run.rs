@@ -83,13 +83,16 @@ struct KubeClaims {
 struct FollowedPods {
     source: PodSource,
     found: PodInterfaces,
+    /// Interfaces found that could not be attached last time.
+    left_out: BTreeSet<String>,
 }
 
 impl FollowedPods {
-    /// Looks up every Pod's interface again; returns whether the set of
-    /// interfaces changed. Pods whose address leads nowhere yet (the CNI
-    /// may add the route after the IP is reported) are looked up again on
-    /// the next change or resync.
+    /// Looks up every Pod's interface again; returns whether a reconcile
+    /// is due: the set of interfaces changed, or some could not be attached
+    /// last time. Pods whose address leads nowhere yet (the CNI may add the
+    /// route after the IP is reported) are looked up again on the next
+    /// change or resync.
     fn refresh(&mut self) -> bool {
         let pods = self.source.pods();
         let found = match RouteLookup::open() {
@@ -118,7 +121,7 @@ impl FollowedPods {
         }
         let changed = found.names() != self.found.names();
         self.found = found;
-        changed
+        changed || !self.left_out.is_empty()
     }
 }
 
@@ -352,6 +355,7 @@ async fn start_kube(kube: &KubeArgs) -> Result<Claims> {
         FollowedPods {
             source: PodSource::start(&client, &kube.node, changed.clone()),
             found: PodInterfaces::default(),
+            left_out: BTreeSet::new(),
         }
     });
     while !(source.ready() && pods.as_ref().is_none_or(|p| p.source.ready())) {
@@ -437,7 +441,7 @@ async fn reconcile_once(
 /// publish.
 fn reconcile_locked(
     args: &RunArgs,
-    claims: &Claims,
+    claims: &mut Claims,
     agent: &SharedAgent,
     metrics: &Metrics,
     retry: &mut Duration,
@@ -455,15 +459,19 @@ fn reconcile_locked(
     };
     metrics.reconcile_runs.inc();
     if let Some(pods) = match claims {
-        Claims::Kube(kube) => kube.pods.as_ref(),
+        Claims::Kube(kube) => kube.pods.as_mut(),
         _ => None,
     } {
-        agent.ifaces = args
-            .ifaces
-            .iter()
-            .cloned()
-            .chain(pods.found.names())
-            .collect();
+        let required = args.ifaces.iter().cloned().collect();
+        let left_out = agent.set_interfaces(&required, &pods.found.names());
+        for (iface, error) in &left_out {
+            warn!(%iface, %error, "cannot attach to a Pod interface; left out until the next change or resync");
+            metrics
+                .reconcile_errors
+                .get_or_create(&vec![("reason".into(), "attach".into())])
+                .inc();
+        }
+        pods.left_out = left_out.into_iter().map(|(iface, _)| iface).collect();
     }
     let result = match read_claims(claims) {
         Some(read) => match read {

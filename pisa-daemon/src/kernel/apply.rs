@@ -117,6 +117,21 @@ impl Kernel {
         }
     }
 
+    fn refuse_foreign_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let nl = self.netlink()?;
+        match htb::root_qdisc(nl, itf.ifindex)
+            .map_err(netlink_err(iface_name, "reading root qdisc"))?
+        {
+            RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
+                iface: iface_name.to_owned(),
+                kind,
+                handle,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Makes sure `iface` has our HTB root and link class. Remembered per
     /// interface index, so a re-created interface (new index) is set up again.
     fn ensure_htb_root(&mut self, iface_name: &str, class_id: u32) -> Result<u32, KernelError> {
@@ -369,6 +384,10 @@ impl Dataplane for Kernel {
     }
 
     fn attach(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
+        // Shaping needs the root qdisc. Refusing here, before anything is
+        // attached, keeps someone else's qdisc from failing every later
+        // class change on every interface.
+        self.refuse_foreign_root(iface_name)?;
         let attachment = self.attach_egress(iface_name)?;
         let htb_classes: Vec<ClassSpec> = self
             .classes

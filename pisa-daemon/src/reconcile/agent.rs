@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::{converge, ApplyError};
 use crate::{
-    kernel::Dataplane,
+    kernel::{Dataplane, KernelError},
     plan::{self, Plan},
     source::tags::{TagTable, MAX_TAGS},
     spec::{validate, ClaimError, ClaimKey, Document, Limits, ValidClaim},
@@ -140,6 +140,41 @@ impl<D: Dataplane> Agent<D> {
         self.statuses = statuses;
     }
 
+    /// Sets the interfaces to shape: `required` ones (the operator's
+    /// `--iface`; failing to attach one fails the reconcile) and `followed`
+    /// ones (Pods' interfaces). Followed ones are attached here, one by one,
+    /// so that one that cannot be attached (gone in a race, a foreign root
+    /// qdisc) is left out and reported instead of holding up every other
+    /// change. A failed attach is rolled back. Returns those left out.
+    pub fn set_interfaces(
+        &mut self,
+        required: &BTreeSet<String>,
+        followed: &BTreeSet<String>,
+    ) -> Vec<(String, KernelError)> {
+        let attached = self.dp.interfaces();
+        let mut wanted = required.clone();
+        let mut left_out = Vec::new();
+        for iface in followed.difference(required) {
+            if attached.contains(iface) {
+                wanted.insert(iface.clone());
+                continue;
+            }
+            match self.dp.attach(iface) {
+                Ok(_) => {
+                    wanted.insert(iface.clone());
+                }
+                Err(error) => {
+                    // Nothing half-attached stays behind (a pin without its
+                    // HTB leaves); a missing interface has nothing to undo.
+                    let _ = self.dp.detach(iface);
+                    left_out.push((iface.clone(), error));
+                }
+            }
+        }
+        self.ifaces = wanted;
+        left_out
+    }
+
     /// Plans the effective claims and brings the kernel to that plan.
     /// Returns the number of operations it took.
     pub fn reconcile(&mut self) -> Result<usize, ApplyError> {
@@ -265,6 +300,35 @@ mod tests {
         assert_eq!(a.dp.classes.len(), 1);
         assert_eq!(a.dp.rules.len(), 2, "direction both: to + from");
         assert!(a.ready);
+    }
+
+    #[test]
+    fn a_pod_interface_that_cannot_be_attached_is_left_out_not_fatal() {
+        let mut a = agent();
+        a.update(&[source("c.yaml", &claim("db", "10mbit", "10.0.0.1"))]);
+        let required: BTreeSet<String> = ["eth0".to_string()].into();
+        let followed: BTreeSet<String> = ["cali-gone".to_string(), "cali-ok".to_string()].into();
+        a.dp.fail_next = Some("cali-gone".into());
+        let left_out = a.set_interfaces(&required, &followed);
+        assert_eq!(left_out.len(), 1);
+        assert_eq!(left_out[0].0, "cali-gone");
+        assert!(left_out[0].1.to_string().contains("cali-gone"));
+        assert_eq!(a.ifaces, ["cali-ok".to_string(), "eth0".to_string()].into());
+        // The rest converges: eth0 attached, the claim applied.
+        a.reconcile().unwrap();
+        assert_eq!(a.dp.ifaces, a.ifaces);
+        assert_eq!(
+            a.statuses[&ClaimKey::new("default", "db")].phase,
+            Phase::Applied
+        );
+        // Next time it attaches; a Pod that went is detached.
+        let left_out = a.set_interfaces(&required, &["cali-gone".to_string()].into());
+        assert!(left_out.is_empty());
+        a.reconcile().unwrap();
+        assert_eq!(
+            a.dp.ifaces,
+            ["cali-gone".to_string(), "eth0".to_string()].into()
+        );
     }
 
     #[test]
