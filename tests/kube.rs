@@ -2,9 +2,10 @@
 //! API server (`tests/python/fake_apiserver.py`; there is no cluster on
 //! these machines), follows the Pods of its node by attaching to their
 //! real host-side veths, shapes real iperf3 traffic between two "Pods" per
-//! a QoSClaim, writes its status with server-side apply, lets go of a
-//! Pod's veth when the Pod goes, and on restart releases the attachment of
-//! a veth that vanished while no daemon ran.
+//! a QoSClaim, writes its status with server-side apply (retrying applies
+//! the server fails), leaves out a Pod veth it cannot shape without holding
+//! up the others, lets go of a Pod's veth when the Pod goes, and on restart
+//! releases the attachment of a veth that vanished while no daemon ran.
 
 mod support;
 
