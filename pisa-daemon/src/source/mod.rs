@@ -5,5 +5,7 @@
 
 pub mod file;
 pub mod kube;
+#[cfg(test)]
+pub(crate) mod mock_api;
 pub mod pods;
 pub mod tags;

@@ -6,20 +6,18 @@
 use std::{collections::VecDeque, convert::Infallible, time::Duration};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Response;
 use http_body::Frame;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::json;
 
 use super::*;
-use crate::reconcile::agent::Phase;
+use crate::{
+    reconcile::agent::Phase,
+    source::mock_api::{event, eventually, full, mock_client, Handle},
+};
 
-type Body = UnsyncBoxBody<Bytes, Infallible>;
 type EventSender = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
-
-fn full(value: Value) -> Body {
-    Full::new(Bytes::from(value.to_string())).boxed_unsync()
-}
 
 fn claim(name: &str, rate: &str, rv: &str, endpoints: bool) -> Value {
     let mut traffic = json!({"name": name, "qos_group": {"rate": rate}});
@@ -62,13 +60,6 @@ fn virtual_database() -> Value {
     })
 }
 
-fn event(kind: &str, object: Value) -> Result<Frame<Bytes>, Infallible> {
-    Ok(Frame::data(Bytes::from(format!(
-        "{}\n",
-        json!({"type": kind, "object": object})
-    ))))
-}
-
 /// What the mock server saw and hands back to the test.
 struct Server {
     /// Query strings of the claim LIST requests, in order.
@@ -79,10 +70,7 @@ struct Server {
 
 /// Serves claim lists from `claim_lists` (one per LIST), a VirtualDatabase
 /// list, and watches that stay open until the test ends them.
-fn serve(
-    mut handle: tower_test::mock::Handle<Request<kube::client::Body>, Response<Body>>,
-    mut claim_lists: VecDeque<Value>,
-) -> Server {
+fn serve(mut handle: Handle, mut claim_lists: VecDeque<Value>) -> Server {
     let (list_tx, lists) = tokio::sync::mpsc::unbounded_channel();
     let (watch_tx, watches) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -123,14 +111,6 @@ fn serve(
     Server { lists, watches }
 }
 
-fn mock_client() -> (
-    Client,
-    tower_test::mock::Handle<Request<kube::client::Body>, Response<Body>>,
-) {
-    let (service, handle) = tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
-    (Client::new(service, "default"), handle)
-}
-
 /// Claim name -> rate, as the agent would load them.
 fn rates(source: &KubeSource) -> BTreeMap<String, String> {
     source
@@ -144,16 +124,6 @@ fn rates(source: &KubeSource) -> BTreeMap<String, String> {
             (doc.metadata.name, doc.spec.traffic_qos.qos_group.rate)
         })
         .collect()
-}
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test]

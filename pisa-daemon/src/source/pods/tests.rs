@@ -1,17 +1,12 @@
 //! The Pod watch against a mocked API server at the HTTP boundary
 //! (tower-test), with Pod bodies as a kubelet-managed node reports them.
 
-use std::{convert::Infallible, time::Duration};
-
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body::Frame;
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use http::Response;
+use http_body_util::{BodyExt, StreamBody};
 use serde_json::{json, Value};
 
 use super::*;
-
-type Body = UnsyncBoxBody<Bytes, Infallible>;
+use crate::source::mock_api::{event, eventually, full, mock_client};
 
 /// A Pod as the API server returns it. `ips` empty: not yet given one.
 fn pod(name: &str, node: &str, phase: &str, ips: &[&str], rv: &str) -> Value {
@@ -57,18 +52,9 @@ fn host_network(mut pod: Value) -> Value {
     pod
 }
 
-fn event(kind: &str, object: Value) -> Result<Frame<Bytes>, Infallible> {
-    Ok(Frame::data(Bytes::from(format!(
-        "{}\n",
-        json!({"type": kind, "object": object})
-    ))))
-}
-
 #[tokio::test]
 async fn only_this_nodes_pods_with_their_own_network_are_followed() {
-    let (service, mut handle) =
-        tower_test::mock::pair::<Request<kube::client::Body>, Response<Body>>();
-    let client = Client::new(service, "default");
+    let (client, mut handle) = mock_client();
     let changed = Arc::new(Notify::new());
     let source = PodSource::start(&client, "node-a", changed.clone());
 
@@ -91,9 +77,7 @@ async fn only_this_nodes_pods_with_their_own_network_are_followed() {
             pod("batch", "node-a", "Succeeded", &["10.244.1.8"], "94"),
         ],
     });
-    respond.send_response(Response::new(
-        Full::new(Bytes::from(list.to_string())).boxed_unsync(),
-    ));
+    respond.send_response(Response::new(full(list)));
     let (request, respond) = handle.next_request().await.unwrap();
     assert_eq!(
         request.uri().query(),
@@ -105,7 +89,7 @@ async fn only_this_nodes_pods_with_their_own_network_are_followed() {
     let (events, stream) = futures::channel::mpsc::unbounded();
     respond.send_response(Response::new(StreamBody::new(stream).boxed_unsync()));
 
-    eventually(&source, |pods| !pods.is_empty()).await;
+    eventually("the listed Pods", || !source.pods().is_empty()).await;
     assert!(source.ready());
     assert_eq!(
         source.pods(),
@@ -131,7 +115,7 @@ async fn only_this_nodes_pods_with_their_own_network_are_followed() {
             pod("db-elsewhere", "node-b", "Running", &["10.244.2.10"], "102"),
         ))
         .unwrap();
-    eventually(&source, |pods| pods.len() == 2).await;
+    eventually("the Pod that got an address", || source.pods().len() == 2).await;
     let names: Vec<String> = source.pods().into_iter().map(|p| p.name).collect();
     assert_eq!(names, ["shop/db-0", "shop/starting"]);
 
@@ -142,18 +126,8 @@ async fn only_this_nodes_pods_with_their_own_network_are_followed() {
             pod("db-0", "node-a", "Running", &["10.244.1.7"], "103"),
         ))
         .unwrap();
-    eventually(&source, |pods| pods.len() == 1).await;
+    eventually("the deleted Pod gone", || source.pods().len() == 1).await;
     assert_eq!(source.pods()[0].name, "shop/starting");
-}
-
-async fn eventually(source: &PodSource, check: impl Fn(&[NodePod]) -> bool) {
-    for _ in 0..200 {
-        if check(&source.pods()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out; the pods are {:?}", source.pods());
 }
 
 fn node_pod_of(name: &str, ips: &[&str]) -> NodePod {
