@@ -175,14 +175,14 @@ pub async fn run(args: RunArgs) -> Result<()> {
         max_classes: args.max_classes,
         edt_available: features.sch_fq,
     };
-    // Tags are not persisted: the proxy re-tags when it sees the new
-    // generation. Leftovers of the previous run (which kept shaping while
-    // no daemon ran) are cleared so the table matches the kernel.
     // Interfaces that went away while no daemon ran (deleted Pods) would
     // otherwise leave their link pins behind for good.
     for iface in kernel.release_vanished_interfaces()? {
         info!(%iface, "released the attachment of a vanished interface");
     }
+    // Tags are not persisted: the proxy re-tags when it sees the new
+    // generation. Leftovers of the previous run (which kept shaping while
+    // no daemon ran) are cleared so the table matches the kernel.
     let stale_tags = kernel.clear_flow_tags()?;
     if stale_tags > 0 {
         info!(
@@ -218,6 +218,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut fingerprint = args.config.as_deref().map(file::fingerprint);
     let mut retry = RETRY_MIN;
     let mut next_retry: Option<Instant> = None;
+    // Pod routes are looked up on the triggers that can move them (start,
+    // SIGHUP, a watch event, the resync), not again on retries.
+    refresh_pods(&mut claims);
     reconcile_once(
         &args,
         &mut claims,
@@ -235,6 +238,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = int.recv() => { info!("SIGINT"); break; }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading claims");
+                refresh_pods(&mut claims);
                 reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
             }
             _ = poll.tick() => {
@@ -270,6 +274,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = kube_changed(&claims) => {
                 // Let a burst of watch events (a relist) settle first.
                 tokio::time::sleep(DEBOUNCE).await;
+                refresh_pods(&mut claims);
                 reconcile_once(&args, &mut claims, &agent, &metrics, &mut retry, &mut next_retry).await;
             }
         }
@@ -411,7 +416,6 @@ async fn reconcile_once(
     retry: &mut Duration,
     next_retry: &mut Option<Instant>,
 ) {
-    refresh_pods(claims);
     let statuses = reconcile_locked(args, claims, shared, metrics, retry, next_retry);
     if let (Claims::Kube(kube), Some(statuses)) = (claims, statuses) {
         let now = rfc3339(

@@ -236,24 +236,22 @@ impl Kernel {
     /// exists. Returns how many entries went.
     fn forget_vanished_ifindexes(&mut self) -> Result<usize, KernelError> {
         let vanished = |ifindex: u32| nix::net::if_::if_indextoname(ifindex).is_err();
-        let configs: Vec<u32> = self
-            .iface_config()?
+        // Absent keys are fine: the program may have raced us to nothing.
+        let mut config_map = self.iface_config()?;
+        let configs: Vec<u32> = config_map
             .keys()
             .filter_map(Result::ok)
             .filter(|ifindex| vanished(*ifindex))
             .collect();
-        let stats: Vec<pisa_daemon_common::IfaceKey> = self
-            .iface_stats()?
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| vanished(key.ifindex))
-            .collect();
-        // Absent keys are fine: the program may have raced us to nothing.
-        let mut config_map = self.iface_config()?;
         for ifindex in &configs {
             let _ = config_map.remove(ifindex);
         }
         let mut stats_map = self.iface_stats()?;
+        let stats: Vec<pisa_daemon_common::IfaceKey> = stats_map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| vanished(key.ifindex))
+            .collect();
         for key in &stats {
             let _ = stats_map.remove(key);
         }
