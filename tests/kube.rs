@@ -13,7 +13,7 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use aya::programs::{SchedClassifier, TcAttachType};
@@ -172,18 +172,13 @@ fn start_daemon(api: &FakeApi, root: &BpffsRoot, dir: &Path) -> ChildGuard {
     )
 }
 
-/// Waits up to 30 s for `check`, failing at once if the daemon exits.
+/// Waits up to 30 s for `check`, failing at once if the daemon exits (its
+/// log is printed when the test fails).
 fn wait_for(daemon: &mut ChildGuard, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
+    wait_until(what, Duration::from_secs(30), || {
         daemon.assert_running();
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; daemon log:\n{}",
-            daemon.stderr_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        check()
+    });
 }
 
 #[test]

@@ -356,6 +356,11 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
+        // A failing test shows what its children said, e.g. the daemon's log
+        // when a wait timed out.
+        if std::thread::panicking() {
+            eprintln!("--- stderr of {} ---\n{}", self.what, self.stderr_text());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
