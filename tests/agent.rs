@@ -3,14 +3,12 @@
 //! touch only their class; invalid edits keep the last good state; the
 //! kernel state outlives the process (SIGTERM and SIGKILL).
 
-mod support;
-
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
-use support::*;
+use crate::support::*;
 
 const SIGTERM: i32 = 15;
 const SIGKILL: i32 = 9;
@@ -126,6 +124,16 @@ fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
     None
 }
 
+/// Waits until an HTB class has sent `bytes`: its flow is established and
+/// past its initial burst, so a measurement from here sees the class rate.
+fn wait_for_class_bytes(iface: &str, class_id: u32, bytes: u64) {
+    wait_until(
+        &format!("class {class_id} on {iface} to send {bytes} bytes"),
+        Duration::from_secs(10),
+        || tc_class(iface, class_id).is_some_and(|(_, sent)| sent >= bytes),
+    );
+}
+
 fn class_id_of(state_file: &Path, claim: &str) -> u32 {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state_file).expect("state file"))
@@ -161,7 +169,7 @@ fn claims_file_shapes_edits_land_within_a_second_and_only_touch_their_class() {
     let _b_server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5202);
     {
         let _a = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 7);
-        std::thread::sleep(Duration::from_secs(1));
+        wait_for_class_bytes(s.topo.to_server(), alpha, 250_000);
         let bps = measure_wire_bps(s.topo.to_server(), Duration::from_secs(5));
         let ratio = bps / 10e6;
         eprintln!(
@@ -174,11 +182,10 @@ fn claims_file_shapes_edits_land_within_a_second_and_only_touch_their_class() {
             bps / 1e6
         );
     }
-    std::thread::sleep(Duration::from_secs(1));
 
     // Beta runs while alpha's rate is edited.
     let _b = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5202, 8);
-    std::thread::sleep(Duration::from_secs(2));
+    wait_for_class_bytes(s.topo.to_server(), beta, 500_000);
     let (_, alpha_sent_before) = tc_class(s.topo.to_server(), alpha).unwrap();
     let (_, beta_sent_before) = tc_class(s.topo.to_server(), beta).unwrap();
     let beta_start = Instant::now();
@@ -207,6 +214,7 @@ fn claims_file_shapes_edits_land_within_a_second_and_only_touch_their_class() {
         "{config}"
     );
 
+    // The measurement window across the edit.
     std::thread::sleep(Duration::from_secs(3));
     let (beta_rate, beta_sent_after) = tc_class(s.topo.to_server(), beta).unwrap();
     let (_, alpha_sent_after) = tc_class(s.topo.to_server(), alpha).unwrap();
@@ -316,7 +324,8 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
 
     let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
     let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 14);
-    std::thread::sleep(Duration::from_secs(1));
+    let alpha = class_id_of(&daemon.state_file, "shop/alpha");
+    wait_for_class_bytes(s.topo.to_server(), alpha, 250_000);
 
     // SIGKILL mid-transfer: nothing runs, the kernel keeps shaping.
     let started = Instant::now();
@@ -324,6 +333,7 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
     daemon
         .guard
         .signal_and_wait(SIGKILL, Duration::from_secs(5));
+    // The measurement window while no daemon runs.
     std::thread::sleep(Duration::from_secs(3));
     let dead_bps =
         (tx_bytes(s.topo.to_server()) - start_bytes) as f64 * 8.0 / started.elapsed().as_secs_f64();
@@ -350,6 +360,8 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
         .guard
         .signal_and_wait(SIGTERM, Duration::from_secs(10));
     assert!(status.success());
+    // The measurement window spans a second with no daemon, the restart,
+    // and two seconds of the new daemon.
     std::thread::sleep(Duration::from_secs(1));
     let mut daemon = s.start(19466);
     std::thread::sleep(Duration::from_secs(2));

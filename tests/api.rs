@@ -5,8 +5,6 @@
 //! reflection and the restart semantics (tags gone, new generation) are
 //! checked the way a proxy author would meet them.
 
-mod support;
-
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
@@ -14,8 +12,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use serde_json::{json, Value};
-use support::*;
 
 const SIGTERM: i32 = 15;
 const CLASS_RATE_BPS: f64 = 10e6;

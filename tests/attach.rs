@@ -1,11 +1,9 @@
 //! Attaching through the daemon's library: real program, real veth, real
 //! TCP traffic, counters compared with the kernel's own interface counters.
 
-mod support;
-
+use crate::support::*;
 use pisa_daemon::kernel::{pinned, AttachMode, Kernel};
 use pisa_daemon_common::DIRECTION_EGRESS;
-use support::*;
 
 #[test]
 fn egress_counters_equal_interface_counters_under_tcp_traffic() {
@@ -26,10 +24,23 @@ fn egress_counters_equal_interface_counters_under_tcp_traffic() {
     // Host -> namespace: the data segments leave through the host end's egress.
     let report = iperf3_client(&veth.ns_ip, 5201, &["-t", "2"]);
     drop(server);
-    std::thread::sleep(std::time::Duration::from_millis(200));
 
-    let after_program = pinned::iface_stats(&root.layout(), veth.host_ifindex(), DIRECTION_EGRESS)
-        .expect("reading counters");
+    // The last packets (FIN, RST) may be between the program and the
+    // driver's counter when we look: wait for the two to meet.
+    let egress = || {
+        pinned::iface_stats(&root.layout(), veth.host_ifindex(), DIRECTION_EGRESS)
+            .expect("reading counters")
+    };
+    wait_until(
+        "the program's egress counters to equal the interface's tx counters",
+        std::time::Duration::from_secs(2),
+        || {
+            let (program, iface) = (egress(), veth.host_tx());
+            program.packets - before_program.packets == iface.0 - before_iface.0
+                && program.bytes - before_program.bytes == iface.1 - before_iface.1
+        },
+    );
+    let after_program = egress();
     let after_iface = veth.host_tx();
     let sent = report["end"]["sum_sent"]["bytes"]
         .as_u64()

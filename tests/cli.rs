@@ -1,10 +1,8 @@
 //! The `pisa-daemon` binary, checked from outside with bpftool.
 
-mod support;
-
 use std::time::Duration;
 
-use support::*;
+use crate::support::*;
 
 const SIGTERM: i32 = 15;
 

@@ -7,8 +7,6 @@
 //! up the others, lets go of a Pod's veth when the Pod goes, and on restart
 //! releases the attachment of a veth that vanished while no daemon ran.
 
-mod support;
-
 use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
@@ -16,9 +14,9 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::{json, Value};
-use support::*;
 
 const NODE: &str = "node-a";
 const PORT: u16 = 5201;
@@ -245,12 +243,10 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
         "tbf",
         "someone else's qdisc touched"
     );
-    assert!(
-        daemon
-            .stderr_text()
-            .contains("cannot attach to a Pod interface"),
-        "{}",
-        daemon.stderr_text()
+    wait_for_log(
+        &mut daemon,
+        "cannot attach to a Pod interface",
+        Duration::from_secs(10),
     );
 
     // The Pod watch asked for this node's Pods only, listing and watching.
@@ -283,7 +279,7 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     let patches = api.patches();
     let failed = patches.iter().filter(|p| p["code"] == 500).count();
     assert_eq!(failed, 2, "{patches:?}");
-    assert!(daemon.stderr_text().contains("status not written"));
+    wait_for_log(&mut daemon, "status not written", Duration::from_secs(10));
     let applied = patches.iter().find(|p| is_applied(p)).expect("applied");
     assert_eq!(
         applied["path"],
@@ -318,8 +314,11 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     // The server's echo of the status (a MODIFIED claim) must not start a
     // write loop: nothing changed, so nothing more is written.
     let written = api.patches().len();
-    std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(api.patches().len(), written, "status rewritten unchanged");
+    assert_holds_for(
+        "no status write after the server's echo",
+        Duration::from_millis(1500),
+        || api.patches().len() == written,
+    );
 
     // Traffic from one Pod to the other is shaped on the database Pod's veth.
     let _iperf = iperf3_server(&net.server.ns, &server_ip, PORT);
@@ -361,12 +360,11 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     wait_for(&mut daemon, "the vanished veth's pin released", || {
         !client_link.exists()
     });
-    assert!(
-        daemon
-            .stderr_text()
-            .contains("released the attachment of a vanished interface"),
-        "{}",
-        daemon.stderr_text()
+    // The pin goes before the line is written: wait for the line.
+    wait_for_log(
+        &mut daemon,
+        "released the attachment of a vanished interface",
+        Duration::from_secs(10),
     );
 
     // The claim goes: its class goes from the kernel.

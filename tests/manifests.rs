@@ -4,12 +4,10 @@
 //! generated CRD's schema with jsonschema, and bad claims rejected by the
 //! schema where it can express the rule and by the daemon where it cannot.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -5,8 +5,6 @@
 //! the shipped files; bpftool shows every map with BTF field names and the
 //! values the claims configured.
 
-mod support;
-
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},
@@ -14,8 +12,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 const NODE: &str = "obs-node";
 /// 10mbit in bytes per second.

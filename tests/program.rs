@@ -1,17 +1,15 @@
 //! The real eBPF object run on crafted packets with BPF_PROG_TEST_RUN:
 //! verdicts, `skb->priority`, `skb->tstamp` and every counter.
 
-mod support;
-
 use std::net::SocketAddr;
 
+use crate::support::{packet::*, *};
 use aya::programs::{TestRun, TestRunOptions};
 use pisa_daemon::kernel::{
     ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
 };
 use pisa_daemon::source::tags::{monotonic_ns, Flow};
 use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, PROTO_TCP, PROTO_UDP};
-use support::{packet::*, *};
 
 const TC_ACT_OK: i32 = 0;
 const TC_ACT_SHOT: i32 = 2;

@@ -1,12 +1,10 @@
 //! Real traffic through the real daemon library: iperf3 across two
 //! namespaces routed through the host, shaped at the host-side egress.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use pisa_daemon::kernel::{ClassSpec, Dataplane, Kernel, Protocol, RuleMatch, ShapingMode, Side};
-use support::*;
 
 const MBIT: u64 = 1_000_000 / 8; // bytes per second
 
@@ -77,7 +75,8 @@ fn htb_holds_rate(rate_mbit: u64) {
     let start_bytes = tx_bytes(topo.to_server());
     let _client = iperf3_background(&topo.client.ns, topo.server_ip(), 5201, 13);
     let started = Instant::now();
-    // First second: at most rate * t + burst may leave (no 2x start burst).
+    // First second (a measurement window): at most rate * t + burst may
+    // leave (no 2x start burst).
     std::thread::sleep(Duration::from_secs(1));
     let first = tx_bytes(topo.to_server()) - start_bytes;
     let allowed = rate as f64 * started.elapsed().as_secs_f64() + f64::from(burst) + 2.0 * 1514.0;
@@ -148,8 +147,9 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     );
 
     // Contended by class 2, it falls back to its 20 Mbit rate.
+    let before_heavy = tx_bytes(topo.to_server());
     let _heavy = iperf3_background(&topo.client.ns, topo.server_ip(), 5202, 10);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_tx_growth(topo.to_server(), before_heavy, 1_000_000);
     let contended = iperf3_goodput(&topo.client.ns, topo.server_ip(), 5201, 6);
     eprintln!("class 1 contended: {:.1} Mbit/s goodput", contended / 1e6);
     // Goodput is ~95.6% of wire rate (1448/1514).
@@ -224,8 +224,9 @@ fn police_class_never_exceeds_its_rate() {
     );
     to_server_port(&mut kernel, &topo, 5201, 3);
     let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
+    let before = tx_bytes(topo.to_server());
     let _client = iperf3_background(&topo.client.ns, topo.server_ip(), 5201, 12);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_for_tx_growth(topo.to_server(), before, 500_000);
     let measured = measure_wire_bps(topo.to_server(), Duration::from_secs(10));
     let expected = (rate * 8) as f64;
     eprintln!("police 20 Mbit: {:.2} Mbit/s on the wire", measured / 1e6);

@@ -5,7 +5,9 @@
 //! 2. Apply time and daemon RSS with 1 claim (baseline) and 10,000 claims.
 //! 3. Start time: cold (empty bpffs root) vs adopting 10,000 pinned classes.
 
+// The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::{
@@ -89,6 +91,14 @@ fn wait_ready(run: &mut Run) -> (Duration, Option<u64>) {
     (run.started.elapsed(), logged)
 }
 
+fn pid_of(guard: &ChildGuard) -> u32 {
+    guard
+        .child
+        .as_ref()
+        .map(std::process::Child::id)
+        .unwrap_or(0)
+}
+
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -143,7 +153,7 @@ fn main() {
         latencies.push(changed.elapsed().as_secs_f64() * 1000.0);
         std::thread::sleep(Duration::from_millis(300));
     }
-    let one_rss = rss_kib(run.guard.pid());
+    let one_rss = rss_kib(pid_of(&run.guard));
     drop(run);
     println!("### Agent: file change to kernel enforcement (one claim, 5 edits)\n");
     println!("| median ms | max ms | file poll interval + debounce |\n|---|---|---|");
@@ -161,7 +171,7 @@ fn main() {
         write_atomically(&config, &claims(count));
         let mut cold = start(&config, &veth.host, &root, &state);
         let (cold_ready, apply_ms) = wait_ready(&mut cold);
-        let rss = rss_kib(cold.guard.pid());
+        let rss = rss_kib(pid_of(&cold.guard));
         cold.guard.signal_and_wait(15, Duration::from_secs(30));
         let _ = std::fs::remove_file(&state);
         let mut warm = start(&config, &veth.host, &root, &state);

@@ -9,7 +9,9 @@
 //!    connection is tagged and the class's pinned counters are polled until
 //!    they move (median of 7).
 
+// The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
 use std::{

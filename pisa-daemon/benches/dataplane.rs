@@ -7,10 +7,12 @@
 //! 3. Rate accuracy (achieved / configured wire rate) at 10/100/1000 Mbit:
 //!    Pisa-Daemon's HTB class against classic tc HTB + u32 and TBF.
 
+// The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
 use pisa_daemon::kernel::{
@@ -309,4 +311,24 @@ fn main() {
     if wanted("accuracy") {
         rate_accuracy();
     }
+}
+
+/// Bytes the root qdisc of `iface` has sent: for HTB and TBF this is
+/// `qdisc_pkt_len`, which counts every GSO segment with its headers, i.e.
+/// wire bytes.
+fn qdisc_sent_bytes(iface: &str) -> u64 {
+    let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface, "root"]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    qdiscs[0]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no root qdisc bytes: {out}"))
+}
+
+/// Wire rate (bits/s) through the root qdisc of `iface` over `window`.
+fn qdisc_wire_bps(iface: &str, window: Duration) -> f64 {
+    let start_bytes = qdisc_sent_bytes(iface);
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let bytes = qdisc_sent_bytes(iface) - start_bytes;
+    bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
 }

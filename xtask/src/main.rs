@@ -31,6 +31,11 @@ enum Task {
         /// Skip setup (for quick iterations on a prepared machine).
         #[arg(long)]
         no_setup: bool,
+        /// Run only the root integration suite, N times, and report which
+        /// test failed on which round (finds flaky tests before CI does).
+        #[arg(long, value_name = "N", default_value_t = 1,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
     },
     /// Setup, build, and shape real traffic in a throwaway network topology.
     Demo,
@@ -66,7 +71,11 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
         Task::BuildEbpf => setup::build_release(),
-        Task::Test { filter, no_setup } => test::run(filter.as_deref(), no_setup),
+        Task::Test {
+            filter,
+            no_setup,
+            repeat,
+        } => test::run(filter.as_deref(), no_setup, repeat),
         Task::Demo => demo::run(),
         Task::Bench { which } => bench::run(&which),
         Task::Codegen => codegen(),

@@ -1,13 +1,25 @@
-//! `cargo xtask test`: the whole suite, in the order that fails fastest.
+//! `cargo xtask test`: the whole suite, in the order that fails fastest;
+//! `--repeat N` reruns the root integration suite to find flaky tests.
 
-use anyhow::{bail, Result};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Instant,
+};
+
+use anyhow::{bail, Context, Result};
 
 use crate::{
     setup,
-    shell::{cmd, is_root},
+    shell::{cmd, is_root, workspace},
 };
 
-pub fn run(filter: Option<&str>, no_setup: bool) -> Result<()> {
+/// The root integration suite: one test binary (tests/main.rs), one test
+/// at a time (they share the host's routing, ports and CPU).
+const INTEGRATION: &[&str] = &["test", "--package", "pisa-daemon", "--test", "integration"];
+
+pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
     if !is_root() {
         // The integration tests attach programs and build namespaces; they
         // must not be silently skipped, so refuse up front.
@@ -15,6 +27,9 @@ pub fn run(filter: Option<&str>, no_setup: bool) -> Result<()> {
     }
     if !no_setup {
         setup::run_setup_steps()?;
+    }
+    if repeat > 1 {
+        return repeat_integration(filter, repeat);
     }
     cmd("cargo", &["fmt", "--all", "--check"])?;
     cmd(
@@ -41,19 +56,124 @@ pub fn run(filter: Option<&str>, no_setup: bool) -> Result<()> {
             "--bins",
         ],
     )?;
-    let mut args = vec![
-        "test",
-        "--package",
-        "pisa-daemon",
-        "--test",
-        "*",
-        "--",
-        "--test-threads=1",
-    ];
+    let mut args = INTEGRATION.to_vec();
+    args.extend(["--", "--test-threads=1"]);
     if let Some(filter) = filter {
         args.push(filter);
     }
     cmd("cargo", &args)?;
     eprintln!("xtask test: all passed");
     Ok(())
+}
+
+/// One run of the integration suite: the tests that failed, and whether
+/// the run itself completed (a crash or a build failure fails it whole).
+struct Round {
+    passed: usize,
+    failed: Vec<String>,
+    completed: bool,
+    seconds: f64,
+}
+
+/// Runs the integration suite `rounds` times (built once), printing which
+/// test failed on which round, then a summary. Fails if any round failed.
+fn repeat_integration(filter: Option<&str>, rounds: u32) -> Result<()> {
+    let mut build = INTEGRATION.to_vec();
+    build.push("--no-run");
+    cmd("cargo", &build)?;
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("=== xtask test --repeat: round {round}/{rounds} ===");
+        let result = run_round(filter)?;
+        eprintln!(
+            "=== round {round}/{rounds}: {} passed, {} failed{} in {:.0} s ===",
+            result.passed,
+            result.failed.len(),
+            if result.completed {
+                String::new()
+            } else {
+                " (the run did not complete)".into()
+            },
+            result.seconds
+        );
+        results.push(result);
+    }
+    let mut by_test: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for (round, result) in (1..).zip(&results) {
+        for test in &result.failed {
+            by_test.entry(test).or_default().push(round);
+        }
+    }
+    let incomplete: Vec<u32> = (1..)
+        .zip(&results)
+        .filter(|(_, r)| !r.completed)
+        .map(|(round, _)| round)
+        .collect();
+    println!("xtask test --repeat {rounds}: summary");
+    for (round, result) in (1..).zip(&results) {
+        println!(
+            "  round {round}: {:>3} passed, {:>2} failed, {:>5.0} s",
+            result.passed,
+            result.failed.len(),
+            result.seconds
+        );
+    }
+    for (test, failed_rounds) in &by_test {
+        println!("  FLAKY {test}: failed on round(s) {failed_rounds:?}");
+    }
+    println!(
+        "  total: {rounds} rounds, {} failing test(s), {} incomplete round(s), {:.0} s",
+        by_test.len(),
+        incomplete.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if !by_test.is_empty() || !incomplete.is_empty() {
+        bail!(
+            "{} test(s) failed and {} round(s) did not complete over {rounds} rounds",
+            by_test.len(),
+            incomplete.len()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the suite once, echoing its output and reading libtest's
+/// `test NAME ... ok|FAILED` lines.
+fn run_round(filter: Option<&str>) -> Result<Round> {
+    let mut args = INTEGRATION.to_vec();
+    args.extend(["--", "--test-threads=1"]);
+    if let Some(filter) = filter {
+        args.push(filter);
+    }
+    let started = Instant::now();
+    let mut child = Command::new("cargo")
+        .args(&args)
+        .current_dir(workspace())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting cargo test")?;
+    let stdout = child.stdout.take().context("cargo test stdout")?;
+    let (mut passed, mut failed) = (0, Vec::new());
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test ") {
+            if rest.ends_with(" ... ok") {
+                passed += 1;
+            } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
+                failed.push(name.to_owned());
+            }
+        }
+    }
+    let status = child.wait().context("waiting for cargo test")?;
+    // libtest exits 101 when tests failed; anything else with no failed
+    // test named (a crash, a signal) means the round did not complete.
+    let completed = status.success() || !failed.is_empty();
+    Ok(Round {
+        passed,
+        failed,
+        completed,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }
