@@ -4,6 +4,7 @@
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
 };
@@ -78,14 +79,12 @@ struct Round {
 /// Runs the integration suite `rounds` times (built once), printing which
 /// test failed on which round, then a summary. Fails if any round failed.
 fn repeat_integration(filter: Option<&str>, rounds: u32) -> Result<()> {
-    let mut build = INTEGRATION.to_vec();
-    build.push("--no-run");
-    cmd("cargo", &build)?;
+    let binary = build_integration()?;
     let started = Instant::now();
     let mut results = Vec::new();
     for round in 1..=rounds {
         eprintln!("=== xtask test --repeat: round {round}/{rounds} ===");
-        let result = run_round(filter)?;
+        let result = run_round(&binary, filter)?;
         eprintln!(
             "=== round {round}/{rounds}: {} passed, {} failed{} in {:.0} s ===",
             result.passed,
@@ -138,25 +137,49 @@ fn repeat_integration(filter: Option<&str>, rounds: u32) -> Result<()> {
     Ok(())
 }
 
+/// Builds the integration test binary once and returns its path, so that
+/// every round runs the same build (and editing the tree meanwhile cannot
+/// change what is tested).
+fn build_integration() -> Result<PathBuf> {
+    let mut args = INTEGRATION.to_vec();
+    args.extend(["--no-run", "--message-format=json"]);
+    eprintln!("+ cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(&args)
+        .current_dir(workspace())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the integration tests")?;
+    if !out.status.success() {
+        bail!("building the integration tests failed: {}", out.status);
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|message| message["target"]["name"] == "integration")
+        .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+        .context("cargo built no `integration` test executable")
+}
+
 /// Runs the suite once, echoing its output and reading libtest's
 /// `test NAME ... ok|FAILED` lines.
-fn run_round(filter: Option<&str>) -> Result<Round> {
-    let mut args = INTEGRATION.to_vec();
-    args.extend(["--", "--test-threads=1"]);
+fn run_round(binary: &Path, filter: Option<&str>) -> Result<Round> {
+    let mut args = vec!["--test-threads=1"];
     if let Some(filter) = filter {
         args.push(filter);
     }
     let started = Instant::now();
-    let mut child = Command::new("cargo")
+    // cargo runs a package's tests from the package's directory.
+    let mut child = Command::new(binary)
         .args(&args)
-        .current_dir(workspace())
+        .current_dir(workspace().join("pisa-daemon"))
         .stdout(Stdio::piped())
         .spawn()
-        .context("starting cargo test")?;
-    let stdout = child.stdout.take().context("cargo test stdout")?;
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().context("test stdout")?;
     let (mut passed, mut failed) = (0, Vec::new());
     for line in BufReader::new(stdout).lines() {
-        let line = line.context("reading cargo test output")?;
+        let line = line.context("reading test output")?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test ") {
             if rest.ends_with(" ... ok") {
@@ -166,7 +189,7 @@ fn run_round(filter: Option<&str>) -> Result<Round> {
             }
         }
     }
-    let status = child.wait().context("waiting for cargo test")?;
+    let status = child.wait().context("waiting for the tests")?;
     // libtest exits 101 when tests failed; anything else with no failed
     // test named (a crash, a signal) means the round did not complete.
     let completed = status.success() || !failed.is_empty();
