@@ -8,7 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use pisa_daemon::kernel::{
     ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
 };
-use pisa_daemon::source::tags::{monotonic_ns, Flow};
+use pisa_daemon::tags::{monotonic_ns, Flow};
 use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, PROTO_TCP, PROTO_UDP};
 
 const TC_ACT_OK: i32 = 0;

@@ -8,10 +8,15 @@
 #![allow(clippy::result_large_err)]
 
 pub mod api;
+#[cfg(test)]
+mod architecture;
+pub mod daemon;
 pub mod kernel;
 pub mod metrics;
+pub mod model;
 pub mod plan;
 pub mod reconcile;
 pub mod source;
 pub mod spec;
 pub mod state;
+pub mod tags;

@@ -44,13 +44,6 @@ impl Metrics {
             reconcile_runs.clone(),
         );
         let reconcile_errors = Family::<Labels, Counter>::default();
-        // Every reason exists from the start at 0, so `increase()` sees the
-        // first failure and dashboards have a series while all is well.
-        for reason in crate::reconcile::ERROR_REASONS {
-            reconcile_errors
-                .get_or_create(&vec![("reason".into(), reason.into())])
-                .inc_by(0);
-        }
         registry.register(
             "pisa_reconcile_errors",
             "Failed reconcile runs by reason (source, interface, netlink, map, attach, kernel)",
@@ -80,6 +73,23 @@ impl Metrics {
             reconcile_errors,
             reconcile_duration,
             claims,
+        }
+    }
+
+    /// Counts a failed reconcile (or a failed part of one) under `reason`.
+    pub fn count_reconcile_error(&self, reason: &str) {
+        self.reconcile_errors
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc();
+    }
+
+    /// Shows every reason at 0 from the start, so that `increase()` sees the
+    /// first failure and dashboards have a series while all is well.
+    pub fn declare_reconcile_error_reasons<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
+        for reason in reasons {
+            self.reconcile_errors
+                .get_or_create(&vec![("reason".into(), reason.into())])
+                .inc_by(0);
         }
     }
 

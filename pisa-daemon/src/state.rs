@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::agent::ClaimStatus;
+use crate::spec::ClaimStatus;
 
 pub const DEFAULT_STATE_FILE: &str = "/run/pisa/state.json";
 
@@ -28,6 +28,10 @@ pub struct PublishedState {
     pub claims: Vec<PublishedClaim>,
     pub source_errors: Vec<String>,
     pub last_error: Option<String>,
+    /// The bounded reason of `last_error` (the metrics label); absent in
+    /// files of daemons before it was added.
+    #[serde(default)]
+    pub last_error_reason: Option<String>,
 }
 
 /// `ClaimStatus` in its serialised form (status reads it back).

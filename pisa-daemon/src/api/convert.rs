@@ -9,8 +9,8 @@ use tonic::{Code, Status};
 use super::pb;
 use crate::{
     kernel::{Protocol, RuleMatch, ShapingMode, Side},
-    source::tags::{Flow, TagError, MAX_TTL_SECONDS},
     spec::{ClaimError, ClaimKey},
+    tags::{Flow, TagError, MAX_TTL_SECONDS},
 };
 
 /// Bounds of `WatchStatsRequest.interval_ms`.

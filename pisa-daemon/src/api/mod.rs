@@ -1,6 +1,6 @@
 //! The node-local gRPC API (`proto/pisa/v1/pisa.proto`): flow tags for the
 //! SQL proxy, classes and counters for tools. The service is thin: it
-//! converts messages and calls the agent; the rules live in `source::tags`
+//! converts messages and calls the agent; the rules live in `tags`
 //! and `spec`.
 
 pub mod client;

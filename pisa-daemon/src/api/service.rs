@@ -18,9 +18,9 @@ use super::{
 };
 use crate::{
     kernel::Dataplane,
-    reconcile::agent::{Agent, Phase},
-    source::tags::{monotonic_ns, Tag},
-    spec::{load_documents, validate},
+    reconcile::agent::Agent,
+    spec::{load_documents, validate, Phase},
+    tags::{monotonic_ns, Tag},
 };
 
 /// Rates for GetStats are measured over this window by a background task.
@@ -404,10 +404,7 @@ mod tests {
     use tonic::Code;
 
     use super::*;
-    use crate::{
-        kernel::FakeDataplane, reconcile::agent::SourceSnapshot, source::tags::TagTable,
-        spec::Limits,
-    };
+    use crate::{kernel::FakeDataplane, spec::Limits, spec::SourceSnapshot, tags::TagTable};
 
     const CLAIM: &str = "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
         metadata: {name: catalogue, namespace: shop}\nspec:\n  trafficQoS:\n    \

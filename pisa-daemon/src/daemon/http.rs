@@ -1,34 +1,45 @@
 //! `/metrics`, `/healthz` and `/readyz` on the metrics address.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Router};
-use pisa_daemon::{kernel::Kernel, metrics::Metrics, reconcile::agent::Agent};
 use tracing::error;
 
-#[derive(Clone)]
-struct AppState {
+use super::SharedAgent;
+use crate::{kernel::Dataplane, metrics::Metrics};
+
+struct AppState<D: Dataplane> {
     metrics: Arc<Metrics>,
-    agent: Arc<Mutex<Agent<Kernel>>>,
+    agent: SharedAgent<D>,
 }
 
-pub async fn serve(
+impl<D: Dataplane> Clone for AppState<D> {
+    fn clone(&self) -> Self {
+        Self {
+            metrics: self.metrics.clone(),
+            agent: self.agent.clone(),
+        }
+    }
+}
+
+/// Serves until the listener fails.
+pub async fn serve<D: Dataplane + Send + 'static>(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    agent: Arc<Mutex<Agent<Kernel>>>,
+    agent: SharedAgent<D>,
 ) {
     let app = Router::new()
-        .route("/metrics", get(metrics_handler))
+        .route("/metrics", get(metrics_handler::<D>))
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready_handler))
+        .route("/readyz", get(ready_handler::<D>))
         .with_state(AppState { metrics, agent });
     if let Err(e) = axum::serve(listener, app).await {
         error!(error = %e, "metrics server stopped");
     }
 }
 
-async fn metrics_handler(
-    State(state): State<AppState>,
+async fn metrics_handler<D: Dataplane + Send + 'static>(
+    State(state): State<AppState<D>>,
     headers: axum::http::HeaderMap,
 ) -> impl IntoResponse {
     let openmetrics = headers
@@ -61,7 +72,9 @@ async fn metrics_handler(
     }
 }
 
-async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {
+async fn ready_handler<D: Dataplane + Send + 'static>(
+    State(state): State<AppState<D>>,
+) -> impl IntoResponse {
     let ready = state.agent.lock().map(|a| a.ready).unwrap_or(false);
     if ready {
         (StatusCode::OK, "ready\n")

@@ -13,6 +13,7 @@ use pisa_daemon_common::{
 use tracing::{debug, info};
 
 use super::{
+    default_burst,
     htb::{self, ClassWrite, HtbClass, RootQdisc, LINK_CLASS_MINOR},
     iface,
     netlink::RtNetlink,
@@ -354,13 +355,6 @@ pub(super) fn remove_htb_root(iface_name: &str) -> Result<(), KernelError> {
     };
     let mut nl = RtNetlink::open().map_err(netlink_err(iface_name, "opening rtnetlink"))?;
     remove_our_root(&mut nl, iface_name, itf.ifindex)
-}
-
-/// Burst when a claim gives none: 10 ms at the rate, and never less than
-/// one 64 KiB GSO super-packet, so HTB does not stall on segmentation
-/// offload sized skbs.
-pub fn default_burst(rate_bytes: u64) -> u32 {
-    (rate_bytes / 100).clamp(64 * 1024, u64::from(u32::MAX)) as u32
 }
 
 fn to_config(class: &ClassSpec) -> ClassConfig {

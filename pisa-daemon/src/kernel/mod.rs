@@ -7,6 +7,8 @@ pub mod bpffs;
 pub mod caps;
 mod dataplane;
 mod error;
+#[cfg(test)]
+mod fake;
 pub mod features;
 pub mod htb;
 pub mod iface;
@@ -16,12 +18,13 @@ pub mod pinned;
 pub mod route;
 mod tags;
 
-pub use apply::default_burst;
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::PinLayout;
-pub use dataplane::{
-    ClassSpec, Dataplane, FakeDataplane, Features, Protocol, RuleMatch, ShapingMode, Side,
-};
+pub use dataplane::{Dataplane, Features};
+#[cfg(test)]
+pub use fake::FakeDataplane;
+// The shared vocabulary, re-exported where kernel code and its tests expect it.
+pub use crate::model::{default_burst, ClassSpec, Protocol, RuleMatch, ShapingMode, Side};
 pub use error::KernelError;
 pub use loader::{Kernel, DEFAULT_LINK_RATE_BYTES};
 

@@ -1,5 +1,5 @@
 //! The `FLOW_TAGS` map: connection direction -> class, with an expiry the
-//! program checks. The userspace table in `source::tags` decides what goes
+//! program checks. The userspace table in `tags` decides what goes
 //! in; this module only writes it, all or nothing.
 
 use aya::maps::{HashMap, MapError};

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use pisa_daemon_common::MAX_CLASSES;
 
 use crate::{
-    kernel::{default_burst, ClassSpec, RuleMatch},
+    model::{default_burst, ClassSpec, RuleMatch},
     spec::{ClaimKey, ValidClaim},
 };
 
@@ -107,7 +107,7 @@ pub fn plan(claims: &BTreeMap<ClaimKey, ValidClaim>, existing: &BTreeMap<u32, Cl
 mod tests {
     use super::*;
     use crate::{
-        kernel::{Protocol, ShapingMode, Side},
+        model::{Protocol, ShapingMode, Side},
         spec::{Direction, Priority},
     };
 

@@ -8,46 +8,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
-
-use super::{converge, ApplyError};
+use super::{apply, converge, ApplyError, Op};
 use crate::{
     kernel::{Dataplane, KernelError},
     plan::{self, Plan},
-    source::tags::{TagTable, MAX_TAGS},
-    spec::{validate, ClaimError, ClaimKey, Document, Limits, ValidClaim},
+    spec::{validate, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
+    tags::{TagTable, MAX_TAGS},
 };
-
-/// One source (file) as read this time.
-#[derive(Clone, Debug)]
-pub struct SourceSnapshot {
-    pub name: String,
-    /// `Err`: the YAML stream is broken; keep the source's last good state.
-    pub documents: Result<Vec<Document>, ClaimError>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Phase {
-    /// In force in the kernel.
-    Applied,
-    /// Rejected; the message says why (a last good state may still apply).
-    Invalid,
-    /// Accepted but not (yet) in force: no endpoints, or the kernel refused.
-    Pending,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ClaimStatus {
-    pub claim: String,
-    pub phase: Phase,
-    pub message: String,
-    pub class_id: Option<u32>,
-    pub observed_generation: Option<i64>,
-    pub mode: Option<String>,
-    pub rate_bytes: Option<u64>,
-    pub ceil_bytes: Option<u64>,
-    pub priority: Option<String>,
-}
 
 pub struct Agent<D: Dataplane> {
     pub dp: D,
@@ -173,6 +140,21 @@ impl<D: Dataplane> Agent<D> {
         }
         self.ifaces = wanted;
         left_out
+    }
+
+    /// With no claim source: attaches the wanted interfaces and leaves the
+    /// classes and rules already pinned exactly as they are. Returns the
+    /// number of interfaces it attached.
+    pub fn attach_only(&mut self) -> Result<usize, ApplyError> {
+        let attached = self.dp.interfaces();
+        let ops: Vec<Op> = self
+            .ifaces
+            .difference(&attached)
+            .map(|iface| Op::Attach(iface.clone()))
+            .collect();
+        apply(&mut self.dp, &ops)?;
+        self.ready = true;
+        Ok(ops.len())
     }
 
     /// Plans the effective claims and brings the kernel to that plan.

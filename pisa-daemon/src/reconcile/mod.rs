@@ -71,25 +71,6 @@ pub struct ApplyError {
     pub source: KernelError,
 }
 
-/// Every value `ApplyError::reason` (and the run loop, for `source`) gives
-/// the `reason` label of `pisa_reconcile_errors_total`.
-pub const ERROR_REASONS: [&str; 6] = ["source", "interface", "netlink", "map", "attach", "kernel"];
-
-impl ApplyError {
-    /// A bounded label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match &self.source {
-            KernelError::InterfaceNotFound { .. } | KernelError::InvalidInterfaceName { .. } => {
-                "interface"
-            }
-            KernelError::Netlink { .. } | KernelError::ForeignQdisc { .. } => "netlink",
-            KernelError::Map { .. } | KernelError::MapMissing { .. } => "map",
-            KernelError::Attach { .. } | KernelError::ForeignProgram { .. } => "attach",
-            _ => "kernel",
-        }
-    }
-}
-
 /// Applies `ops` in order, stopping at the first failure (the next
 /// reconcile retries from the then-current kernel state).
 pub fn apply<D: Dataplane + ?Sized>(dp: &mut D, ops: &[Op]) -> Result<(), ApplyError> {
@@ -238,7 +219,10 @@ mod tests {
         dp.fail_next = Some("eth0".into());
         let err = converge(&mut dp, &plan, &wanted).unwrap_err();
         assert_eq!(err.op, Op::Attach("eth0".into()));
-        assert_eq!(err.reason(), "interface");
+        assert!(
+            matches!(err.source, KernelError::InterfaceNotFound { .. }),
+            "{err}"
+        );
         converge(&mut dp, &plan, &wanted).unwrap();
         assert!(diff(&plan, &dp, &wanted).is_empty());
         assert_eq!(dp.classes, BTreeMap::from([(7, class(7, 1000))]));

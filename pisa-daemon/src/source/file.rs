@@ -7,9 +7,50 @@ use std::{
     collections::hash_map::DefaultHasher,
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use crate::{reconcile::agent::SourceSnapshot, spec::load_documents};
+use super::ClaimSource;
+use crate::spec::{load_documents, validate, Limits, SourceSnapshot};
+
+/// How often the file is checked for changes, and how long it must stay
+/// unchanged before a reload (an editor writes in several steps).
+const POLL: Duration = Duration::from_millis(100);
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Claims from a file or directory, reloaded when it changes.
+#[derive(Debug)]
+pub struct FileSource {
+    path: PathBuf,
+    /// The fingerprint of what was last handed out by `changed`.
+    fingerprint: u64,
+}
+
+impl FileSource {
+    pub fn new(path: PathBuf) -> Self {
+        let fingerprint = fingerprint(&path);
+        Self { path, fingerprint }
+    }
+}
+
+impl ClaimSource for FileSource {
+    fn read(&mut self) -> Result<Option<Vec<SourceSnapshot>>, SourceError> {
+        read(&self.path).map(Some)
+    }
+
+    async fn changed(&mut self) {
+        loop {
+            tokio::time::sleep(POLL).await;
+            if fingerprint(&self.path) != self.fingerprint {
+                // Let the writer finish, then take the settled content.
+                tokio::time::sleep(DEBOUNCE).await;
+                self.fingerprint = fingerprint(&self.path);
+                tracing::info!(path = %self.path.display(), "claims changed: reloading");
+                return;
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -73,6 +114,22 @@ pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
         });
     }
     Ok(snapshots)
+}
+
+/// Every claim file under `path` checked as the daemon would load it:
+/// the errors (YAML and validation), and how many claims are valid.
+pub fn check(path: &Path, limits: Limits) -> Result<(Vec<String>, usize), SourceError> {
+    let mut documents = Vec::new();
+    let mut errors = Vec::new();
+    for source in read(path)? {
+        match source.documents {
+            Ok(docs) => documents.extend(docs),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    let validated = validate(&documents, limits);
+    errors.extend(validated.errors().iter().map(ToString::to_string));
+    Ok((errors, validated.valid.len()))
 }
 
 /// A value that changes whenever a file is added, removed or edited: names,

@@ -155,5 +155,58 @@ pub fn pod_interfaces(
     found
 }
 
+/// This node's Pods and the interfaces they were last found behind.
+pub struct FollowedPods {
+    source: PodSource,
+    found: PodInterfaces,
+}
+
+impl FollowedPods {
+    pub fn new(source: PodSource) -> Self {
+        Self {
+            source,
+            found: PodInterfaces::default(),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.source.ready()
+    }
+
+    /// Looks up every Pod's interface again and returns the interfaces.
+    /// Pods whose address leads nowhere yet (the CNI may add the route
+    /// after the IP is reported) are looked up again next time. If routes
+    /// cannot be looked up at all, the interfaces stay as they were.
+    pub fn lookup(&mut self) -> BTreeSet<String> {
+        let pods = self.source.pods();
+        let found = match crate::kernel::route::RouteLookup::open() {
+            Ok(mut lookup) => pod_interfaces(&pods, |ip| lookup.route_to(ip)),
+            Err(error) => {
+                tracing::warn!(%error, "cannot look up Pod routes; keeping the Pod interfaces as they were");
+                return self.found.names();
+            }
+        };
+        for (iface, pods) in &found.interfaces {
+            if !self.found.interfaces.contains_key(iface) {
+                tracing::info!(%iface, ?pods, "following Pod interface");
+            }
+        }
+        for (iface, pods) in &self.found.interfaces {
+            if !found.interfaces.contains_key(iface) {
+                tracing::info!(%iface, ?pods, "Pod interface no longer followed");
+            }
+        }
+        for reason in found
+            .skipped
+            .iter()
+            .filter(|r| !self.found.skipped.contains(r))
+        {
+            tracing::info!(%reason, "Pod address not followed");
+        }
+        self.found = found;
+        self.found.names()
+    }
+}
+
 #[cfg(test)]
 mod tests;

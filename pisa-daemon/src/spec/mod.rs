@@ -4,12 +4,15 @@
 
 mod claim;
 mod load;
+mod snapshot;
 mod status;
 pub mod units;
 mod validate;
 
 pub use claim::*;
 pub use load::{load_documents, Document};
+pub use snapshot::SourceSnapshot;
+pub use status::{ClaimStatus, Phase};
 pub use validate::{validate, ClaimError, Limits, ValidClaim, Validated};
 
 #[cfg(test)]

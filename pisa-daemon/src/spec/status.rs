@@ -5,6 +5,31 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+/// What this node made of a claim: the agent decides it, every report
+/// (Kubernetes status, state file, API, logs) renders it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Phase {
+    /// In force in the kernel.
+    Applied,
+    /// Rejected; the message says why (a last good state may still apply).
+    Invalid,
+    /// Accepted but not (yet) in force: no endpoints, or the kernel refused.
+    Pending,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimStatus {
+    pub claim: String,
+    pub phase: Phase,
+    pub message: String,
+    pub class_id: Option<u32>,
+    pub observed_generation: Option<i64>,
+    pub mode: Option<String>,
+    pub rate_bytes: Option<u64>,
+    pub ceil_bytes: Option<u64>,
+    pub priority: Option<String>,
+}
+
 /// What the nodes made of the claim, written by each node's Pisa-Daemon.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 pub struct QoSClaimStatus {

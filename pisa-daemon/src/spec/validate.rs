@@ -9,7 +9,7 @@ use super::{
     units::{self, format_rate},
     ClaimKey, Direction, Document, Mode, Priority, QoSClaim,
 };
-use crate::kernel::{Protocol, RuleMatch, ShapingMode, Side};
+use crate::model::{Protocol, RuleMatch, ShapingMode, Side};
 
 /// Node-level bounds validation depends on.
 #[derive(Clone, Copy, Debug)]

@@ -11,10 +11,14 @@ use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use serde_json::json;
 
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
 use super::*;
 use crate::{
-    reconcile::agent::Phase,
     source::mock_api::{event, eventually, full, mock_client, Handle},
+    spec::{ClaimKey, ClaimStatus, Phase},
 };
 
 type EventSender = futures::channel::mpsc::UnboundedSender<Result<Frame<Bytes>, Infallible>>;
@@ -331,8 +335,10 @@ async fn status_is_server_side_applied_per_node_and_only_when_it_changes() {
 }
 
 #[test]
-fn rfc3339_formats_unix_seconds() {
-    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-    assert_eq!(rfc3339(1_795_233_000), "2026-11-21T03:50:00Z");
+fn status_times_are_whole_second_rfc3339_utc() {
+    let now = now_rfc3339();
+    let parsed: jiff::Timestamp = now.parse().expect("RFC 3339");
+    assert_eq!(now.len(), "2026-11-21T03:50:00Z".len(), "{now}");
+    assert!(now.ends_with('Z'), "{now}");
+    assert_eq!(parsed.subsec_nanosecond(), 0);
 }

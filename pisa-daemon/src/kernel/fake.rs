@@ -1,0 +1,160 @@
+//! An in-memory `Dataplane` for unit tests of everything above the kernel.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
+
+use super::{Attachment, Dataplane, Features, KernelError};
+use crate::model::{ClassSpec, RuleMatch};
+
+/// An in-memory `Dataplane` for reconciler tests: it records every call so
+/// tests can assert exactly which operations a change caused.
+#[derive(Debug, Default)]
+pub struct FakeDataplane {
+    pub features: Features,
+    pub ifaces: BTreeSet<String>,
+    pub classes: BTreeMap<u32, ClassSpec>,
+    pub rules: BTreeMap<RuleMatch, u32>,
+    pub stats: BTreeMap<u32, ClassStats>,
+    /// Every mutating call, in order, e.g. `put_class 7`.
+    pub log: Vec<String>,
+    /// When set, the next mutating call fails with this interface error.
+    pub fail_next: Option<String>,
+    /// Interfaces that do not exist: attaching one fails, every time.
+    pub vanished: BTreeSet<String>,
+    pub flow_tags: BTreeMap<FlowKey, FlowTag>,
+    /// Most flow-tag entries the fake "kernel" map holds (0: no limit).
+    pub flow_tag_capacity: usize,
+}
+
+impl FakeDataplane {
+    fn maybe_fail(&mut self) -> Result<(), KernelError> {
+        match self.fail_next.take() {
+            Some(iface) => Err(KernelError::InterfaceNotFound { iface }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Dataplane for FakeDataplane {
+    fn features(&self) -> Features {
+        self.features
+    }
+
+    fn attach(&mut self, iface: &str) -> Result<Attachment, KernelError> {
+        self.maybe_fail()?;
+        if self.vanished.contains(iface) {
+            return Err(KernelError::InterfaceNotFound {
+                iface: iface.to_owned(),
+            });
+        }
+        self.log.push(format!("attach {iface}"));
+        let adopted = !self.ifaces.insert(iface.to_owned());
+        Ok(Attachment {
+            iface: iface.to_owned(),
+            ifindex: 0,
+            mode: super::AttachMode::Tcx,
+            link_id: None,
+            adopted,
+        })
+    }
+
+    fn detach(&mut self, iface: &str) -> Result<bool, KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!("detach {iface}"));
+        Ok(self.ifaces.remove(iface))
+    }
+
+    fn interfaces(&self) -> BTreeSet<String> {
+        self.ifaces.clone()
+    }
+
+    fn classes(&self) -> &BTreeMap<u32, ClassSpec> {
+        &self.classes
+    }
+
+    fn put_class(&mut self, class: &ClassSpec) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!("put_class {}", class.class_id));
+        self.classes.insert(class.class_id, *class);
+        Ok(())
+    }
+
+    fn delete_class(&mut self, class_id: u32) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!("delete_class {class_id}"));
+        self.classes.remove(&class_id);
+        Ok(())
+    }
+
+    fn rules(&self) -> &BTreeMap<RuleMatch, u32> {
+        &self.rules
+    }
+
+    fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!(
+            "put_rule {:?} {}/{} {:?}:{} -> {class_id}",
+            rule.side, rule.addr, rule.prefix_len, rule.protocol, rule.port
+        ));
+        self.rules.insert(*rule, class_id);
+        Ok(())
+    }
+
+    fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!(
+            "delete_rule {:?} {}/{} {:?}:{}",
+            rule.side, rule.addr, rule.prefix_len, rule.protocol, rule.port
+        ));
+        self.rules.remove(rule);
+        Ok(())
+    }
+
+    fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError> {
+        Ok(self.stats.clone())
+    }
+
+    fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
+        Ok(vec![0; pisa_daemon_common::reason::COUNT as usize])
+    }
+
+    fn interface_stats(&self) -> Result<BTreeMap<String, IfaceStats>, KernelError> {
+        Ok(self
+            .ifaces
+            .iter()
+            .map(|i| (i.clone(), IfaceStats::default()))
+            .collect())
+    }
+
+    fn put_flow_tags(&mut self, entries: &[(FlowKey, FlowTag)]) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        let new = entries
+            .iter()
+            .filter(|(k, _)| !self.flow_tags.contains_key(k))
+            .count();
+        if self.flow_tag_capacity != 0 && self.flow_tags.len() + new > self.flow_tag_capacity {
+            return Err(KernelError::FlowTagsFull {
+                capacity: self.flow_tag_capacity as u32,
+            });
+        }
+        self.log.push(format!("put_flow_tags {}", entries.len()));
+        self.flow_tags.extend(entries.iter().copied());
+        Ok(())
+    }
+
+    fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!("delete_flow_tags {}", keys.len()));
+        for key in keys {
+            self.flow_tags.remove(key);
+        }
+        Ok(())
+    }
+
+    fn clear_flow_tags(&mut self) -> Result<usize, KernelError> {
+        let count = self.flow_tags.len();
+        self.flow_tags.clear();
+        Ok(count)
+    }
+}
