@@ -94,7 +94,8 @@ fn htb_holds_rate(rate_mbit: u64) {
     );
     // The tc view agrees: the class exists with the configured rate.
     let classes = sh("tc", &["class", "show", "dev", topo.to_server()]);
-    let expected = format!("class htb 5150:1 parent 5150:ffff prio 3 rate {rate_mbit}Mbit");
+    let expected =
+        format!("class htb 5150:1 parent 5150:ffff leaf 8001: prio 3 rate {rate_mbit}Mbit");
     assert!(classes.contains(&expected), "{classes}");
 }
 
@@ -275,4 +276,79 @@ fn cleanup_leaves_no_program_pin_or_qdisc_behind() {
         assert!(!qdiscs.contains("htb"), "{iface} still has {qdiscs}");
     }
     assert!(!bpftool_prog_ids("pisa_tc_egress").contains(&u64::from(program_id)));
+}
+
+/// The leaf queue of class `id` on `iface`, from `tc -s -j qdisc show`.
+fn leaf_queue(iface: &str, id: u32) -> serde_json::Value {
+    let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    let parent = format!("5150:{id:x}");
+    qdiscs
+        .as_array()
+        .expect("tc qdisc list")
+        .iter()
+        .find(|q| q["parent"] == parent.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("no queue under class {parent} on {iface}: {out}"))
+}
+
+#[test]
+fn every_htb_class_gets_a_short_queue_of_its_own_that_bounds_its_backlog() {
+    require_root();
+    let topo = Routed::new();
+    let root = BpffsRoot::new();
+    let mut kernel = shaper(&root, &topo);
+    let fq_codel = kernel.features().fq_codel;
+    let (rate, ceil) = (10 * MBIT, 400 * MBIT);
+    class(&mut kernel, 1, ShapingMode::Htb, rate, ceil, 64 * 1024);
+    let expected = pisa_daemon::model::LeafQueue::for_class(ceil, fq_codel);
+    let queue = leaf_queue(topo.to_server(), 1);
+    assert_eq!(queue["kind"], expected.kind(), "{queue}");
+    assert_eq!(queue["handle"], "8001:", "{queue}");
+    if let pisa_daemon::model::LeafQueue::Bfifo { limit_bytes } = expected {
+        // 5 ms at the 400 Mbit ceil.
+        assert_eq!(limit_bytes, 250_000);
+        assert_eq!(queue["options"]["limit"], limit_bytes, "{queue}");
+    }
+
+    // A ceil change changes the queue in place (same handle, no re-create).
+    class(
+        &mut kernel,
+        1,
+        ShapingMode::Htb,
+        rate,
+        800 * MBIT,
+        64 * 1024,
+    );
+    let changed = leaf_queue(topo.to_server(), 1);
+    assert_eq!(changed["handle"], "8001:");
+    if !fq_codel {
+        assert_eq!(changed["options"]["limit"], 500_000, "{changed}");
+    }
+    class(&mut kernel, 1, ShapingMode::Htb, rate, rate, 64 * 1024);
+    let limit = match pisa_daemon::model::LeafQueue::for_class(rate, fq_codel) {
+        pisa_daemon::model::LeafQueue::Bfifo { limit_bytes } => u64::from(limit_bytes),
+        pisa_daemon::model::LeafQueue::FqCodel => u64::MAX,
+    };
+
+    // Saturated by a flow, the class's backlog stays within the queue's
+    // bound (HTB's default leaf would queue 1000 packets).
+    to_server_port(&mut kernel, &topo, 5201, 1);
+    let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
+    let before = tx_bytes(topo.to_server());
+    let _client = iperf3_background(&topo.client.ns, topo.server_ip(), 5201, 6);
+    wait_for_tx_growth(topo.to_server(), before, 500_000);
+    let mut max_backlog = 0;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(3) {
+        let queue = leaf_queue(topo.to_server(), 1);
+        max_backlog = max_backlog.max(queue["backlog"].as_u64().expect("backlog"));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("largest backlog of the 10 Mbit class: {max_backlog} bytes (bound {limit})");
+    assert!(max_backlog > 0, "the class never queued: not saturated?");
+    assert!(
+        max_backlog <= limit,
+        "backlog {max_backlog} beyond the queue's bound {limit}"
+    );
 }

@@ -189,6 +189,58 @@ pub fn default_burst(rate_bytes: u64) -> u32 {
     (rate_bytes / 100).clamp(64 * 1024, u64::from(u32::MAX)) as u32
 }
 
+/// How long a class's own queue may hold at its ceil when the kernel has
+/// no fq_codel: a few milliseconds, the delay one bulk backlog may add to
+/// every other connection of the class.
+pub const LEAF_QUEUE_DELAY_NS: u64 = 5_000_000;
+/// The smallest byte limit of a class queue: two 64 KiB GSO packets and a
+/// frame, since bfifo drops a packet that does not fit whole and a smaller
+/// queue would drop every GSO packet that arrives behind another.
+pub const LEAF_QUEUE_MIN_BYTES: u64 = 2 * 65_536 + 1_514;
+
+/// The queue inside an HTB class. HTB's default leaf is a 1000-packet FIFO
+/// of up to 64 KiB GSO packets: seconds of queue at database rates, which
+/// one bulk connection fills for every other connection of the class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeafQueue {
+    /// Flow-fair with CoDel's 5 ms target: a sparse OLTP flow is served
+    /// before a bulk flow's backlog (Linux 3.5+, where the kernel has it).
+    FqCodel,
+    /// A byte-bounded FIFO of `LEAF_QUEUE_DELAY_NS` at the class's ceil.
+    Bfifo { limit_bytes: u32 },
+}
+
+impl LeafQueue {
+    /// The queue a class with `ceil_bytes` gets on a kernel with (or
+    /// without) fq_codel.
+    pub fn for_class(ceil_bytes: u64, fq_codel: bool) -> Self {
+        if fq_codel {
+            return Self::FqCodel;
+        }
+        let at_ceil = (u128::from(ceil_bytes) * u128::from(LEAF_QUEUE_DELAY_NS) / 1_000_000_000)
+            .min(u128::from(u32::MAX)) as u64;
+        Self::Bfifo {
+            limit_bytes: at_ceil.max(LEAF_QUEUE_MIN_BYTES) as u32,
+        }
+    }
+
+    /// The qdisc kind (`tc qdisc show`).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::FqCodel => "fq_codel",
+            Self::Bfifo { .. } => "bfifo",
+        }
+    }
+
+    /// For `status`: `fq_codel`, or `bfifo 132KiB`.
+    pub fn describe(self) -> String {
+        match self {
+            Self::FqCodel => "fq_codel".into(),
+            Self::Bfifo { limit_bytes } => format!("bfifo {}KiB", limit_bytes.div_ceil(1024)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +282,33 @@ mod tests {
         assert_eq!(data.port_be.to_ne_bytes(), 5432u16.to_be_bytes());
         assert_eq!(&data.addr[..4], &[10, 0, 0, 0]);
         assert_eq!(data.side, SIDE_DST);
+    }
+
+    #[test]
+    fn class_queues_are_fq_codel_where_the_kernel_has_it_else_a_few_ms_of_bytes() {
+        assert_eq!(LeafQueue::for_class(12_500_000, true), LeafQueue::FqCodel);
+        // 1 Gbit ceil: 5 ms is 625,000 bytes.
+        assert_eq!(
+            LeafQueue::for_class(125_000_000, false),
+            LeafQueue::Bfifo {
+                limit_bytes: 625_000
+            }
+        );
+        // 100 Mbit: 5 ms is 62,500 bytes, below two GSO packets.
+        let small = LeafQueue::for_class(12_500_000, false);
+        assert_eq!(
+            small,
+            LeafQueue::Bfifo {
+                limit_bytes: LEAF_QUEUE_MIN_BYTES as u32
+            }
+        );
+        assert_eq!(small.describe(), "bfifo 130KiB");
+        // 100 Gbit does not overflow.
+        assert!(matches!(
+            LeafQueue::for_class(u64::MAX, false),
+            LeafQueue::Bfifo {
+                limit_bytes: u32::MAX
+            }
+        ));
     }
 }

@@ -12,6 +12,8 @@ use pisa_daemon_common::{
 };
 use tracing::{debug, info};
 
+use crate::model::LeafQueue;
+
 use super::{
     default_burst,
     htb::{self, ClassWrite, HtbClass, RootQdisc, LINK_CLASS_MINOR},
@@ -228,6 +230,7 @@ impl Kernel {
             cburst_bytes: class.burst_bytes,
             prio: u32::from(class.priority.min(7)),
         };
+        let queue = LeafQueue::for_class(class.ceil_bytes, self.features.fq_codel);
         let nl = self.netlink()?;
         let (first, second) = if likely_exists {
             (ClassWrite::Change, ClassWrite::Create)
@@ -241,7 +244,17 @@ impl Kernel {
             }
             other => other,
         };
-        result.map_err(netlink_err(iface_name, "writing an HTB class"))
+        result.map_err(netlink_err(iface_name, "writing an HTB class"))?;
+        match htb::write_leaf_queue(nl, ifindex, leaf.minor, queue) {
+            // A queue of another kind under the same handle (fq_codel became
+            // available since): replace it whole.
+            Err(e) if e.errno() == Some(libc::EINVAL) => {
+                htb::delete_leaf_queue(nl, ifindex, leaf.minor)
+                    .and_then(|()| htb::write_leaf_queue(nl, ifindex, leaf.minor, queue))
+            }
+            other => other,
+        }
+        .map_err(netlink_err(iface_name, "writing the queue of an HTB class"))
     }
 
     fn delete_htb_leaf(&mut self, iface_name: &str, class_id: u32) -> Result<(), KernelError> {

@@ -16,6 +16,8 @@ pub struct Features {
     pub tcx: bool,
     /// sch_fq, which EDT pacing needs.
     pub sch_fq: bool,
+    /// fq_codel, the fair queue inside each HTB class (else a bfifo).
+    pub fq_codel: bool,
     /// Kernel BTF (`/sys/kernel/btf/vmlinux`).
     pub btf: bool,
 }

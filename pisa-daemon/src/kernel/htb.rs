@@ -4,6 +4,7 @@
 //! <MAJOR>:      root qdisc htb, default 0 (unclassified -> direct queue, unshaped)
 //! └─ <MAJOR>:ffff   link class: rate = ceil = the interface's capacity
 //!    ├─ <MAJOR>:<class id>   one leaf per QoS class: rate, ceil, burst, cburst, prio
+//!    │  └─ <0x8000|id>:      its queue: fq_codel, or a bfifo of a few ms at ceil
 //!    └─ …
 //! ```
 //!
@@ -23,6 +24,7 @@ use netlink_packet_route::{
 };
 
 use super::netlink::{NetlinkError, RtNetlink};
+use crate::model::LeafQueue;
 
 /// The HTB qdisc handle major Pisa-Daemon owns ("0x5150" reads "PISA"-ish
 /// and is unlikely to collide with hand-made trees, which favour 1:).
@@ -185,6 +187,59 @@ pub fn create_fq_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkErr
 pub fn delete_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
     let message = root_message(ifindex, vec![]);
     nl.request(RouteNetlinkMessage::DelQueueDiscipline(message), 0)
+}
+
+/// The handle major of the queue inside leaf `minor`: one per class, in a
+/// range of its own (class ids stay below 0x4000) so it never meets ours
+/// or anyone else's root.
+pub const fn leaf_queue_major(minor: u16) -> u16 {
+    0x8000 | (minor & 0x3FFF)
+}
+
+/// `TCA_OPTIONS` (linux/rtnetlink.h): bfifo takes a bare `struct
+/// tc_fifo_qopt { __u32 limit; }` there, not nested attributes.
+const TCA_OPTIONS: u16 = 2;
+
+/// Installs (or changes in place) the queue inside leaf `minor`. Replacing
+/// a queue of the same kind changes it in place and keeps its packets.
+pub fn write_leaf_queue(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    minor: u16,
+    queue: LeafQueue,
+) -> Result<(), NetlinkError> {
+    let mut attributes = vec![TcAttribute::Kind(queue.kind().into())];
+    if let LeafQueue::Bfifo { limit_bytes } = queue {
+        attributes.push(TcAttribute::Other(DefaultNla::new(
+            TCA_OPTIONS,
+            limit_bytes.to_ne_bytes().to_vec(),
+        )));
+    }
+    let message = TcMessage::from_parts(leaf_queue_header(ifindex, minor), attributes);
+    nl.request(
+        RouteNetlinkMessage::NewQueueDiscipline(message),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// Removes the queue inside leaf `minor`; HTB falls back to its default.
+pub fn delete_leaf_queue(nl: &mut RtNetlink, ifindex: u32, minor: u16) -> Result<(), NetlinkError> {
+    let message = TcMessage::from_parts(leaf_queue_header(ifindex, minor), vec![]);
+    nl.request(RouteNetlinkMessage::DelQueueDiscipline(message), 0)
+}
+
+fn leaf_queue_header(ifindex: u32, minor: u16) -> TcHeader {
+    header(
+        ifindex,
+        TcHandle {
+            major: leaf_queue_major(minor),
+            minor: 0,
+        },
+        TcHandle {
+            major: HTB_MAJOR,
+            minor,
+        },
+    )
 }
 
 /// How a class write should behave.
