@@ -13,6 +13,7 @@ mod agent;
 mod api;
 mod attach;
 mod cli;
+mod db;
 mod kube;
 mod manifests;
 mod observability;

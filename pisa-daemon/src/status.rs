@@ -11,7 +11,8 @@ use pisa_daemon::{
         client::{connect, ApiTarget},
         pb,
     },
-    kernel::{pinned, PinLayout},
+    kernel::{features, pinned, PinLayout},
+    model::{LeafQueue, ShapingMode},
     spec::units::format_rate,
     state,
 };
@@ -25,6 +26,8 @@ struct Row {
     rate_bytes: u64,
     ceil_bytes: u64,
     priority: String,
+    /// The queue inside the class (htb): fq_codel or a short bfifo.
+    queue: String,
     interfaces: Vec<String>,
     bytes: u64,
     packets: u64,
@@ -120,6 +123,7 @@ async fn from_api(
                 rate_bytes: class.rate_bytes_per_second,
                 ceil_bytes: class.ceil_bytes_per_second,
                 priority: class.priority.clone(),
+                queue: class.queue.clone(),
                 interfaces: class.interfaces.clone(),
                 bytes: counters.map_or(0, |c| c.bytes),
                 packets: counters.map_or(0, |c| c.packets),
@@ -154,6 +158,7 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
             bpffs.display()
         )
     })?;
+    let fq_codel = features::probe().fq_codel;
     let first = pinned::class_stats(&layout, classes.keys().copied())?;
     std::thread::sleep(sample);
     let second = pinned::class_stats(&layout, classes.keys().copied())?;
@@ -186,6 +191,10 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
                 rate_bytes: class.rate_bytes,
                 ceil_bytes: class.ceil_bytes,
                 priority: format!("htb prio {}", class.priority),
+                queue: match class.mode {
+                    ShapingMode::Htb => LeafQueue::for_class(class.ceil_bytes, fq_codel).describe(),
+                    ShapingMode::Edt | ShapingMode::Police => String::new(),
+                },
                 interfaces: interfaces.clone(),
                 bytes: b.bytes,
                 packets: b.packets,
@@ -215,13 +224,14 @@ fn print_table(report: &Report) {
     }
     println!("source: {}", report.source);
     println!(
-        "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<20} {:>14} {:>12} {:>8} {:<8}",
+        "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<13} {:<20} {:>14} {:>12} {:>8} {:<8}",
         "CLAIM",
         "CLASS",
         "MODE",
         "RATE",
         "CEIL",
         "PRIO",
+        "QUEUE",
         "INTERFACES",
         "BYTES",
         "CURRENT",
@@ -230,13 +240,18 @@ fn print_table(report: &Report) {
     );
     for row in &report.classes {
         println!(
-            "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<20} {:>14} {:>12} {:>8} {:<8}",
+            "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<13} {:<20} {:>14} {:>12} {:>8} {:<8}",
             row.claim,
             row.class_id,
             row.mode,
             format_rate(row.rate_bytes),
             format_rate(row.ceil_bytes),
             row.priority,
+            if row.queue.is_empty() {
+                "-"
+            } else {
+                &row.queue
+            },
             row.interfaces.join(","),
             row.bytes,
             format_rate(row.current_rate_bytes),

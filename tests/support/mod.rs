@@ -6,6 +6,7 @@
 //! - `wait`: the one way to wait for a condition (deadline + what it waited for);
 //! - `traffic`: iperf3 and the kernel's own byte counters;
 //! - `daemon`: the daemon binary, its bpffs root, its API socket, bpftool;
+//! - `db`: PostgreSQL in a namespace behind a shared link, pgbench and bulk COPY;
 //! - `packet`: crafted packets for BPF_PROG_TEST_RUN.
 //!
 //! Every namespace, veth, pin and child is removed by an RAII guard even when
@@ -14,6 +15,7 @@
 //! and `iperf3`, as an operator would.
 
 pub mod daemon;
+pub mod db;
 pub mod host;
 pub mod net;
 pub mod packet;

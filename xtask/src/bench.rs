@@ -1,4 +1,4 @@
-//! `cargo xtask bench [dataplane|agent|api|all]`: runs the benchmark binaries
+//! `cargo xtask bench [dataplane|agent|api|db|all] [-- ARGS]`: runs the benchmark binaries
 //! (release build, root) and records their Markdown output in
 //! `docs/benchmarks.md`, one section per benchmark, with the date and the
 //! machine. Figures are measured in the run, never edited by hand.
@@ -7,19 +7,25 @@ use anyhow::{bail, Context, Result};
 
 use crate::shell::{capture, is_root, output, workspace};
 
-pub fn run(which: &str) -> Result<()> {
+pub fn run(which: &str, args: &[String]) -> Result<()> {
     if !is_root() {
         bail!("benchmarks attach programs and build namespaces: run them as root");
     }
     let names: Vec<&str> = match which {
-        "all" => vec!["dataplane", "agent", "api"],
-        "dataplane" | "agent" | "api" => vec![which],
-        other => bail!("unknown benchmark `{other}`; valid: dataplane, agent, api, all"),
+        "all" => vec!["dataplane", "agent", "api", "db"],
+        "dataplane" | "agent" | "api" | "db" => vec![which],
+        other => bail!("unknown benchmark `{other}`; valid: dataplane, agent, api, db, all"),
     };
+    // The database bench needs PostgreSQL; every bench needs the toolchain.
+    crate::setup::run_setup_steps()?;
     for name in names {
-        eprintln!("+ cargo bench --package pisa-daemon --bench {name}");
+        eprintln!(
+            "+ cargo bench --package pisa-daemon --bench {name} -- {}",
+            args.join(" ")
+        );
         let out = std::process::Command::new("cargo")
-            .args(["bench", "--package", "pisa-daemon", "--bench", name])
+            .args(["bench", "--package", "pisa-daemon", "--bench", name, "--"])
+            .args(args)
             .current_dir(workspace())
             .stderr(std::process::Stdio::inherit())
             .output()

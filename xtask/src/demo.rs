@@ -8,7 +8,9 @@
 //!
 //! The daemon attaches at egress of both host-side veths, iperf3 pushes
 //! real TCP traffic, and bpftool reads the daemon's pinned counters back.
-//! Everything is torn down at the end, also on failure.
+//! Everything is torn down at the end, also on failure. Then the database
+//! case: PostgreSQL OLTP latency under a bulk export, without and with the
+//! daemon (the database benchmark's short mode).
 
 use std::{
     process::{Child, Command, Stdio},
@@ -44,7 +46,34 @@ pub fn run() -> Result<()> {
     let _ = Command::new(&daemon)
         .args(["cleanup", "--bpffs", BPFFS])
         .status();
-    result
+    result?;
+    database_demo()
+}
+
+/// The point of the project in a couple of minutes: PostgreSQL behind a
+/// 100 Mbit link, OLTP latency idle, under a bulk export with no QoS, and
+/// under the same export with the daemon. It is the database benchmark's
+/// short mode (the same code as `cargo xtask bench db`), built with the
+/// debug profile the rest of the demo already built.
+fn database_demo() -> Result<()> {
+    println!("\n== PostgreSQL: OLTP latency under a bulk export, without and with pisa-daemon");
+    println!("   (pgbench -S at 200 tps; three COPY streams; a 100 Mbit link; 8 s each)");
+    cmd(
+        "cargo",
+        &[
+            "bench",
+            "--package",
+            "pisa-daemon",
+            "--bench",
+            "db",
+            "--profile",
+            "dev",
+            "--",
+            "--demo",
+        ],
+    )?;
+    println!("demo: done (databases and topology removed)");
+    Ok(())
 }
 
 const CLAIMS: &str = "/tmp/pisa-demo-claims.yaml";
@@ -219,7 +248,7 @@ fn demo(daemon: &str) -> Result<()> {
     iperf3("5201")?;
     println!("\n== pisa-daemon cleanup --bpffs {BPFFS}");
     cmd(daemon, &["cleanup", "--bpffs", BPFFS])?;
-    println!("\ndemo: done (topology removed)");
+    println!("\ndemo: traffic shaping done (topology removed)");
     Ok(())
 }
 

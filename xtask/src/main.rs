@@ -43,9 +43,12 @@ enum Task {
     Codegen,
     /// Run benchmarks and record them in docs/benchmarks.md.
     Bench {
-        /// dataplane, agent, api, or all.
+        /// dataplane, agent, api, db, or all.
         #[arg(default_value = "all")]
         which: String,
+        /// Passed to the benchmark, e.g. `db -- --link-rate 1gbit`.
+        #[arg(last = true)]
+        args: Vec<String>,
     },
 }
 
@@ -77,7 +80,7 @@ fn main() -> Result<()> {
             repeat,
         } => test::run(filter.as_deref(), no_setup, repeat),
         Task::Demo => demo::run(),
-        Task::Bench { which } => bench::run(&which),
+        Task::Bench { which, args } => bench::run(&which, &args),
         Task::Codegen => codegen(),
     }
 }

@@ -18,6 +18,7 @@ use super::{
 };
 use crate::{
     kernel::Dataplane,
+    model::{LeafQueue, ShapingMode},
     reconcile::agent::Agent,
     spec::{load_documents, validate, Phase},
     tags::{monotonic_ns, Tag},
@@ -260,6 +261,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
     ) -> Result<Response<pb::ListClassesResponse>, Status> {
         let agent = self.lock()?;
         let interfaces: Vec<String> = agent.dp.interfaces().into_iter().collect();
+        let fq_codel = agent.dp.features().fq_codel;
         let classes = agent
             .plan
             .classes
@@ -288,6 +290,12 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
                         .unwrap_or_default(),
                     endpoints,
                     interfaces: interfaces.clone(),
+                    queue: match planned.spec.mode {
+                        ShapingMode::Htb => {
+                            LeafQueue::for_class(planned.spec.ceil_bytes, fq_codel).describe()
+                        }
+                        ShapingMode::Edt | ShapingMode::Police => String::new(),
+                    },
                 }
             })
             .collect();

@@ -1,0 +1,328 @@
+//! `cargo xtask bench db`: does the daemon protect a database workload?
+//!
+//! PostgreSQL in its own namespace serves an OLTP client (`pgbench -S` at a
+//! fixed rate, every transaction's latency logged from its scheduled
+//! start) and a reporting client (three `COPY pgbench_accounts TO STDOUT`
+//! loops) behind one link of `--link-rate` (default 100 Mbit/s). Every
+//! scenario runs on the same topology in this one run:
+//!
+//! 1. idle: OLTP alone on the plain link;
+//! 2. no QoS: OLTP + bulk through the link's own FIFO;
+//! 3. the CNI bandwidth plugin's way: the bulk client's interface limited
+//!    by TBF at the bulk rate;
+//! 4. the daemon: OLTP `guaranteed`, bulk `besteffort`, both rate 20mbit
+//!    and ceil = link, each on its own endpoint (the release binary, a
+//!    claims file);
+//! 5. the daemon with the bulk claim in `police` mode;
+//! 6. and 7. OLTP and bulk on the SAME endpoint, without and with the
+//!    daemon (one claim: it cannot tell them apart yet, but the class's
+//!    own short queue bounds the wait).
+//!
+//! Prints a Markdown table and writes the latency CDFs to
+//! `docs/db-latency.svg`. Flags: `--link-rate RATE`, `--seconds N`,
+//! `--demo` (three scenarios, short).
+
+// The integration tests' fixtures; a bench uses only some of them.
+#[path = "../../tests/support/mod.rs"]
+#[allow(dead_code, unused_imports)]
+mod support;
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use support::{db::*, *};
+
+const OLTP_TPS: u32 = 200;
+const BULK_RATE: &str = "20mbit";
+
+struct Options {
+    link_rate: String,
+    seconds: u32,
+    demo: bool,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        link_rate: "100mbit".into(),
+        seconds: 15,
+        demo: false,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--link-rate" => options.link_rate = args.next().expect("--link-rate RATE"),
+            "--seconds" => {
+                options.seconds = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("--seconds N")
+            }
+            "--demo" => {
+                options.demo = true;
+                options.seconds = 8;
+            }
+            // cargo bench passes --bench.
+            _ => {}
+        }
+    }
+    options
+}
+
+/// What runs on the link in a scenario.
+enum Setup {
+    Plain,
+    CniTbf,
+    Daemon(String),
+}
+
+struct Scenario {
+    name: &'static str,
+    setup: Setup,
+    bulk: bool,
+    same_endpoint: bool,
+}
+
+struct Row {
+    name: &'static str,
+    outcome: Outcome,
+}
+
+fn claims(net: &DbNet, link: &str, bulk_mode: &str) -> String {
+    db_claim(
+        "orders",
+        &net.endpoint_a,
+        "guaranteed",
+        "htb",
+        "20mbit",
+        link,
+    ) + &db_claim(
+        "reports",
+        &net.endpoint_b,
+        "besteffort",
+        bulk_mode,
+        BULK_RATE,
+        link,
+    )
+}
+
+fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
+    let link = options.link_rate.as_str();
+    let scenario = |name, setup, bulk, same_endpoint| Scenario {
+        name,
+        setup,
+        bulk,
+        same_endpoint,
+    };
+    let daemon = Setup::Daemon(claims(net, link, "htb"));
+    if options.demo {
+        return vec![
+            scenario("idle: OLTP alone", Setup::Plain, false, false),
+            scenario(
+                "no QoS: OLTP + bulk, the link's FIFO",
+                Setup::Plain,
+                true,
+                false,
+            ),
+            scenario(
+                "pisa-daemon: OLTP guaranteed, bulk besteffort",
+                daemon,
+                true,
+                false,
+            ),
+        ];
+    }
+    let police = Setup::Daemon(claims(net, link, "police"));
+    let one_claim = Setup::Daemon(db_claim(
+        "shared",
+        &net.endpoint_a,
+        "burstable",
+        "htb",
+        "20mbit",
+        link,
+    ));
+    vec![
+        scenario("idle: OLTP alone", Setup::Plain, false, false),
+        scenario(
+            "no QoS: OLTP + bulk, the link's FIFO",
+            Setup::Plain,
+            true,
+            false,
+        ),
+        scenario(
+            "CNI bandwidth plugin: TBF on the bulk Pod",
+            Setup::CniTbf,
+            true,
+            false,
+        ),
+        scenario(
+            "pisa-daemon: OLTP guaranteed, bulk besteffort",
+            daemon,
+            true,
+            false,
+        ),
+        scenario("pisa-daemon: bulk in police mode", police, true, false),
+        scenario("same endpoint, no QoS", Setup::Plain, true, true),
+        scenario(
+            "same endpoint, pisa-daemon (one claim)",
+            one_claim,
+            true,
+            true,
+        ),
+    ]
+}
+
+fn run(net: &DbNet, scenario: &Scenario, options: &Options) -> Outcome {
+    let bulk_host = if scenario.same_endpoint {
+        &net.endpoint_a
+    } else {
+        &net.endpoint_b
+    };
+    let bulk = scenario.bulk.then_some(bulk_host.as_str());
+    let run = || run_scenario(net, &net.endpoint_a, bulk, OLTP_TPS, options.seconds);
+    match &scenario.setup {
+        Setup::Plain => {
+            net.plain_link(&options.link_rate);
+            let outcome = run();
+            net.clear_link();
+            outcome
+        }
+        Setup::CniTbf => {
+            net.plain_link(&options.link_rate);
+            // The plugin's TBF: its 25 ms latency; a 64 KiB burst (see
+            // docs/benchmarks.md on why not kubelet's 2^31-bit burst).
+            sh(
+                "tc",
+                &[
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    &net.bulk_port,
+                    "root",
+                    "tbf",
+                    "rate",
+                    BULK_RATE,
+                    "burst",
+                    "64kb",
+                    "latency",
+                    "25ms",
+                ],
+            );
+            let outcome = run();
+            sh_quiet("tc", &["qdisc", "del", "dev", &net.bulk_port, "root"]);
+            net.clear_link();
+            outcome
+        }
+        Setup::Daemon(claims) => {
+            let root = BpffsRoot::new();
+            let dir = TempDir::new("pbdb");
+            let mut daemon = start_daemon_on_link(
+                daemon_bin(),
+                net,
+                root.as_str(),
+                &dir.0,
+                claims,
+                &options.link_rate,
+            );
+            let outcome = run();
+            daemon.signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(10));
+            outcome
+        }
+    }
+}
+
+fn table(rows: &[Row], options: &Options) {
+    println!(
+        "### OLTP latency under a bulk export ({} link, pgbench -S at {OLTP_TPS} tps, 4 clients, {} s each)\n",
+        options.link_rate, options.seconds
+    );
+    println!("| scenario | p50 ms | p99 ms | p99.9 ms | TPS | bulk Mbit/s |");
+    println!("|---|---|---|---|---|---|");
+    for row in rows {
+        let oltp = &row.outcome.oltp;
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            row.name,
+            oltp.percentile_ms(0.5),
+            oltp.percentile_ms(0.99),
+            oltp.percentile_ms(0.999),
+            oltp.tps(),
+            row.outcome.bulk_mbit
+        );
+    }
+    println!();
+}
+
+/// Latency CDFs, one line per scenario, log-scaled latency.
+fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let max_ms = rows
+        .iter()
+        .map(|r| r.outcome.oltp.percentile_ms(1.0))
+        .fold(1.0f64, f64::max)
+        * 1.5;
+    let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption("OLTP latency under a bulk export (CDF)", ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((0.1f64..max_ms).log_scale(), 0.0f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency, ms (log)")
+        .y_desc("fraction of transactions")
+        .draw()?;
+    for (i, row) in rows.iter().enumerate() {
+        let mut sorted = row.outcome.oltp.latencies_us.clone();
+        sorted.sort_unstable();
+        let n = sorted.len() as f64;
+        let points: Vec<(f64, f64)> = sorted
+            .iter()
+            .enumerate()
+            .map(|(k, us)| ((*us as f64 / 1000.0).max(0.1), (k + 1) as f64 / n))
+            .collect();
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(row.name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    require_root();
+    let options = options();
+    let net = DbNet::new();
+    let _pg = Postgres::start(&net.db, &[&net.endpoint_a, &net.endpoint_b], 10);
+    let mut rows = Vec::new();
+    for scenario in scenarios(&net, &options) {
+        eprintln!("bench db: {} ...", scenario.name);
+        let outcome = run(&net, &scenario, &options);
+        eprintln!(
+            "bench db: {}: p99 {:.2} ms, bulk {:.1} Mbit/s",
+            scenario.name,
+            outcome.oltp.percentile_ms(0.99),
+            outcome.bulk_mbit
+        );
+        rows.push(Row {
+            name: scenario.name,
+            outcome,
+        });
+    }
+    table(&rows, &options);
+    if !options.demo {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/db-latency.svg");
+        match plot(&rows, &path) {
+            Ok(()) => println!("Latency CDFs: [db-latency.svg](db-latency.svg)\n"),
+            Err(error) => eprintln!("bench db: plotting failed: {error}"),
+        }
+    }
+}

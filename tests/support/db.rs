@@ -1,0 +1,551 @@
+//! Real databases for the protection tests and benchmarks: a PostgreSQL
+//! server started in its own namespace (data in a temp dir, listening only
+//! on the namespace's addresses), an OLTP client (pgbench at a fixed rate,
+//! every transaction's latency logged) and a reporting client (COPY of a
+//! large table in a loop), both behind one shared link.
+//!
+//! ```text
+//!  [oltp] 10.N.1.2 ─┐                                   ┌─ 10.N.2.2 (endpoint A)
+//!                   ├─ bridge 10.N.1.1 (host) 10.N.2.1 ─┤  [db]  postgres :5432
+//!  [bulk] 10.N.1.3 ─┘   ▲ the link: responses leave     └─ 10.N.2.3 (endpoint B)
+//!                         here, where the shaping is
+//! ```
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use super::{
+    host::{read_u64, require_tool, sh, sh_quiet, unique, unique_octet, TempDir},
+    net::Netns,
+    process::ChildGuard,
+    wait::wait_until,
+};
+
+/// The PostgreSQL server binaries (Debian installs them per major version).
+fn pg_bin(tool: &str) -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|dir| dir.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    versions.sort();
+    let bin = versions
+        .last()
+        .map(|v| v.join("bin").join(tool))
+        .filter(|p| p.exists());
+    bin.unwrap_or_else(|| {
+        panic!("PostgreSQL's `{tool}` is not installed; run `cargo xtask setup` (it installs postgresql)")
+    })
+}
+
+/// The database topology: the bridge is the shared link.
+pub struct DbNet {
+    pub db: Netns,
+    pub oltp: Netns,
+    pub bulk: Netns,
+    /// Host bridge both clients hang off; its egress is the link.
+    pub link: String,
+    /// Host-side bridge port toward the bulk client (its bytes are the
+    /// bulk client's goodput plus headers).
+    pub bulk_port: String,
+    db_veth: String,
+    pub endpoint_a: String,
+    pub endpoint_b: String,
+    pub oltp_ip: String,
+    pub bulk_ip: String,
+    previous_forwarding: String,
+}
+
+impl DbNet {
+    pub fn new() -> Self {
+        let octet = unique_octet();
+        let previous_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
+            .expect("reading ip_forward")
+            .trim()
+            .to_owned();
+        sh("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+        let link = unique("pbr");
+        sh("ip", &["link", "add", &link, "type", "bridge"]);
+        // A NIC's transmit queue: HTB's default leaf takes its length.
+        sh("ip", &["link", "set", &link, "txqueuelen", "1000"]);
+        sh(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{link}.disable_ipv6=1")],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("10.{octet}.1.1/24"), "dev", &link],
+        );
+        sh("ip", &["link", "set", &link, "up"]);
+        let net = Self {
+            db: Netns::new(),
+            oltp: Netns::new(),
+            bulk: Netns::new(),
+            link,
+            bulk_port: unique("pbb"),
+            db_veth: unique("pbd"),
+            endpoint_a: format!("10.{octet}.2.2"),
+            endpoint_b: format!("10.{octet}.2.3"),
+            oltp_ip: format!("10.{octet}.1.2"),
+            bulk_ip: format!("10.{octet}.1.3"),
+            previous_forwarding,
+        };
+        let gateway = format!("10.{octet}.1.1");
+        net.client_port(&net.oltp, &unique("pbo"), &net.oltp_ip, &gateway);
+        net.client_port(&net.bulk, &net.bulk_port, &net.bulk_ip, &gateway);
+        let peer = unique("pbq");
+        sh(
+            "ip",
+            &[
+                "link",
+                "add",
+                &net.db_veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                &net.db.name,
+            ],
+        );
+        sh(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv6.conf.{}.disable_ipv6=1", net.db_veth),
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("10.{octet}.2.1/24"),
+                "dev",
+                &net.db_veth,
+            ],
+        );
+        sh("ip", &["link", "set", &net.db_veth, "up"]);
+        for ip in [&net.endpoint_a, &net.endpoint_b] {
+            net.db
+                .exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &peer]);
+        }
+        net.db.exec(&["ip", "link", "set", &peer, "up"]);
+        net.db.exec(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("10.{octet}.2.1"),
+        ]);
+        net
+    }
+
+    /// A client namespace on a bridge port.
+    fn client_port(&self, ns: &Netns, port: &str, ip: &str, gateway: &str) {
+        let peer = unique("pbp");
+        sh(
+            "ip",
+            &[
+                "link", "add", port, "type", "veth", "peer", "name", &peer, "netns", &ns.name,
+            ],
+        );
+        sh(
+            "sysctl",
+            &["-qw", &format!("net.ipv6.conf.{port}.disable_ipv6=1")],
+        );
+        sh("ip", &["link", "set", port, "master", &self.link, "up"]);
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &peer]);
+        ns.exec(&["ip", "link", "set", &peer, "up"]);
+        ns.exec(&["ip", "route", "add", "default", "via", gateway]);
+    }
+
+    /// Bytes sent toward the bulk client so far.
+    pub fn bulk_bytes(&self) -> u64 {
+        read_u64(&format!(
+            "/sys/class/net/{}/statistics/tx_bytes",
+            self.bulk_port
+        ))
+    }
+
+    /// Makes the link a plain `rate` link with the kernel's FIFO (HTB's
+    /// default leaf, txqueuelen packets): a NIC of that speed, no QoS.
+    pub fn plain_link(&self, rate: &str) {
+        self.clear_link();
+        sh(
+            "tc",
+            &[
+                "qdisc", "add", "dev", &self.link, "root", "handle", "1:", "htb", "default", "1",
+            ],
+        );
+        sh(
+            "tc",
+            &[
+                "class", "add", "dev", &self.link, "parent", "1:", "classid", "1:1", "htb", "rate",
+                rate,
+            ],
+        );
+    }
+
+    /// Removes whatever root qdisc the link has.
+    pub fn clear_link(&self) {
+        sh_quiet("tc", &["qdisc", "del", "dev", &self.link, "root"]);
+    }
+}
+
+impl Drop for DbNet {
+    fn drop(&mut self) {
+        sh_quiet("ip", &["link", "del", &self.db_veth]);
+        sh_quiet("ip", &["link", "del", &self.bulk_port]);
+        sh_quiet("ip", &["link", "del", &self.link]);
+        sh_quiet(
+            "sysctl",
+            &[
+                "-qw",
+                &format!("net.ipv4.ip_forward={}", self.previous_forwarding),
+            ],
+        );
+    }
+}
+
+/// A PostgreSQL server in `ns`, its data in a temp dir; stopped (fast
+/// shutdown) and removed on drop.
+pub struct Postgres {
+    server: ChildGuard,
+    /// Data and socket directory, removed after the server stops.
+    _dir: TempDir,
+}
+
+impl Postgres {
+    /// initdb, start on `listen` (the namespace's addresses only), wait
+    /// until it accepts connections, then load pgbench's tables at `scale`.
+    pub fn start(ns: &Netns, listen: &[&str], scale: u32) -> Self {
+        require_tool("setpriv");
+        let dir = TempDir::new("ppg");
+        sh(
+            "chown",
+            &["postgres:postgres", dir.0.to_str().expect("utf-8")],
+        );
+        let data = dir.0.join("data");
+        let as_postgres = [
+            "setpriv",
+            "--reuid=postgres",
+            "--regid=postgres",
+            "--init-groups",
+            "--",
+        ];
+        let initdb = pg_bin("initdb");
+        let mut args: Vec<&str> = as_postgres.to_vec();
+        args.extend([
+            initdb.to_str().expect("utf-8"),
+            "-D",
+            data.to_str().expect("utf-8"),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]);
+        sh(args[0], &args[1..]);
+        // Trust the test subnets; nothing listens beyond the namespace.
+        let hba = data.join("pg_hba.conf");
+        let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        rules.push_str("host all all 10.0.0.0/8 trust\n");
+        std::fs::write(&hba, rules).expect("writing pg_hba.conf");
+        let postgres = pg_bin("postgres");
+        let listen = listen.join(",");
+        let settings = [
+            format!("listen_addresses={listen}"),
+            "port=5432".into(),
+            format!("unix_socket_directories={}", dir.0.display()),
+            "fsync=off".into(),
+            "synchronous_commit=off".into(),
+            "max_connections=40".into(),
+            "shared_buffers=64MB".into(),
+        ];
+        let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.name.clone()];
+        args.extend(as_postgres.iter().map(|s| s.to_string()));
+        args.extend([
+            postgres.display().to_string(),
+            "-D".into(),
+            data.display().to_string(),
+        ]);
+        for setting in &settings {
+            args.extend(["-c".into(), setting.clone()]);
+        }
+        let child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting postgres");
+        let mut server = ChildGuard::new(child, format!("postgres in netns {}", ns.name));
+        let host = listen.split(',').next().unwrap_or_default().to_owned();
+        let isready = pg_bin("pg_isready");
+        wait_until(
+            "PostgreSQL to accept connections",
+            Duration::from_secs(30),
+            || {
+                server.assert_running();
+                Command::new("ip")
+                    .args(["netns", "exec", &ns.name])
+                    .arg(&isready)
+                    .args(["-q", "-h", &host, "-p", "5432"])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
+        let pg = Self { server, _dir: dir };
+        let scale = scale.to_string();
+        ns.exec(&[
+            pg_bin("pgbench").to_str().expect("utf-8"),
+            "-i",
+            "-q",
+            "-s",
+            &scale,
+            "-h",
+            &host,
+            "-U",
+            "postgres",
+            "postgres",
+        ]);
+        pg
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        // Fast shutdown (SIGINT) so backends go too; the guard kills what
+        // is left after that.
+        if let Some(child) = self.server.child.as_mut() {
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Latencies of one OLTP run.
+pub struct Oltp {
+    /// Every transaction's latency (µs), from its scheduled start, so that
+    /// time spent waiting behind a queue counts.
+    pub latencies_us: Vec<u64>,
+    pub seconds: f64,
+}
+
+impl Oltp {
+    /// The `q` quantile (0..=1) in milliseconds.
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        let mut sorted = self.latencies_us.clone();
+        sorted.sort_unstable();
+        if sorted.is_empty() {
+            return f64::NAN;
+        }
+        let index = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+        sorted[index] as f64 / 1000.0
+    }
+
+    pub fn tps(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.seconds
+    }
+}
+
+/// `pgbench -S` (select-only) from `ns` against `host` at a fixed `rate`
+/// (transactions/s) for `seconds`, every transaction logged.
+pub fn pgbench_select(ns: &Netns, host: &str, rate: u32, clients: u32, seconds: u32) -> Oltp {
+    let logs = TempDir::new("ppgl");
+    let prefix = logs.0.join("oltp");
+    let (rate, clients, secs) = (rate.to_string(), clients.to_string(), seconds.to_string());
+    let prefix_arg = format!("--log-prefix={}", prefix.display());
+    ns.exec(&[
+        pg_bin("pgbench").to_str().expect("utf-8"),
+        "-S",
+        "-n",
+        "-R",
+        &rate,
+        "-c",
+        &clients,
+        "-j",
+        "2",
+        "-T",
+        &secs,
+        "-l",
+        &prefix_arg,
+        "-h",
+        host,
+        "-U",
+        "postgres",
+        "postgres",
+    ]);
+    let mut latencies_us = Vec::new();
+    for entry in std::fs::read_dir(&logs.0).expect("pgbench logs").flatten() {
+        let text = std::fs::read_to_string(entry.path()).expect("reading a pgbench log");
+        // client_id transaction_no time script_no time_epoch time_us [lag]
+        latencies_us.extend(
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+    }
+    assert!(!latencies_us.is_empty(), "pgbench logged no transactions");
+    Oltp {
+        latencies_us,
+        seconds: f64::from(seconds),
+    }
+}
+
+/// `streams` reporting connections from `ns`, each copying pgbench's
+/// accounts table out of `host` again and again until dropped.
+pub fn bulk_copies(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
+    let psql = pg_bin("psql");
+    (0..streams)
+        .map(|_| {
+            let mut args: Vec<String> = vec![
+                "netns".into(),
+                "exec".into(),
+                ns.name.clone(),
+                psql.display().to_string(),
+                "-X".into(),
+                "-q".into(),
+                "-h".into(),
+                host.into(),
+                "-U".into(),
+                "postgres".into(),
+                "-o".into(),
+                "/dev/null".into(),
+            ];
+            // One process for the whole loop, so dropping the guard stops it.
+            for _ in 0..1000 {
+                args.extend(["-c".into(), "COPY pgbench_accounts TO STDOUT".into()]);
+            }
+            args.push("postgres".into());
+            let child = Command::new("ip")
+                .args(&args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting a bulk COPY");
+            ChildGuard::new(child, format!("bulk COPY from {host}"))
+        })
+        .collect()
+}
+
+/// One scenario's outcome: OLTP latencies and the bulk client's rate.
+pub struct Outcome {
+    pub oltp: Oltp,
+    /// Wire Mbit/s toward the bulk client during the OLTP run (0 without).
+    pub bulk_mbit: f64,
+}
+
+/// Runs OLTP against `oltp_host` for `seconds` at `rate` tps, with (or
+/// without) three bulk COPY streams from `bulk_host` running meanwhile.
+pub fn run_scenario(
+    net: &DbNet,
+    oltp_host: &str,
+    bulk_host: Option<&str>,
+    rate: u32,
+    seconds: u32,
+) -> Outcome {
+    let bulk = bulk_host.map(|host| bulk_copies(&net.bulk, host, 3));
+    if bulk.is_some() {
+        let from = net.bulk_bytes();
+        wait_until(
+            "the bulk COPY streams to flow",
+            Duration::from_secs(20),
+            || net.bulk_bytes().saturating_sub(from) > 2_000_000,
+        );
+    }
+    let (bytes_before, started) = (net.bulk_bytes(), Instant::now());
+    let oltp = pgbench_select(&net.oltp, oltp_host, rate, 4, seconds);
+    let bulk_mbit = match bulk {
+        Some(mut streams) => {
+            let mbit = (net.bulk_bytes() - bytes_before) as f64 * 8.0
+                / started.elapsed().as_secs_f64()
+                / 1e6;
+            for stream in &mut streams {
+                stream.assert_running();
+            }
+            mbit
+        }
+        None => 0.0,
+    };
+    Outcome { oltp, bulk_mbit }
+}
+
+/// A QoSClaim on one database endpoint.
+pub fn db_claim(
+    name: &str,
+    endpoint: &str,
+    priority: &str,
+    mode: &str,
+    rate: &str,
+    ceil: &str,
+) -> String {
+    format!(
+        "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+         metadata: {{name: {name}, namespace: db}}\nspec:\n  trafficQoS:\n    name: {name}\n    \
+         qos_group: {{rate: {rate}, ceil: {ceil}}}\n    priority: {priority}\n    mode: {mode}\n    \
+         endpoints: [{{host: {endpoint}, port: 5432}}]\n---\n"
+    )
+}
+
+/// Runs `daemon` (a pisa-daemon binary) as a user would: a claims file,
+/// the link as its interface, the link's rate; waits until every claim is
+/// applied (from the state file it publishes).
+pub fn start_daemon_on_link(
+    daemon: &str,
+    net: &DbNet,
+    bpffs: &str,
+    dir: &Path,
+    claims: &str,
+    link_rate: &str,
+) -> ChildGuard {
+    let config = dir.join("claims.yaml");
+    std::fs::write(&config, claims).expect("writing claims");
+    let state = dir.join("state.json");
+    let _ = std::fs::remove_file(&state);
+    let socket = dir.join("api.sock");
+    let args = [
+        "run",
+        "--config",
+        config.to_str().expect("utf-8"),
+        "--iface",
+        &net.link,
+        "--link-rate",
+        link_rate,
+        "--bpffs",
+        bpffs,
+        "--state-file",
+        state.to_str().expect("utf-8"),
+        "--api-socket",
+        socket.to_str().expect("utf-8"),
+    ];
+    let child = Command::new(daemon)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting pisa-daemon");
+    let mut guard =
+        ChildGuard::new(child, format!("pisa-daemon on {}", net.link)).removing_on_drop(socket);
+    let expected = claims.matches("kind: QoSClaim").count();
+    wait_until("every claim applied", Duration::from_secs(30), || {
+        guard.assert_running();
+        let Ok(text) = std::fs::read_to_string(&state) else {
+            return false;
+        };
+        let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+            return false;
+        };
+        let claims = state["claims"].as_array().cloned().unwrap_or_default();
+        claims.len() == expected && claims.iter().all(|c| c["phase"] == "Applied")
+    });
+    guard
+}
