@@ -16,7 +16,9 @@
 //! 5. the daemon with the bulk claim in `police` mode;
 //! 6. and 7. OLTP and bulk on the SAME endpoint, without and with the
 //!    daemon (one claim: it cannot tell them apart yet, but the class's
-//!    own short queue bounds the wait).
+//!    own short queue bounds the wait);
+//! 8. to 10. MariaDB (`sysbench oltp_point_select`, bulk `SELECT *` loops):
+//!    idle, no QoS, the daemon.
 //!
 //! Prints a Markdown table and writes the latency CDFs to
 //! `docs/db-latency.svg`. Flags: `--link-rate RATE`, `--seconds N`,
@@ -77,6 +79,7 @@ enum Setup {
 
 struct Scenario {
     name: &'static str,
+    engine: Engine,
     setup: Setup,
     bulk: bool,
     same_endpoint: bool,
@@ -87,87 +90,73 @@ struct Row {
     outcome: Outcome,
 }
 
-fn claims(net: &DbNet, link: &str, bulk_mode: &str) -> String {
-    db_claim(
-        "orders",
-        &net.endpoint_a,
-        "guaranteed",
-        "htb",
-        "20mbit",
-        link,
-    ) + &db_claim(
-        "reports",
-        &net.endpoint_b,
-        "besteffort",
-        bulk_mode,
-        BULK_RATE,
-        link,
-    )
+fn claims(net: &DbNet, engine: Engine, link: &str, bulk_mode: &str) -> String {
+    let a = (net.endpoint_a.as_str(), engine.port());
+    let b = (net.endpoint_b.as_str(), engine.port());
+    db_claim("orders", a, "guaranteed", "htb", "20mbit", link)
+        + &db_claim("reports", b, "besteffort", bulk_mode, BULK_RATE, link)
 }
 
 fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
+    use Engine::{MariaDb, Postgres};
     let link = options.link_rate.as_str();
-    let scenario = |name, setup, bulk, same_endpoint| Scenario {
+    let scenario = |name, engine, setup, bulk, same_endpoint| Scenario {
         name,
+        engine,
         setup,
         bulk,
         same_endpoint,
     };
-    let daemon = Setup::Daemon(claims(net, link, "htb"));
+    let daemon = |engine| Setup::Daemon(claims(net, engine, link, "htb"));
+    let idle = "idle: OLTP alone";
+    let fifo = "no QoS: OLTP + bulk, the link's FIFO";
+    let shaped = "pisa-daemon: OLTP guaranteed, bulk besteffort";
     if options.demo {
         return vec![
-            scenario("idle: OLTP alone", Setup::Plain, false, false),
-            scenario(
-                "no QoS: OLTP + bulk, the link's FIFO",
-                Setup::Plain,
-                true,
-                false,
-            ),
-            scenario(
-                "pisa-daemon: OLTP guaranteed, bulk besteffort",
-                daemon,
-                true,
-                false,
-            ),
+            scenario(idle, Postgres, Setup::Plain, false, false),
+            scenario(fifo, Postgres, Setup::Plain, true, false),
+            scenario(shaped, Postgres, daemon(Postgres), true, false),
         ];
     }
-    let police = Setup::Daemon(claims(net, link, "police"));
-    let one_claim = Setup::Daemon(db_claim(
-        "shared",
-        &net.endpoint_a,
-        "burstable",
-        "htb",
-        "20mbit",
-        link,
-    ));
+    let police = Setup::Daemon(claims(net, Postgres, link, "police"));
+    let a = (net.endpoint_a.as_str(), Postgres.port());
+    let one_claim = Setup::Daemon(db_claim("shared", a, "burstable", "htb", "20mbit", link));
+    let cni = "CNI bandwidth plugin: TBF on the bulk Pod";
     vec![
-        scenario("idle: OLTP alone", Setup::Plain, false, false),
+        scenario(idle, Postgres, Setup::Plain, false, false),
+        scenario(fifo, Postgres, Setup::Plain, true, false),
+        scenario(cni, Postgres, Setup::CniTbf, true, false),
+        scenario(shaped, Postgres, daemon(Postgres), true, false),
         scenario(
-            "no QoS: OLTP + bulk, the link's FIFO",
-            Setup::Plain,
+            "pisa-daemon: bulk in police mode",
+            Postgres,
+            police,
             true,
             false,
         ),
-        scenario(
-            "CNI bandwidth plugin: TBF on the bulk Pod",
-            Setup::CniTbf,
-            true,
-            false,
-        ),
-        scenario(
-            "pisa-daemon: OLTP guaranteed, bulk besteffort",
-            daemon,
-            true,
-            false,
-        ),
-        scenario("pisa-daemon: bulk in police mode", police, true, false),
-        scenario("same endpoint, no QoS", Setup::Plain, true, true),
+        scenario("same endpoint, no QoS", Postgres, Setup::Plain, true, true),
         scenario(
             "same endpoint, pisa-daemon (one claim)",
+            Postgres,
             one_claim,
             true,
             true,
         ),
+        scenario(
+            "MariaDB idle: OLTP alone",
+            MariaDb,
+            Setup::Plain,
+            false,
+            false,
+        ),
+        scenario(
+            "MariaDB no QoS: the link's FIFO",
+            MariaDb,
+            Setup::Plain,
+            true,
+            false,
+        ),
+        scenario("MariaDB pisa-daemon", MariaDb, daemon(MariaDb), true, false),
     ]
 }
 
@@ -178,7 +167,17 @@ fn run(net: &DbNet, scenario: &Scenario, options: &Options) -> Outcome {
         &net.endpoint_b
     };
     let bulk = scenario.bulk.then_some(bulk_host.as_str());
-    let run = || run_scenario(net, &net.endpoint_a, bulk, OLTP_TPS, options.seconds);
+    let engine = scenario.engine;
+    let run = || {
+        run_scenario(
+            net,
+            engine,
+            &net.endpoint_a,
+            bulk,
+            OLTP_TPS,
+            options.seconds,
+        )
+    };
     match &scenario.setup {
         Setup::Plain => {
             net.plain_link(&options.link_rate);
@@ -232,8 +231,14 @@ fn run(net: &DbNet, scenario: &Scenario, options: &Options) -> Outcome {
 
 fn table(rows: &[Row], options: &Options) {
     println!(
-        "### OLTP latency under a bulk export ({} link, pgbench -S at {OLTP_TPS} tps, 4 clients, {} s each)\n",
+        "### OLTP latency under a bulk export ({} link, {OLTP_TPS} tps from 4 clients, {} s each)\n",
         options.link_rate, options.seconds
+    );
+    println!(
+        "PostgreSQL: `pgbench -S`, latency from each transaction's scheduled start; bulk: three \
+         `COPY pgbench_accounts TO STDOUT` loops (scale 10). MariaDB: `sysbench oltp_point_select`, \
+         latency from its histogram; bulk: three `SELECT * FROM sbtest1` loops (400,000 rows). \
+         Bulk Mbit/s is wire bytes toward the bulk client.\n"
     );
     println!("| scenario | p50 ms | p99 ms | p99.9 ms | TPS | bulk Mbit/s |");
     println!("|---|---|---|---|---|---|");
@@ -302,6 +307,8 @@ fn main() {
     let options = options();
     let net = DbNet::new();
     let _pg = Postgres::start(&net.db, &[&net.endpoint_a, &net.endpoint_b], 10);
+    // 400,000 rows: about 75 MB a SELECT, like pgbench's accounts table.
+    let _maria = (!options.demo).then(|| MariaDb::start(&net.db, &net.endpoint_a, 400_000));
     let mut rows = Vec::new();
     for scenario in scenarios(&net, &options) {
         eprintln!("bench db: {} ...", scenario.name);

@@ -1,8 +1,8 @@
-//! Real databases for the protection tests and benchmarks: a PostgreSQL
-//! server started in its own namespace (data in a temp dir, listening only
-//! on the namespace's addresses), an OLTP client (pgbench at a fixed rate,
-//! every transaction's latency logged) and a reporting client (COPY of a
-//! large table in a loop), both behind one shared link.
+//! Real databases for the protection tests and benchmarks: PostgreSQL or
+//! MariaDB started in its own namespace (data in a temp dir, listening only
+//! on the namespace's addresses), an OLTP client (pgbench -S, or sysbench
+//! oltp_point_select, at a fixed rate) and a reporting client (a large
+//! table copied out in a loop), both behind one shared link.
 //!
 //! ```text
 //!  [oltp] 10.N.1.2 ─┐                                   ┌─ 10.N.2.2 (endpoint A)
@@ -317,19 +317,8 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        // Fast shutdown (SIGINT) so backends go too; the guard kills what
-        // is left after that.
-        if let Some(child) = self.server.child.as_mut() {
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if matches!(child.try_wait(), Ok(Some(_))) {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        // Fast shutdown (SIGINT) so backends go too.
+        stop_gracefully(&mut self.server, libc::SIGINT);
     }
 }
 
@@ -437,6 +426,206 @@ pub fn bulk_copies(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
         .collect()
 }
 
+/// A MariaDB server in `ns`, its data in a temp dir, listening on the
+/// namespace's addresses only; stopped and removed on drop. User `bench`
+/// (no password) owns database `sbtest`, where sysbench's table lives.
+pub struct MariaDb {
+    server: ChildGuard,
+    _dir: TempDir,
+}
+
+impl MariaDb {
+    /// Installs a data directory, starts the server, creates the user and
+    /// loads sysbench's table with `rows` rows.
+    pub fn start(ns: &Netns, host: &str, rows: u32) -> Self {
+        require_tool("mariadbd");
+        require_tool("sysbench");
+        let dir = TempDir::new("pmdb");
+        let path = dir.0.to_str().expect("utf-8").to_owned();
+        sh("chown", &["mysql:mysql", &path]);
+        sh(
+            "mariadb-install-db",
+            &[
+                "--no-defaults",
+                &format!("--datadir={path}/data"),
+                "--user=mysql",
+                "--auth-root-authentication-method=socket",
+                "--skip-test-db",
+            ],
+        );
+        let socket = format!("{path}/sock");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name])
+            .args([
+                "setpriv",
+                "--reuid=mysql",
+                "--regid=mysql",
+                "--init-groups",
+                "--",
+            ])
+            .arg("mariadbd")
+            .args([
+                "--no-defaults".to_owned(),
+                format!("--datadir={path}/data"),
+                format!("--socket={socket}"),
+                "--port=3306".into(),
+                // Inside the namespace: its own addresses only.
+                "--bind-address=0.0.0.0".into(),
+                format!("--pid-file={path}/pid"),
+                format!("--log-error={path}/error.log"),
+                format!("--tmpdir={path}"),
+                "--skip-log-bin".into(),
+                "--innodb-buffer-pool-size=128M".into(),
+                "--innodb-flush-log-at-trx-commit=0".into(),
+                "--max-connections=40".into(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting mariadbd");
+        let mut server = ChildGuard::new(child, format!("mariadbd in netns {}", ns.name));
+        wait_until(
+            "MariaDB to accept connections",
+            Duration::from_secs(30),
+            || {
+                server.assert_running();
+                Command::new("mariadb-admin")
+                    .args(["-S", &socket, "ping"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
+        sh(
+            "mariadb",
+            &[
+                "-S",
+                &socket,
+                "-u",
+                "root",
+                "-e",
+                "CREATE USER 'bench'@'%'; GRANT ALL ON sbtest.* TO 'bench'@'%'; CREATE DATABASE sbtest;",
+            ],
+        );
+        ns.exec(&[
+            "sysbench",
+            "oltp_point_select",
+            "--db-driver=mysql",
+            &format!("--mysql-host={host}"),
+            "--mysql-user=bench",
+            "--mysql-db=sbtest",
+            "--tables=1",
+            &format!("--table-size={rows}"),
+            "prepare",
+        ]);
+        Self { server, _dir: dir }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        stop_gracefully(&mut self.server, libc::SIGTERM);
+    }
+}
+
+/// Signals a server to shut down and waits up to 10 s; the guard kills
+/// whatever is left.
+fn stop_gracefully(server: &mut ChildGuard, signal: i32) {
+    if let Some(child) = server.child.as_mut() {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `sysbench oltp_point_select` from `ns` against `host` at a fixed `rate`
+/// (events/s); latencies from its histogram (buckets about 1.5% wide).
+pub fn sysbench_point_select(
+    ns: &Netns,
+    host: &str,
+    rate: u32,
+    threads: u32,
+    seconds: u32,
+) -> Oltp {
+    let out = ns.exec(&[
+        "sysbench",
+        "oltp_point_select",
+        "--db-driver=mysql",
+        &format!("--mysql-host={host}"),
+        "--mysql-user=bench",
+        "--mysql-db=sbtest",
+        "--tables=1",
+        &format!("--rate={rate}"),
+        &format!("--threads={threads}"),
+        &format!("--time={seconds}"),
+        "--histogram=on",
+        "run",
+    ]);
+    let mut latencies_us = Vec::new();
+    for line in out.lines() {
+        // "       0.132 |********************                     4"
+        let Some((value, rest)) = line.split_once('|') else {
+            continue;
+        };
+        let (Ok(ms), Some(Ok(count))) = (
+            value.trim().parse::<f64>(),
+            rest.split_whitespace().last().map(str::parse::<usize>),
+        ) else {
+            continue;
+        };
+        latencies_us.extend(std::iter::repeat_n((ms * 1000.0) as u64, count));
+    }
+    assert!(
+        !latencies_us.is_empty(),
+        "sysbench printed no histogram: {out}"
+    );
+    Oltp {
+        latencies_us,
+        seconds: f64::from(seconds),
+    }
+}
+
+/// `streams` reporting connections from `ns`, each selecting sysbench's
+/// whole table from `host` again and again until dropped.
+pub fn mariadb_bulk(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
+    let query = "SELECT * FROM sbtest1;".repeat(1000);
+    (0..streams)
+        .map(|_| {
+            let child = Command::new("ip")
+                .args(["netns", "exec", &ns.name, "mariadb", "--batch", "--quick"])
+                .args(["-h", host, "-u", "bench", "sbtest", "-e", &query])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting a bulk SELECT");
+            ChildGuard::new(child, format!("bulk SELECT from {host}"))
+        })
+        .collect()
+}
+
+/// Which database a scenario talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    Postgres,
+    MariaDb,
+}
+
+impl Engine {
+    pub fn port(self) -> u16 {
+        match self {
+            Engine::Postgres => 5432,
+            Engine::MariaDb => 3306,
+        }
+    }
+}
+
 /// One scenario's outcome: OLTP latencies and the bulk client's rate.
 pub struct Outcome {
     pub oltp: Oltp,
@@ -448,22 +637,27 @@ pub struct Outcome {
 /// without) three bulk COPY streams from `bulk_host` running meanwhile.
 pub fn run_scenario(
     net: &DbNet,
+    engine: Engine,
     oltp_host: &str,
     bulk_host: Option<&str>,
     rate: u32,
     seconds: u32,
 ) -> Outcome {
-    let bulk = bulk_host.map(|host| bulk_copies(&net.bulk, host, 3));
+    let bulk = bulk_host.map(|host| match engine {
+        Engine::Postgres => bulk_copies(&net.bulk, host, 3),
+        Engine::MariaDb => mariadb_bulk(&net.bulk, host, 3),
+    });
     if bulk.is_some() {
         let from = net.bulk_bytes();
-        wait_until(
-            "the bulk COPY streams to flow",
-            Duration::from_secs(20),
-            || net.bulk_bytes().saturating_sub(from) > 2_000_000,
-        );
+        wait_until("the bulk streams to flow", Duration::from_secs(20), || {
+            net.bulk_bytes().saturating_sub(from) > 2_000_000
+        });
     }
     let (bytes_before, started) = (net.bulk_bytes(), Instant::now());
-    let oltp = pgbench_select(&net.oltp, oltp_host, rate, 4, seconds);
+    let oltp = match engine {
+        Engine::Postgres => pgbench_select(&net.oltp, oltp_host, rate, 4, seconds),
+        Engine::MariaDb => sysbench_point_select(&net.oltp, oltp_host, rate, 4, seconds),
+    };
     let bulk_mbit = match bulk {
         Some(mut streams) => {
             let mbit = (net.bulk_bytes() - bytes_before) as f64 * 8.0
@@ -479,10 +673,10 @@ pub fn run_scenario(
     Outcome { oltp, bulk_mbit }
 }
 
-/// A QoSClaim on one database endpoint.
+/// A QoSClaim on one database endpoint (`host`, `port`).
 pub fn db_claim(
     name: &str,
-    endpoint: &str,
+    (host, port): (&str, u16),
     priority: &str,
     mode: &str,
     rate: &str,
@@ -492,7 +686,7 @@ pub fn db_claim(
         "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
          metadata: {{name: {name}, namespace: db}}\nspec:\n  trafficQoS:\n    name: {name}\n    \
          qos_group: {{rate: {rate}, ceil: {ceil}}}\n    priority: {priority}\n    mode: {mode}\n    \
-         endpoints: [{{host: {endpoint}, port: 5432}}]\n---\n"
+         endpoints: [{{host: {host}, port: {port}}}]\n---\n"
     )
 }
 

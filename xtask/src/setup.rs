@@ -26,9 +26,11 @@ pub const PACKAGES: &[&str] = &[
     // promtool checks the live /metrics; Prometheus itself scrapes in tests.
     "prometheus",
     "curl",
-    // Real databases for the protection test and `bench db`: the server
-    // with pgbench and psql.
+    // Real databases for the protection test and `bench db`: PostgreSQL
+    // (pgbench, psql), MariaDB and sysbench.
     "postgresql",
+    "mariadb-server",
+    "sysbench",
     // A Python any user can run, for the third-party clients in tests/
     // (pyenv's Python lives under /root, which other users cannot enter).
     "python3",
