@@ -327,7 +327,7 @@ fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
     let live = FlowTag {
         class_id: 5,
         _pad: 0,
-        expires_ns: monotonic_ns() + 60_000_000_000,
+        expires_ns: monotonic_ns().unwrap() + 60_000_000_000,
     };
     h.kernel
         .put_flow_tag(&flow_key(&tagged), &live)
@@ -335,7 +335,7 @@ fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
     assert_eq!(h.run(&tagged).priority, htb_handle(5), "tag beats /32");
     // An expired tag is ignored (and counted); the rules apply again.
     let expired = FlowTag {
-        expires_ns: monotonic_ns() - 1,
+        expires_ns: monotonic_ns().unwrap() - 1,
         ..live
     };
     h.kernel
@@ -423,7 +423,7 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
     p = p.payload(1000 - header);
     assert_eq!(p.bytes().len(), 1000);
 
-    let start = monotonic_ns();
+    let start = monotonic_ns().unwrap();
     let first = h.run(&p);
     let second = h.run(&p);
     let third = h.run(&p);

@@ -21,15 +21,19 @@
 //!    idle, no QoS, the daemon.
 //!
 //! Prints a Markdown table and writes the latency CDFs to
-//! `docs/db-latency.svg`. Flags: `--link-rate RATE`, `--seconds N`,
-//! `--demo` (three scenarios, short).
+//! `docs/db-latency.svg`. Flags: `--link-rate RATE`, `--seconds N` (a run,
+//! default 10), `--runs N` (default 3; the table shows medians and the p99
+//! range), `--demo` (three scenarios, one short run).
 
 // The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
 #[allow(dead_code, unused_imports)]
 mod support;
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 use plotters::prelude::*;
 use support::{db::*, *};
@@ -40,13 +44,15 @@ const BULK_RATE: &str = "20mbit";
 struct Options {
     link_rate: String,
     seconds: u32,
+    runs: usize,
     demo: bool,
 }
 
 fn options() -> Options {
     let mut options = Options {
         link_rate: "100mbit".into(),
-        seconds: 15,
+        seconds: 10,
+        runs: 3,
         demo: false,
     };
     let mut args = std::env::args().skip(1);
@@ -59,9 +65,17 @@ fn options() -> Options {
                     .and_then(|s| s.parse().ok())
                     .expect("--seconds N")
             }
+            "--runs" => {
+                options.runs = args
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .filter(|n| *n > 0)
+                    .expect("--runs N (at least 1)")
+            }
             "--demo" => {
                 options.demo = true;
                 options.seconds = 8;
+                options.runs = 1;
             }
             // cargo bench passes --bench.
             _ => {}
@@ -85,9 +99,27 @@ struct Scenario {
     same_endpoint: bool,
 }
 
+/// A scenario's runs (alternating with the other scenarios' runs).
 struct Row {
     name: &'static str,
-    outcome: Outcome,
+    runs: Vec<Outcome>,
+}
+
+impl Row {
+    /// The median over the runs of `stat`.
+    fn median(&self, stat: impl Fn(&Outcome) -> f64) -> f64 {
+        let mut values: Vec<f64> = self.runs.iter().map(stat).collect();
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    }
+
+    /// The smallest and largest p99 over the runs.
+    fn p99_range(&self) -> (f64, f64) {
+        self.runs
+            .iter()
+            .map(|o| o.oltp.percentile_ms(0.99))
+            .fold((f64::MAX, 0.0f64), |(lo, hi), p| (lo.min(p), hi.max(p)))
+    }
 }
 
 fn claims(net: &DbNet, engine: Engine, link: &str, bulk_mode: &str) -> String {
@@ -231,8 +263,8 @@ fn run(net: &DbNet, scenario: &Scenario, options: &Options) -> Outcome {
 
 fn table(rows: &[Row], options: &Options) {
     println!(
-        "### OLTP latency under a bulk export ({} link, {OLTP_TPS} tps from 4 clients, {} s each)\n",
-        options.link_rate, options.seconds
+        "### OLTP latency under a bulk export ({} link, {OLTP_TPS} tps from 4 clients, {} s a run, median of {} runs)\n",
+        options.link_rate, options.seconds, options.runs
     );
     println!(
         "PostgreSQL: `pgbench -S`, latency from each transaction's scheduled start; bulk: three \
@@ -240,18 +272,20 @@ fn table(rows: &[Row], options: &Options) {
          latency from its histogram; bulk: three `SELECT * FROM sbtest1` loops (400,000 rows). \
          Bulk Mbit/s is wire bytes toward the bulk client.\n"
     );
-    println!("| scenario | p50 ms | p99 ms | p99.9 ms | TPS | bulk Mbit/s |");
-    println!("|---|---|---|---|---|---|");
+    println!("| scenario | p50 ms | p99 ms | p99 range ms | p99.9 ms | TPS | bulk Mbit/s |");
+    println!("|---|---|---|---|---|---|---|");
     for row in rows {
-        let oltp = &row.outcome.oltp;
+        let (low, high) = row.p99_range();
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} |",
+            "| {} | {:.2} | {:.2} | {:.2}-{:.2} | {:.2} | {:.0} | {:.1} |",
             row.name,
-            oltp.percentile_ms(0.5),
-            oltp.percentile_ms(0.99),
-            oltp.percentile_ms(0.999),
-            oltp.tps(),
-            row.outcome.bulk_mbit
+            row.median(|o| o.oltp.percentile_ms(0.5)),
+            row.median(|o| o.oltp.percentile_ms(0.99)),
+            low,
+            high,
+            row.median(|o| o.oltp.percentile_ms(0.999)),
+            row.median(|o| o.oltp.tps()),
+            row.median(|o| o.bulk_mbit)
         );
     }
     println!();
@@ -261,7 +295,8 @@ fn table(rows: &[Row], options: &Options) {
 fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let max_ms = rows
         .iter()
-        .map(|r| r.outcome.oltp.percentile_ms(1.0))
+        .flat_map(|r| &r.runs)
+        .map(|o| o.oltp.percentile_ms(1.0))
         .fold(1.0f64, f64::max)
         * 1.5;
     let root = SVGBackend::new(path, (900, 520)).into_drawing_area();
@@ -278,7 +313,12 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
         .y_desc("fraction of transactions")
         .draw()?;
     for (i, row) in rows.iter().enumerate() {
-        let mut sorted = row.outcome.oltp.latencies_us.clone();
+        // Every run's transactions together.
+        let mut sorted: Vec<u64> = row
+            .runs
+            .iter()
+            .flat_map(|o| o.oltp.latencies_us.iter().copied())
+            .collect();
         sorted.sort_unstable();
         let n = sorted.len() as f64;
         let points: Vec<(f64, f64)> = sorted
@@ -302,27 +342,62 @@ fn plot(rows: &[Row], path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// Set by SIGINT/SIGTERM: the bench stops after the run in progress and
+/// tears everything down (databases, namespaces, pins) on its way out.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn interrupted(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
 fn main() {
     require_root();
+    // SAFETY: the handler only stores to an atomic, which is signal-safe.
+    unsafe {
+        libc::signal(libc::SIGINT, interrupted as *const () as libc::sighandler_t);
+        libc::signal(
+            libc::SIGTERM,
+            interrupted as *const () as libc::sighandler_t,
+        );
+    }
+    if !bench() {
+        eprintln!("bench db: interrupted; everything it started is removed");
+        std::process::exit(130);
+    }
+}
+
+/// Runs the bench; false if it was interrupted (after cleaning up).
+fn bench() -> bool {
     let options = options();
     let net = DbNet::new();
     let _pg = Postgres::start(&net.db, &[&net.endpoint_a, &net.endpoint_b], 10);
     // 400,000 rows: about 75 MB a SELECT, like pgbench's accounts table.
     let _maria = (!options.demo).then(|| MariaDb::start(&net.db, &net.endpoint_a, 400_000));
-    let mut rows = Vec::new();
-    for scenario in scenarios(&net, &options) {
-        eprintln!("bench db: {} ...", scenario.name);
-        let outcome = run(&net, &scenario, &options);
-        eprintln!(
-            "bench db: {}: p99 {:.2} ms, bulk {:.1} Mbit/s",
-            scenario.name,
-            outcome.oltp.percentile_ms(0.99),
-            outcome.bulk_mbit
-        );
-        rows.push(Row {
-            name: scenario.name,
-            outcome,
-        });
+    let scenarios = scenarios(&net, &options);
+    let mut rows: Vec<Row> = scenarios
+        .iter()
+        .map(|s| Row {
+            name: s.name,
+            runs: Vec::new(),
+        })
+        .collect();
+    // Rounds alternate the scenarios, so that a noisy minute on this
+    // shared machine spreads over all of them instead of sinking one.
+    for round in 1..=options.runs {
+        for (scenario, row) in scenarios.iter().zip(&mut rows) {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return false;
+            }
+            eprintln!("bench db: round {round}: {} ...", scenario.name);
+            let outcome = run(&net, scenario, &options);
+            eprintln!(
+                "bench db: round {round}: {}: p99 {:.2} ms, bulk {:.1} Mbit/s",
+                scenario.name,
+                outcome.oltp.percentile_ms(0.99),
+                outcome.bulk_mbit
+            );
+            row.runs.push(outcome);
+        }
     }
     table(&rows, &options);
     if !options.demo {
@@ -332,4 +407,5 @@ fn main() {
             Err(error) => eprintln!("bench db: plotting failed: {error}"),
         }
     }
+    true
 }

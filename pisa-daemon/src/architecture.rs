@@ -18,7 +18,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("reconcile", &["kernel", "model", "plan", "spec", "tags"]),
     ("source", &["kernel", "model", "spec"]),
     ("state", &["spec"]),
-    ("metrics", &["kernel", "reconcile"]),
+    ("metrics", &["kernel", "reconcile", "spec"]),
     ("api", &["kernel", "model", "reconcile", "spec", "tags"]),
     (
         "daemon",

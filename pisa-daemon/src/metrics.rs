@@ -24,6 +24,12 @@ use pisa_daemon_common::reason;
 type Labels = Vec<(String, String)>;
 /// One class metric: name, help, and how to read it from a sample.
 type ClassMetric = (&'static str, &'static str, fn(&ClassSample) -> u64);
+/// One class counter: name, help, and how to read it from the counters.
+type CounterMetric = (
+    &'static str,
+    &'static str,
+    fn(&pisa_daemon_common::ClassStats) -> u64,
+);
 
 /// Metrics the agent updates itself.
 pub struct Metrics {
@@ -142,9 +148,38 @@ pub fn openmetrics_to_classic(text: &str) -> String {
     out
 }
 
-/// Reads the kernel's counters through the agent at scrape time.
+/// The counter reads a scrape makes, by the map they read.
+const READS: [&str; 3] = ["CLASS_STATS", "REASON_STATS", "IFACE_STATS"];
+
+/// Reads the kernel's counters through the agent at scrape time. A read
+/// that fails leaves its series out of that scrape (Prometheus then sees
+/// them stale, not a counter reset to zero) and is counted in
+/// `pisa_metrics_read_errors_total{map}` and logged.
 pub struct KernelCollector<D: Dataplane + Send + 'static> {
-    pub agent: Arc<Mutex<Agent<D>>>,
+    agent: Arc<Mutex<Agent<D>>>,
+    read_errors: [std::sync::atomic::AtomicU64; 3],
+}
+
+impl<D: Dataplane + Send + 'static> KernelCollector<D> {
+    pub fn new(agent: Arc<Mutex<Agent<D>>>) -> Self {
+        Self {
+            agent,
+            read_errors: Default::default(),
+        }
+    }
+
+    /// The value of a read, or `None` after counting and logging its error.
+    fn read<T>(&self, which: usize, result: Result<T, crate::kernel::KernelError>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.read_errors[which].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(map = READS[which], %error,
+                    "reading counters for /metrics failed; their series are left out of this scrape");
+                None
+            }
+        }
+    }
 }
 
 impl<D: Dataplane + Send + 'static> std::fmt::Debug for KernelCollector<D> {
@@ -157,17 +192,18 @@ struct ClassSample {
     labels: Labels,
     rate: u64,
     ceil: u64,
-    stats: pisa_daemon_common::ClassStats,
+    /// `None` when the counters could not be read.
+    stats: Option<pisa_daemon_common::ClassStats>,
 }
 
 impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Copy out under the lock; encode without it.
-        let (classes, reasons, ifaces) = {
+        let (classes, reasons, ifaces, attached) = {
             let Ok(agent) = self.agent.lock() else {
                 return Ok(());
             };
-            let stats = agent.dp.class_stats().unwrap_or_default();
+            let stats = self.read(0, agent.dp.class_stats());
             let mut classes = Vec::new();
             for (id, planned) in &agent.plan.classes {
                 classes.push(ClassSample {
@@ -179,12 +215,14 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                     ],
                     rate: planned.spec.rate_bytes,
                     ceil: planned.spec.ceil_bytes,
-                    stats: stats.get(id).copied().unwrap_or_default(),
+                    stats: stats
+                        .as_ref()
+                        .map(|stats| stats.get(id).copied().unwrap_or_default()),
                 });
             }
-            let reasons = agent.dp.reason_stats().unwrap_or_default();
-            let ifaces = agent.dp.interface_stats().unwrap_or_default();
-            (classes, reasons, ifaces)
+            let reasons = self.read(1, agent.dp.reason_stats()).unwrap_or_default();
+            let ifaces = self.read(2, agent.dp.interface_stats()).unwrap_or_default();
+            (classes, reasons, ifaces, agent.dp.interfaces())
         };
 
         let gauges: [ClassMetric; 2] = [
@@ -206,31 +244,34 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                     .encode(family.encode_family(&class.labels)?)?;
             }
         }
-        let counters: [ClassMetric; 4] = [
+        let counters: [CounterMetric; 4] = [
             (
                 "pisa_class_bytes",
                 "Bytes the class let through, as skb->len at tc egress before the qdisc \
                  (a GSO packet counts one set of headers)",
-                |c| c.stats.bytes,
+                |c| c.bytes,
             ),
             ("pisa_class_packets", "Packets the class let through", |c| {
-                c.stats.packets
+                c.packets
             }),
             (
                 "pisa_class_drops",
                 "Packets the class dropped (police, EDT horizon)",
-                |c| c.stats.drops,
+                |c| c.drops,
             ),
             (
                 "pisa_class_delayed",
                 "Packets sent with a future departure time (EDT)",
-                |c| c.stats.delayed,
+                |c| c.delayed,
             ),
         ];
         for (name, help, value) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for class in &classes {
-                ConstCounter::new(value(class)).encode(family.encode_family(&class.labels)?)?;
+                let Some(stats) = &class.stats else {
+                    continue;
+                };
+                ConstCounter::new(value(stats)).encode(family.encode_family(&class.labels)?)?;
             }
         }
 
@@ -263,7 +304,7 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 None,
                 MetricType::Gauge,
             )?;
-            for name in ifaces.keys() {
+            for name in &attached {
                 let labels: Labels = vec![("interface".into(), name.clone())];
                 ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
@@ -290,6 +331,17 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "pisa_metrics_read_errors",
+            "Scrapes whose read of a kernel map failed (its series were left out), by map",
+            None,
+            MetricType::Counter,
+        )?;
+        for (map, errors) in READS.iter().zip(&self.read_errors) {
+            let labels: Labels = vec![("map".into(), (*map).into())];
+            ConstCounter::new(errors.load(std::sync::atomic::Ordering::Relaxed))
+                .encode(family.encode_family(&labels)?)?;
+        }
         Ok(())
     }
 }
@@ -297,6 +349,51 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{kernel::FakeDataplane, spec::Limits};
+
+    fn metrics_over(dp: FakeDataplane) -> (Metrics, Arc<Mutex<Agent<FakeDataplane>>>) {
+        let limits = Limits {
+            max_classes: 10,
+            edt_available: false,
+        };
+        let agent = Arc::new(Mutex::new(Agent::new(dp, ["eth0".into()].into(), limits)));
+        let claim = "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+                     metadata: {name: db}\nspec:\n  trafficQoS:\n    name: db\n    \
+                     qos_group: {rate: 10mbit}\n    endpoints: [{host: 10.0.0.5, port: 5432}]\n";
+        {
+            let mut agent = agent.lock().unwrap();
+            agent.update(&[crate::spec::SourceSnapshot {
+                name: "c.yaml".into(),
+                documents: crate::spec::load_documents("c.yaml", claim),
+            }]);
+            agent.reconcile().unwrap();
+        }
+        let metrics = Metrics::new(Box::new(KernelCollector::new(agent.clone())));
+        (metrics, agent)
+    }
+
+    #[test]
+    fn a_failed_counter_read_leaves_the_series_out_and_is_counted_never_zeros() {
+        let (metrics, agent) = metrics_over(FakeDataplane::default());
+        let healthy = metrics.encode_classic().unwrap();
+        assert!(healthy.contains("pisa_class_bytes_total{"), "{healthy}");
+        assert!(healthy.contains("pisa_metrics_read_errors_total{map=\"CLASS_STATS\"} 0"));
+
+        agent.lock().unwrap().dp.fail_stats = true;
+        let failed = metrics.encode_classic().unwrap();
+        assert!(
+            !failed.contains("pisa_class_bytes_total{"),
+            "no counter may read 0 for a failed read:\n{failed}"
+        );
+        assert!(
+            failed.contains("pisa_class_rate_bytes_per_second{"),
+            "configuration is still known"
+        );
+        assert!(
+            failed.contains("pisa_metrics_read_errors_total{map=\"CLASS_STATS\"} 1"),
+            "{failed}"
+        );
+    }
 
     #[test]
     fn classic_format_names_counter_families_like_their_samples() {

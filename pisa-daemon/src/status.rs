@@ -182,7 +182,8 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
                 .cloned()
                 .unwrap_or_else(|| "?".into());
             let (a, b) = (first[&class.class_id], second[&class.class_id]);
-            let rate = ((b.bytes - a.bytes) as f64 / sample.as_secs_f64()) as u64;
+            // A class re-created between the samples starts again at zero.
+            let rate = (b.bytes.saturating_sub(a.bytes) as f64 / sample.as_secs_f64()) as u64;
             Row {
                 phase: phases.get(&claim).cloned().unwrap_or_else(|| "-".into()),
                 claim,

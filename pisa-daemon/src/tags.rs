@@ -97,6 +97,12 @@ pub enum TagError {
         #[source]
         source: KernelError,
     },
+    /// Without the monotonic clock no expiry can be computed or checked.
+    #[error("reading CLOCK_MONOTONIC failed: {source}")]
+    Clock {
+        #[source]
+        source: nix::Error,
+    },
 }
 
 /// The tags in force, keyed by canonical flow.
@@ -228,10 +234,10 @@ impl TagTable {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> Result<u64, TagError> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|ts| ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64)
-        .unwrap_or(0)
+        .map_err(|source| TagError::Clock { source })
 }
 
 #[cfg(test)]

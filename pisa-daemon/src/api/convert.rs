@@ -142,7 +142,7 @@ fn endpoint(prefix: &str, side: &str, ip: &str, port: u32) -> Result<SocketAddr,
 pub fn tag_error(error: TagError) -> Status {
     match error {
         TagError::Full { .. } => Status::new(Code::ResourceExhausted, error.to_string()),
-        TagError::Kernel { .. } => Status::unavailable(error.to_string()),
+        TagError::Kernel { .. } | TagError::Clock { .. } => Status::unavailable(error.to_string()),
     }
 }
 

@@ -164,9 +164,13 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
             return 0;
         };
         let agent = &mut *guard;
-        agent
-            .tags
-            .sweep(&mut agent.dp, monotonic_ns())
+        monotonic_ns()
+            .and_then(|now| {
+                agent
+                    .tags
+                    .sweep(&mut agent.dp, now)
+                    .map_err(|source| crate::tags::TagError::Kernel { source })
+            })
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, "sweeping expired flow tags failed; retrying");
                 0
@@ -221,7 +225,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         let agent = &mut *guard;
         let class_id = Self::resolve(agent, &request.target)?;
         let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
-        let now_ns = monotonic_ns();
+        let now_ns = monotonic_ns().map_err(convert::tag_error)?;
         let tag = Tag {
             class_id,
             expires_ns: now_ns + ttl.as_nanos() as u64,

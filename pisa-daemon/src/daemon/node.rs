@@ -94,9 +94,7 @@ pub async fn run_node(
     }
     let agent = open_agent(&config)?;
     let (stop_api, api_tasks) = start_api(&config.api, &agent).await?;
-    let metrics = Arc::new(Metrics::new(Box::new(KernelCollector {
-        agent: agent.clone(),
-    })));
+    let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(agent.clone()))));
     // Every reason shows at 0 before anyone can scrape; /healthz answers
     // while the kube source waits for its first list.
     metrics.declare_reconcile_error_reasons(Reason::ALL.iter().map(|r| r.label()));

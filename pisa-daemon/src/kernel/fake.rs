@@ -22,6 +22,8 @@ pub struct FakeDataplane {
     pub fail_next: Option<String>,
     /// Interfaces that do not exist: attaching one fails, every time.
     pub vanished: BTreeSet<String>,
+    /// When set, reading the class counters fails (a map read error).
+    pub fail_stats: bool,
     pub flow_tags: BTreeMap<FlowKey, FlowTag>,
     /// Most flow-tag entries the fake "kernel" map holds (0: no limit).
     pub flow_tag_capacity: usize,
@@ -112,6 +114,9 @@ impl Dataplane for FakeDataplane {
     }
 
     fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError> {
+        if self.fail_stats {
+            return Err(KernelError::MapMissing { map: "CLASS_STATS" });
+        }
         Ok(self.stats.clone())
     }
 
