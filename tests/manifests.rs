@@ -37,7 +37,7 @@ fn manifest(path: &str) -> PathBuf {
 
 #[test]
 fn every_manifest_is_valid_against_the_kubernetes_schemas() {
-    let kustomization: serde_yaml::Value = serde_yaml::from_str(
+    let kustomization: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(manifest("kustomization.yaml")).expect("kustomization"),
     )
     .expect("YAML");
@@ -165,7 +165,7 @@ fn bad_claims_are_rejected_by_the_schema_or_by_the_daemon() {
 
 #[test]
 fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
-    let crd: serde_yaml::Value = serde_yaml::from_str(
+    let crd: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(manifest("crd/qosclaims.yaml")).expect("crd"),
     )
     .expect("YAML");
@@ -200,7 +200,7 @@ fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
         "{qos_group:?}"
     );
     // Every field explains itself for `kubectl explain`.
-    fn undescribed(path: &str, schema: &serde_yaml::Value, out: &mut Vec<String>) {
+    fn undescribed(path: &str, schema: &serde_norway::Value, out: &mut Vec<String>) {
         if let Some(props) = schema["properties"].as_mapping() {
             for (name, child) in props {
                 let name = name.as_str().unwrap();
@@ -223,7 +223,7 @@ fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
 
 #[test]
 fn daemonset_args_are_the_daemons_own_flags_and_capabilities_are_minimal() {
-    let daemonset: serde_yaml::Value = serde_yaml::from_str(
+    let daemonset: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(manifest("daemonset.yaml")).expect("daemonset"),
     )
     .expect("YAML");
@@ -272,7 +272,7 @@ fn daemonset_args_are_the_daemons_own_flags_and_capabilities_are_minimal() {
         "the DaemonSet's args must parse: {stderr}"
     );
 
-    let monitor: serde_yaml::Value = serde_yaml::from_str(
+    let monitor: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(manifest("monitoring/podmonitor.yaml")).expect("podmonitor"),
     )
     .expect("YAML");

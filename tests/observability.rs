@@ -64,7 +64,7 @@ fn promtool_accepts_the_shipped_config_rules_and_rule_tests() {
     // cannot load the Kubernetes variant; check its shape instead: it must
     // attach the `node` label every dashboard query and rule groups by.
     let text = std::fs::read_to_string(dir.join("scrape-config.yaml")).expect("scrape-config");
-    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let config: serde_norway::Value = serde_norway::from_str(&text).expect("YAML");
     let job = &config["scrape_configs"][0];
     assert_eq!(job["kubernetes_sd_configs"][0]["role"], "pod");
     let relabels = job["relabel_configs"]
@@ -160,7 +160,7 @@ fn expressions(vars: &[(&str, &str)]) -> Vec<Expression> {
             });
         }
     }
-    let rules: serde_yaml::Value = serde_yaml::from_str(
+    let rules: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(repo().join("manifests/prometheus/rules.yaml")).expect("rules"),
     )
     .expect("rules YAML");

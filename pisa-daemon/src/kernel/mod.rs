@@ -13,8 +13,10 @@ pub mod features;
 pub mod htb;
 pub mod iface;
 mod loader;
+mod maps;
 mod netlink;
 pub mod pinned;
+mod qdisc;
 pub mod route;
 mod tags;
 

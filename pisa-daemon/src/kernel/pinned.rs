@@ -8,7 +8,7 @@ use pisa_daemon_common::{
 };
 use tracing::info;
 
-use super::{apply::remove_htb_root, attach::detach_pinned, bpffs, KernelError, PinLayout};
+use super::{attach::detach_pinned, bpffs, qdisc::remove_htb_root, KernelError, PinLayout};
 
 fn open_map(layout: &PinLayout, name: &'static str) -> Result<Map, KernelError> {
     let data = MapData::from_pin(layout.map(name)).map_err(|source| KernelError::Map {
@@ -174,7 +174,7 @@ pub fn class_stats(
             action: "reading",
             source,
         })?;
-        out.insert(class_id, super::apply::sum_class_stats(per_cpu.iter()));
+        out.insert(class_id, super::maps::sum_class_stats(per_cpu.iter()));
     }
     Ok(out)
 }

@@ -5,7 +5,7 @@
 use aya::maps::{HashMap, MapError};
 use pisa_daemon_common::{names::MAP_FLOW_TAGS, FlowKey, FlowTag, MAX_FLOW_TAGS};
 
-use super::{apply::map_err, Kernel, KernelError};
+use super::{maps::map_err, Kernel, KernelError};
 
 impl Kernel {
     /// Tags one direction of a connection with a class.

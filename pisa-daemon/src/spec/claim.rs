@@ -61,7 +61,7 @@ pub struct QoSClaim {
     pub spec: QoSClaimSpec,
     /// Written by the cluster; tolerated and ignored on input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_yaml::Value>,
+    pub status: Option<serde_norway::Value>,
 }
 
 /// Kubernetes object metadata. Only `name`, `namespace` and `generation`
@@ -75,7 +75,7 @@ pub struct ObjectMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generation: Option<i64>,
     #[serde(flatten)]
-    pub other: BTreeMap<String, serde_yaml::Value>,
+    pub other: BTreeMap<String, serde_norway::Value>,
 }
 
 // The CRD (`manifests/crd/qosclaims.yaml`) is generated from these types

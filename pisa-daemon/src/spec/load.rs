@@ -20,9 +20,9 @@ pub struct Document {
 /// can be trusted, and the caller keeps the source's last good state.
 pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
     let mut documents = Vec::new();
-    for (index, deserializer) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, deserializer) in serde_norway::Deserializer::from_str(text).enumerate() {
         let origin = format!("{source}#{}", index + 1);
-        let value = match serde_yaml::Value::deserialize(deserializer) {
+        let value = match serde_norway::Value::deserialize(deserializer) {
             Ok(value) => value,
             Err(e) => {
                 return Err(ClaimError {
@@ -43,7 +43,7 @@ pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimEr
     Ok(documents)
 }
 
-fn parse_claim(origin: &str, value: serde_yaml::Value) -> Result<QoSClaim, ClaimError> {
+fn parse_claim(origin: &str, value: serde_norway::Value) -> Result<QoSClaim, ClaimError> {
     let claim = key_of(&value);
     let error = |field: &str, value: &str, reason: String| ClaimError {
         origin: origin.to_owned(),
@@ -100,7 +100,7 @@ fn type_error_reason(message: &str) -> String {
     head.replace("expected i64", "expected an integer port 1-65535")
 }
 
-fn key_of(value: &serde_yaml::Value) -> Option<ClaimKey> {
+fn key_of(value: &serde_norway::Value) -> Option<ClaimKey> {
     let metadata = value.get("metadata")?;
     let name = metadata.get("name")?.as_str()?;
     let namespace = metadata
@@ -110,8 +110,8 @@ fn key_of(value: &serde_yaml::Value) -> Option<ClaimKey> {
     Some(ClaimKey::new(namespace, name))
 }
 
-fn short(value: &serde_yaml::Value) -> String {
-    let text = serde_yaml::to_string(value).unwrap_or_default();
+fn short(value: &serde_norway::Value) -> String {
+    let text = serde_norway::to_string(value).unwrap_or_default();
     let line = text.lines().next().unwrap_or_default();
     line.chars().take(60).collect()
 }

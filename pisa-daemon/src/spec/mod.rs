@@ -22,11 +22,11 @@ mod tests;
 
 /// The QoSClaim CRD as YAML, exactly as `manifests/crd/qosclaims.yaml`
 /// holds it (`cargo xtask codegen` writes that file from this).
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     let crd = <QoSClaimResource as kube::CustomResourceExt>::crd();
     Ok(format!(
         "# Generated from pisa-daemon/src/spec by `cargo xtask codegen`; do not edit.\n{}",
-        serde_yaml::to_string(&crd)?
+        serde_norway::to_string(&crd)?
     ))
 }
 

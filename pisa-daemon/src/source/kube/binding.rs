@@ -30,7 +30,7 @@ pub fn claim_source(claim: &DynamicObject, databases: &[Arc<DynamicObject>]) -> 
     bind_endpoints(&mut object, databases);
     // A JSON value always renders as YAML; an empty text would load as no
     // claim, which validation then reports.
-    let text = serde_yaml::to_string(&object).unwrap_or_default();
+    let text = serde_norway::to_string(&object).unwrap_or_default();
     let documents = load_documents(&origin, &text);
     SourceSnapshot {
         name: origin,

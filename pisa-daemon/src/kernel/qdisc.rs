@@ -1,0 +1,240 @@
+//! The qdiscs the `htb` and `edt` modes rely on, per interface: our HTB
+//! root and link class, one leaf per class with its own short queue, or our
+//! sch_fq root; never anyone else's (see `htb.rs` for the tree).
+
+use tracing::debug;
+
+use super::{
+    default_burst,
+    htb::{self, ClassWrite, HtbClass, RootQdisc, LINK_CLASS_MINOR},
+    iface,
+    netlink::RtNetlink,
+    ClassSpec, Kernel, KernelError, ShapingMode,
+};
+use crate::model::LeafQueue;
+
+impl Kernel {
+    pub(super) fn netlink(&mut self) -> Result<&mut RtNetlink, KernelError> {
+        if self.netlink.is_none() {
+            let nl = RtNetlink::open().map_err(netlink_err("", "opening rtnetlink"))?;
+            self.netlink = Some(nl);
+        }
+        self.netlink
+            .as_mut()
+            .ok_or(KernelError::MapMissing { map: "rtnetlink" })
+    }
+
+    pub(super) fn link_class(&self) -> HtbClass {
+        HtbClass {
+            minor: LINK_CLASS_MINOR,
+            parent_minor: 0,
+            rate_bytes: self.link_rate_bytes,
+            ceil_bytes: self.link_rate_bytes,
+            burst_bytes: default_burst(self.link_rate_bytes),
+            cburst_bytes: default_burst(self.link_rate_bytes),
+            prio: 0,
+        }
+    }
+
+    pub(super) fn refuse_foreign_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let nl = self.netlink()?;
+        match htb::root_qdisc(nl, itf.ifindex)
+            .map_err(netlink_err(iface_name, "reading root qdisc"))?
+        {
+            RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
+                iface: iface_name.to_owned(),
+                kind,
+                handle,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Makes sure `iface` has our HTB root and link class. Remembered per
+    /// interface index, so a re-created interface (new index) is set up again.
+    pub(super) fn ensure_htb_root(
+        &mut self,
+        iface_name: &str,
+        class_id: u32,
+    ) -> Result<u32, KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        if self.htb_roots.get(iface_name) == Some(&itf.ifindex) {
+            return Ok(itf.ifindex);
+        }
+        let link_class = self.link_class();
+        let nl = self.netlink()?;
+        let nl_err = |action| netlink_err(iface_name, action);
+        match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
+            RootQdisc::OursFq => {
+                return Err(KernelError::ModeConflict {
+                    class_id,
+                    mode: "htb",
+                    other: "edt (sch_fq)",
+                    iface: iface_name.to_owned(),
+                })
+            }
+            RootQdisc::Ours => {
+                let minors =
+                    htb::class_minors(nl, itf.ifindex).map_err(nl_err("listing classes"))?;
+                let write = if minors.contains(&LINK_CLASS_MINOR) {
+                    ClassWrite::Change
+                } else {
+                    ClassWrite::Create
+                };
+                htb::write_class(nl, itf.ifindex, &link_class, write)
+                    .map_err(nl_err("writing the link class"))?;
+            }
+            RootQdisc::KernelDefault { kind } => {
+                debug!(iface = iface_name, replaced = %kind, "installing HTB root");
+                htb::create_root(nl, itf.ifindex).map_err(nl_err("creating the HTB root qdisc"))?;
+                htb::write_class(nl, itf.ifindex, &link_class, ClassWrite::Create)
+                    .map_err(nl_err("creating the link class"))?;
+            }
+            RootQdisc::Foreign { kind, handle } => {
+                return Err(KernelError::ForeignQdisc {
+                    iface: iface_name.to_owned(),
+                    kind,
+                    handle,
+                })
+            }
+        }
+        self.htb_roots.insert(iface_name.to_owned(), itf.ifindex);
+        Ok(itf.ifindex)
+    }
+
+    /// Makes sure `iface` paces with our sch_fq. Refuses when HTB classes
+    /// live on it: one interface has one root qdisc.
+    pub(super) fn ensure_fq_root(
+        &mut self,
+        iface_name: &str,
+        class_id: u32,
+    ) -> Result<(), KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let htb_in_use = self.classes.values().any(|c| c.mode == ShapingMode::Htb);
+        let nl = self.netlink()?;
+        let nl_err = |action| netlink_err(iface_name, action);
+        match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
+            RootQdisc::OursFq => Ok(()),
+            RootQdisc::Ours if htb_in_use => Err(KernelError::ModeConflict {
+                class_id,
+                mode: "edt",
+                other: "htb",
+                iface: iface_name.to_owned(),
+            }),
+            RootQdisc::Ours | RootQdisc::KernelDefault { .. } => {
+                htb::create_fq_root(nl, itf.ifindex).map_err(nl_err("installing sch_fq"))?;
+                self.htb_roots.remove(iface_name);
+                Ok(())
+            }
+            RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
+                iface: iface_name.to_owned(),
+                kind,
+                handle,
+            }),
+        }
+    }
+
+    /// Writes one leaf. `likely_exists` picks the first attempt (change in
+    /// place, or create); the other is the fallback, so no class dump is
+    /// needed and 10,000 classes cost 10,000 requests, not 10,000 dumps.
+    pub(super) fn write_htb_leaf(
+        &mut self,
+        iface_name: &str,
+        class: &ClassSpec,
+        likely_exists: bool,
+    ) -> Result<(), KernelError> {
+        let ifindex = self.ensure_htb_root(iface_name, class.class_id)?;
+        let leaf = HtbClass {
+            minor: class.class_id as u16,
+            parent_minor: LINK_CLASS_MINOR,
+            rate_bytes: class.rate_bytes,
+            ceil_bytes: class.ceil_bytes,
+            burst_bytes: class.burst_bytes,
+            cburst_bytes: class.burst_bytes,
+            prio: u32::from(class.priority.min(7)),
+        };
+        let queue = LeafQueue::for_class(class.ceil_bytes, self.features.fq_codel);
+        let nl = self.netlink()?;
+        let (first, second) = if likely_exists {
+            (ClassWrite::Change, ClassWrite::Create)
+        } else {
+            (ClassWrite::Create, ClassWrite::Change)
+        };
+        let result = match htb::write_class(nl, ifindex, &leaf, first) {
+            // Change of a missing class, or create of an existing one.
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EEXIST)) => {
+                htb::write_class(nl, ifindex, &leaf, second)
+            }
+            other => other,
+        };
+        result.map_err(netlink_err(iface_name, "writing an HTB class"))?;
+        match htb::write_leaf_queue(nl, ifindex, leaf.minor, queue) {
+            // A queue of another kind under the same handle (fq_codel became
+            // available since): replace it whole.
+            Err(e) if e.errno() == Some(libc::EINVAL) => {
+                htb::delete_leaf_queue(nl, ifindex, leaf.minor)
+                    .and_then(|()| htb::write_leaf_queue(nl, ifindex, leaf.minor, queue))
+            }
+            other => other,
+        }
+        .map_err(netlink_err(iface_name, "writing the queue of an HTB class"))
+    }
+
+    pub(super) fn delete_htb_leaf(
+        &mut self,
+        iface_name: &str,
+        class_id: u32,
+    ) -> Result<(), KernelError> {
+        let Ok(itf) = iface::lookup(iface_name) else {
+            return Ok(()); // the interface is gone, and its classes with it
+        };
+        let nl = self.netlink()?;
+        match htb::delete_class(nl, itf.ifindex, class_id as u16) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
+            Err(source) => Err(netlink_err(iface_name, "deleting an HTB class")(source)),
+        }
+    }
+
+    /// Removes our HTB root from `iface`, if it is ours.
+    pub(super) fn delete_htb_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
+        self.htb_roots.remove(iface_name);
+        let Ok(itf) = iface::lookup(iface_name) else {
+            return Ok(());
+        };
+        let nl = self.netlink()?;
+        remove_our_root(nl, iface_name, itf.ifindex)
+    }
+}
+
+/// Wraps an rtnetlink failure with the interface and what was being done.
+fn netlink_err(
+    iface: &str,
+    action: &'static str,
+) -> impl FnOnce(super::netlink::NetlinkError) -> KernelError {
+    let iface = iface.to_owned();
+    move |source| KernelError::Netlink {
+        iface,
+        action,
+        source,
+    }
+}
+
+fn remove_our_root(nl: &mut RtNetlink, iface_name: &str, ifindex: u32) -> Result<(), KernelError> {
+    let root =
+        htb::root_qdisc(nl, ifindex).map_err(netlink_err(iface_name, "reading root qdisc"))?;
+    if !matches!(root, RootQdisc::Ours | RootQdisc::OursFq) {
+        return Ok(());
+    }
+    htb::delete_root(nl, ifindex).map_err(netlink_err(iface_name, "deleting the HTB root qdisc"))
+}
+
+/// Removes our HTB root from an interface without a loaded program (cleanup).
+pub(super) fn remove_htb_root(iface_name: &str) -> Result<(), KernelError> {
+    let Ok(itf) = iface::lookup(iface_name) else {
+        return Ok(());
+    };
+    let mut nl = RtNetlink::open().map_err(netlink_err(iface_name, "opening rtnetlink"))?;
+    remove_our_root(&mut nl, iface_name, itf.ifindex)
+}
