@@ -70,3 +70,13 @@ pub enum NodePhase {
     Invalid,
     Pending,
 }
+
+impl From<Phase> for NodePhase {
+    fn from(phase: Phase) -> Self {
+        match phase {
+            Phase::Applied => Self::Applied,
+            Phase::Invalid => Self::Invalid,
+            Phase::Pending => Self::Pending,
+        }
+    }
+}

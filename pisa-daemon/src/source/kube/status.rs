@@ -7,10 +7,10 @@ use kube::{
     api::{Api, DynamicObject, Patch, PatchParams},
     Client,
 };
-use serde_json::{json, Value};
+use serde::Serialize;
 
 use super::claim_resource;
-use crate::spec::{ClaimKey, ClaimStatus, Phase, API_VERSION, KIND};
+use crate::spec::{ClaimKey, ClaimStatus, NodeStatus, Phase, QoSClaimStatus, API_VERSION, KIND};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -22,26 +22,34 @@ pub enum KubeError {
     },
 }
 
+/// A server-side-apply body of the status subresource: the CRD's own
+/// status types (`spec::QoSClaimStatus`), so the body cannot drift from
+/// the schema the API server validates it against.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusApply {
+    api_version: &'static str,
+    kind: &'static str,
+    status: QoSClaimStatus,
+}
+
 /// This node's status entry as a server-side-apply body. Only the fields
 /// this node owns are sent.
-pub fn status_patch(node: &str, status: &ClaimStatus, transition: &str) -> Value {
-    let mut entry = json!({
-        "node": node,
-        "phase": format!("{:?}", status.phase),
-        "message": status.message,
-        "lastTransitionTime": transition,
-    });
-    if let Some(generation) = status.observed_generation {
-        entry["observedGeneration"] = json!(generation);
+pub fn status_patch(node: &str, status: &ClaimStatus, transition: &str) -> StatusApply {
+    StatusApply {
+        api_version: API_VERSION,
+        kind: KIND,
+        status: QoSClaimStatus {
+            nodes: vec![NodeStatus {
+                node: node.to_owned(),
+                phase: status.phase.into(),
+                message: status.message.clone(),
+                observed_generation: status.observed_generation,
+                class_id: status.class_id,
+                last_transition_time: Some(transition.to_owned()),
+            }],
+        },
     }
-    if let Some(class_id) = status.class_id {
-        entry["classId"] = json!(class_id);
-    }
-    json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "status": {"nodes": [entry]},
-    })
 }
 
 /// The field manager of one node: each node owns only its own entry.
@@ -56,7 +64,7 @@ pub struct StatusWriter {
     client: Client,
     node: String,
     /// What was last written per claim, and when its phase last changed.
-    written: BTreeMap<ClaimKey, (Value, Phase, String)>,
+    written: BTreeMap<ClaimKey, (StatusApply, Phase, String)>,
 }
 
 impl StatusWriter {

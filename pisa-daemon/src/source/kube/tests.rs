@@ -255,7 +255,7 @@ fn status_patch_holds_only_this_nodes_entry() {
         priority: None,
     };
     assert_eq!(
-        status_patch("node-a", &status, "2026-11-21T04:00:00Z"),
+        serde_json::to_value(status_patch("node-a", &status, "2026-11-21T04:00:00Z")).unwrap(),
         json!({
             "apiVersion": "core.database-mesh.io/v1alpha1",
             "kind": "QoSClaim",
