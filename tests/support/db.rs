@@ -265,23 +265,13 @@ impl Postgres {
             "max_connections=40".into(),
             "shared_buffers=64MB".into(),
         ];
-        let mut args: Vec<String> = vec!["netns".into(), "exec".into(), ns.name.clone()];
-        args.extend(as_postgres.iter().map(|s| s.to_string()));
-        args.extend([
-            postgres.display().to_string(),
-            "-D".into(),
-            data.display().to_string(),
-        ]);
+        let (postgres, data_dir) = (postgres.display().to_string(), data.display().to_string());
+        let mut args: Vec<&str> = as_postgres.to_vec();
+        args.extend([postgres.as_str(), "-D", data_dir.as_str()]);
         for setting in &settings {
-            args.extend(["-c".into(), setting.clone()]);
+            args.extend(["-c", setting.as_str()]);
         }
-        let child = Command::new("ip")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting postgres");
-        let mut server = ChildGuard::new(child, format!("postgres in netns {}", ns.name));
+        let mut server = ns.spawn_as("postgres", &args);
         let host = listen.split(',').next().unwrap_or_default().to_owned();
         let isready = pg_bin("pg_isready");
         wait_until(
@@ -394,36 +384,24 @@ pub fn pgbench_select(ns: &Netns, host: &str, rate: u32, clients: u32, seconds: 
 /// accounts table out of `host` again and again until dropped.
 pub fn bulk_copies(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
     let psql = pg_bin("psql");
-    (0..streams)
-        .map(|_| {
-            let mut args: Vec<String> = vec![
-                "netns".into(),
-                "exec".into(),
-                ns.name.clone(),
-                psql.display().to_string(),
-                "-X".into(),
-                "-q".into(),
-                "-h".into(),
-                host.into(),
-                "-U".into(),
-                "postgres".into(),
-                "-o".into(),
-                "/dev/null".into(),
-            ];
-            // One process for the whole loop, so dropping the guard stops it.
-            for _ in 0..1000 {
-                args.extend(["-c".into(), "COPY pgbench_accounts TO STDOUT".into()]);
-            }
-            args.push("postgres".into());
-            let child = Command::new("ip")
-                .args(&args)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting a bulk COPY");
-            ChildGuard::new(child, format!("bulk COPY from {host}"))
-        })
-        .collect()
+    let mut args = vec![
+        psql.to_str().expect("utf-8"),
+        "-X",
+        "-q",
+        "-h",
+        host,
+        "-U",
+        "postgres",
+        "-o",
+        "/dev/null",
+    ];
+    // One process for the whole loop, so dropping the guard stops it.
+    for _ in 0..1000 {
+        args.extend(["-c", "COPY pgbench_accounts TO STDOUT"]);
+    }
+    args.push("postgres");
+    let what = format!("bulk COPY from {host}");
+    (0..streams).map(|_| ns.spawn_as(&what, &args)).collect()
 }
 
 /// A MariaDB server in `ns`, its data in a temp dir, listening on the
@@ -454,36 +432,31 @@ impl MariaDb {
             ],
         );
         let socket = format!("{path}/sock");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .args([
-                "setpriv",
-                "--reuid=mysql",
-                "--regid=mysql",
-                "--init-groups",
-                "--",
-            ])
-            .arg("mariadbd")
-            .args([
-                "--no-defaults".to_owned(),
-                format!("--datadir={path}/data"),
-                format!("--socket={socket}"),
-                "--port=3306".into(),
-                // Inside the namespace: its own addresses only.
-                "--bind-address=0.0.0.0".into(),
-                format!("--pid-file={path}/pid"),
-                format!("--log-error={path}/error.log"),
-                format!("--tmpdir={path}"),
-                "--skip-log-bin".into(),
-                "--innodb-buffer-pool-size=128M".into(),
-                "--innodb-flush-log-at-trx-commit=0".into(),
-                "--max-connections=40".into(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting mariadbd");
-        let mut server = ChildGuard::new(child, format!("mariadbd in netns {}", ns.name));
+        let options = [
+            format!("--datadir={path}/data"),
+            format!("--socket={socket}"),
+            format!("--pid-file={path}/pid"),
+            format!("--log-error={path}/error.log"),
+            format!("--tmpdir={path}"),
+        ];
+        let mut args = vec![
+            "setpriv",
+            "--reuid=mysql",
+            "--regid=mysql",
+            "--init-groups",
+            "--",
+            "mariadbd",
+            "--no-defaults",
+            "--port=3306",
+            // Inside the namespace: its own addresses only.
+            "--bind-address=0.0.0.0",
+            "--skip-log-bin",
+            "--innodb-buffer-pool-size=128M",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--max-connections=40",
+        ];
+        args.extend(options.iter().map(String::as_str));
+        let mut server = ns.spawn_as("mariadbd", &args);
         wait_until(
             "MariaDB to accept connections",
             Duration::from_secs(30),
@@ -596,18 +569,11 @@ pub fn sysbench_point_select(
 /// whole table from `host` again and again until dropped.
 pub fn mariadb_bulk(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
     let query = "SELECT * FROM sbtest1;".repeat(1000);
-    (0..streams)
-        .map(|_| {
-            let child = Command::new("ip")
-                .args(["netns", "exec", &ns.name, "mariadb", "--batch", "--quick"])
-                .args(["-h", host, "-u", "bench", "sbtest", "-e", &query])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting a bulk SELECT");
-            ChildGuard::new(child, format!("bulk SELECT from {host}"))
-        })
-        .collect()
+    let args = [
+        "mariadb", "--batch", "--quick", "-h", host, "-u", "bench", "sbtest", "-e", &query,
+    ];
+    let what = format!("bulk SELECT from {host}");
+    (0..streams).map(|_| ns.spawn_as(&what, &args)).collect()
 }
 
 /// Which database a scenario talks to.

@@ -30,14 +30,20 @@ impl Netns {
 
     /// Spawns a long-running command inside the namespace.
     pub fn spawn(&self, args: &[&str]) -> ChildGuard {
+        self.spawn_as(&format!("{args:?}"), args)
+    }
+
+    /// `spawn`, with `what` naming the child in messages (for long
+    /// command lines).
+    pub fn spawn_as(&self, what: &str, args: &[&str]) -> ChildGuard {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("spawning {args:?} in {}: {e}", self.name));
-        ChildGuard::new(child, format!("{args:?} in netns {}", self.name))
+            .unwrap_or_else(|e| panic!("spawning {what} in {}: {e}", self.name));
+        ChildGuard::new(child, format!("{what} in netns {}", self.name))
     }
 }
 
