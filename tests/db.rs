@@ -42,7 +42,7 @@ fn oltp_is_protected_and_bulk_keeps_the_link(engine: Engine) {
     let port = engine.port();
     let claims = db_claim("orders", (oltp, port), "guaranteed", "htb", "20mbit", LINK)
         + &db_claim("reports", (bulk, port), "besteffort", "htb", "20mbit", LINK);
-    let mut daemon = start_daemon_on_link(daemon_bin(), &net, root.as_str(), &dir.0, &claims, LINK);
+    let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
     let shaped = run_scenario(&net, engine, oltp, Some(bulk), OLTP_TPS, SECONDS);
     daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
 

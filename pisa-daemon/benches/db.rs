@@ -246,14 +246,8 @@ fn run(net: &DbNet, scenario: &Scenario, options: &Options) -> Outcome {
         Setup::Daemon(claims) => {
             let root = BpffsRoot::new();
             let dir = TempDir::new("pbdb");
-            let mut daemon = start_daemon_on_link(
-                daemon_bin(),
-                net,
-                root.as_str(),
-                &dir.0,
-                claims,
-                &options.link_rate,
-            );
+            let mut daemon =
+                start_daemon_on_link(net, root.as_str(), &dir.0, claims, &options.link_rate);
             let outcome = run();
             daemon.signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(10));
             outcome

@@ -18,6 +18,7 @@ use std::{
 };
 
 use super::{
+    daemon::spawn_daemon,
     host::{read_u64, require_tool, sh, sh_quiet, unique, unique_octet, TempDir},
     net::Netns,
     process::ChildGuard,
@@ -308,7 +309,7 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // Fast shutdown (SIGINT) so backends go too.
-        stop_gracefully(&mut self.server, libc::SIGINT);
+        self.server.stop(libc::SIGINT, SHUTDOWN);
     }
 }
 
@@ -481,41 +482,35 @@ impl MariaDb {
                 "CREATE USER 'bench'@'%'; GRANT ALL ON sbtest.* TO 'bench'@'%'; CREATE DATABASE sbtest;",
             ],
         );
-        ns.exec(&[
-            "sysbench",
-            "oltp_point_select",
-            "--db-driver=mysql",
-            &format!("--mysql-host={host}"),
-            "--mysql-user=bench",
-            "--mysql-db=sbtest",
-            "--tables=1",
-            &format!("--table-size={rows}"),
-            "prepare",
-        ]);
+        sysbench(
+            ns,
+            host,
+            &[format!("--table-size={rows}"), "prepare".into()],
+        );
         Self { server, _dir: dir }
     }
 }
 
 impl Drop for MariaDb {
     fn drop(&mut self) {
-        stop_gracefully(&mut self.server, libc::SIGTERM);
+        self.server.stop(libc::SIGTERM, SHUTDOWN);
     }
 }
 
-/// Signals a server to shut down and waits up to 10 s; the guard kills
-/// whatever is left.
-fn stop_gracefully(server: &mut ChildGuard, signal: i32) {
-    if let Some(child) = server.child.as_mut() {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(child.id() as i32, signal) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// Runs `sysbench oltp_point_select` from `ns` on the `bench` user's table
+/// at `host`, with `extra` arguments; its output.
+fn sysbench(ns: &Netns, host: &str, extra: &[String]) -> String {
+    let common = [
+        "oltp_point_select".to_owned(),
+        "--db-driver=mysql".into(),
+        format!("--mysql-host={host}"),
+        "--mysql-user=bench".into(),
+        "--mysql-db=sbtest".into(),
+        "--tables=1".into(),
+    ];
+    let mut args = vec!["sysbench"];
+    args.extend(common.iter().chain(extra).map(String::as_str));
+    ns.exec(&args)
 }
 
 /// `sysbench oltp_point_select` from `ns` against `host` at a fixed `rate`
@@ -527,20 +522,17 @@ pub fn sysbench_point_select(
     threads: u32,
     seconds: u32,
 ) -> Oltp {
-    let out = ns.exec(&[
-        "sysbench",
-        "oltp_point_select",
-        "--db-driver=mysql",
-        &format!("--mysql-host={host}"),
-        "--mysql-user=bench",
-        "--mysql-db=sbtest",
-        "--tables=1",
-        &format!("--rate={rate}"),
-        &format!("--threads={threads}"),
-        &format!("--time={seconds}"),
-        "--histogram=on",
-        "run",
-    ]);
+    let out = sysbench(
+        ns,
+        host,
+        &[
+            format!("--rate={rate}"),
+            format!("--threads={threads}"),
+            format!("--time={seconds}"),
+            "--histogram=on".into(),
+            "run".into(),
+        ],
+    );
     let mut latencies_us = Vec::new();
     for line in out.lines() {
         // "       0.132 |********************                     4"
@@ -591,6 +583,9 @@ impl Engine {
         }
     }
 }
+
+/// How long a database may take to shut down before it is killed.
+const SHUTDOWN: Duration = Duration::from_secs(10);
 
 /// One scenario's outcome: OLTP latencies and the bulk client's rate.
 pub struct Outcome {
@@ -656,11 +651,10 @@ pub fn db_claim(
     )
 }
 
-/// Runs `daemon` (a pisa-daemon binary) as a user would: a claims file,
-/// the link as its interface, the link's rate; waits until every claim is
-/// applied (from the state file it publishes).
+/// Runs the daemon as a user would: a claims file, the link as its
+/// interface, the link's rate; waits until every claim is applied (from the
+/// state file it publishes).
 pub fn start_daemon_on_link(
-    daemon: &str,
     net: &DbNet,
     bpffs: &str,
     dir: &Path,
@@ -671,8 +665,7 @@ pub fn start_daemon_on_link(
     std::fs::write(&config, claims).expect("writing claims");
     let state = dir.join("state.json");
     let _ = std::fs::remove_file(&state);
-    let socket = dir.join("api.sock");
-    let args = [
+    let mut guard = spawn_daemon(&[
         "run",
         "--config",
         config.to_str().expect("utf-8"),
@@ -684,17 +677,7 @@ pub fn start_daemon_on_link(
         bpffs,
         "--state-file",
         state.to_str().expect("utf-8"),
-        "--api-socket",
-        socket.to_str().expect("utf-8"),
-    ];
-    let child = Command::new(daemon)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting pisa-daemon");
-    let mut guard =
-        ChildGuard::new(child, format!("pisa-daemon on {}", net.link)).removing_on_drop(socket);
+    ]);
     let expected = claims.matches("kind: QoSClaim").count();
     wait_until("every claim applied", Duration::from_secs(30), || {
         guard.assert_running();

@@ -90,25 +90,32 @@ impl ChildGuard {
     /// Sends `signal` and waits up to `timeout` for exit; returns the
     /// status. Afterwards `stderr_text` holds the child's whole stderr.
     pub fn signal_and_wait(&mut self, signal: i32, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("child already reaped");
+        self.stop(signal, timeout).unwrap_or_else(|| {
+            panic!(
+                "{} did not exit within {timeout:?} of signal {signal}",
+                self.what
+            )
+        })
+    }
+
+    /// Sends `signal` and waits up to `timeout` for exit. Returns the status,
+    /// or `None` (the child killed) if it did not exit in time; never panics,
+    /// so teardown in `Drop` can use it.
+    pub fn stop(&mut self, signal: i32, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
         // SAFETY: plain kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = child.try_wait().expect("waiting for child") {
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
                 self.finish_draining();
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "{} did not exit within {timeout:?} of signal {signal}",
-                    self.what
-                );
+                return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
     }
 
     /// Fails if the child has exited; includes its stderr.

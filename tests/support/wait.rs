@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::{host::sh, net::Netns, process::ChildGuard};
+use super::{net::Netns, process::ChildGuard};
 
 const POLL: Duration = Duration::from_millis(20);
 
@@ -57,10 +57,6 @@ pub fn wait_for_listener(ns: &Netns, port: u16) {
     wait_until(
         &format!("a listener on port {port} in netns {}", ns.name),
         Duration::from_secs(10),
-        || {
-            !sh("ip", &["netns", "exec", &ns.name, "ss", "-Hltn", &filter])
-                .trim()
-                .is_empty()
-        },
+        || !ns.exec(&["ss", "-Hltn", &filter]).trim().is_empty(),
     );
 }

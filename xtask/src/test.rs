@@ -58,13 +58,16 @@ pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
         ],
     )?;
     let mut args = INTEGRATION.to_vec();
-    args.extend(["--", "--test-threads=1"]);
-    if let Some(filter) = filter {
-        args.push(filter);
-    }
+    args.push("--");
+    args.extend(libtest_args(filter));
     cmd("cargo", &args)?;
     eprintln!("xtask test: all passed");
     Ok(())
+}
+
+/// The test binary's own arguments: one test at a time, and the filter.
+fn libtest_args(filter: Option<&str>) -> Vec<&str> {
+    std::iter::once("--test-threads=1").chain(filter).collect()
 }
 
 /// One run of the integration suite: the tests that failed, and whether
@@ -164,10 +167,7 @@ fn build_integration() -> Result<PathBuf> {
 /// Runs the suite once, echoing its output and reading libtest's
 /// `test NAME ... ok|FAILED` lines.
 fn run_round(binary: &Path, filter: Option<&str>) -> Result<Round> {
-    let mut args = vec!["--test-threads=1"];
-    if let Some(filter) = filter {
-        args.push(filter);
-    }
+    let args = libtest_args(filter);
     let started = Instant::now();
     // cargo runs a package's tests from the package's directory.
     let mut child = Command::new(binary)

@@ -141,6 +141,13 @@ impl Kernel {
             .map_err(map_err(MAP_CLASS_STATS, "writing"))
     }
 
+    /// The endpoint rules' LPM trie, for writing.
+    fn endpoints_mut(
+        &mut self,
+    ) -> Result<LpmTrie<&mut aya::maps::MapData, EndpointMatch, EndpointRule>, KernelError> {
+        LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?).map_err(map_err(MAP_ENDPOINTS, "opening"))
+    }
+
     /// Writes an endpoint rule into the LPM trie.
     pub(super) fn insert_rule(
         &mut self,
@@ -148,9 +155,7 @@ impl Kernel {
         class_id: u32,
     ) -> Result<(), KernelError> {
         let (prefix_len, data) = rule.to_kernel();
-        let mut trie: LpmTrie<_, EndpointMatch, EndpointRule> =
-            LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?)
-                .map_err(map_err(MAP_ENDPOINTS, "opening"))?;
+        let mut trie = self.endpoints_mut()?;
         let value = EndpointRule {
             class_id,
             addr_prefix_len: u32::from(rule.prefix_len),
@@ -162,9 +167,7 @@ impl Kernel {
     /// Removes an endpoint rule from the LPM trie; an absent one is fine.
     pub(super) fn remove_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {
         let (prefix_len, data) = rule.to_kernel();
-        let mut trie: LpmTrie<_, EndpointMatch, EndpointRule> =
-            LpmTrie::try_from(self.map_mut(MAP_ENDPOINTS)?)
-                .map_err(map_err(MAP_ENDPOINTS, "opening"))?;
+        let mut trie = self.endpoints_mut()?;
         match trie.remove(&aya::maps::lpm_trie::Key::new(prefix_len, data)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(map_err(MAP_ENDPOINTS, "removing")(source)),
