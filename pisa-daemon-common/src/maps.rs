@@ -151,12 +151,56 @@ pub struct EndpointMatch {
 }
 
 /// Value of `ENDPOINTS`.
+///
+/// The layout reads the same as the earlier `{class_id: u32,
+/// addr_prefix_len: u32}` for rules without selectors (flags and rule id
+/// zero), so entries pinned by an earlier release stay valid.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EndpointRule {
+    /// The class of any client of this endpoint; 0 when only claims with
+    /// client or SQL selectors cover it (their traffic then goes unshaped
+    /// unless a selector matches).
     pub class_id: u32,
     /// The address prefix length of the rule (0..=128), so the program can
     /// compare an exact-port match against a wildcard-port match.
+    pub addr_prefix_len: u8,
+    /// `RULE_FLAG_*`.
+    pub flags: u8,
+    /// Names this rule in `CLIENTS` keys (1..); 0 when it has no client
+    /// selectors.
+    pub rule_id: u16,
+}
+
+/// `EndpointRule::flags`: claims with client selectors share this endpoint;
+/// look the client's address up in `CLIENTS` under the rule's id.
+pub const RULE_FLAG_CLIENTS: u8 = 1;
+/// `EndpointRule::flags`: a claim selects this endpoint's connections by
+/// SQL identity; hand connection starts to userspace (`SQL_EVENTS`).
+pub const RULE_FLAG_SQL: u8 = 2;
+
+/// The `CLIENTS` LPM trie matches this many bits before the client address.
+pub const CLIENT_FIXED_BITS: u32 = 64;
+/// Capacity of the client-prefix trie: (endpoint rule, client prefix) pairs.
+pub const MAX_CLIENT_RULES: u32 = 262_144;
+
+/// Data part of a `CLIENTS` LPM key: an endpoint rule's id, then the
+/// client's address (the source of a request, the destination of a
+/// response). IPv4 addresses occupy the first 4 bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientMatch {
+    pub rule_id: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// Value of `CLIENTS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientRule {
+    pub class_id: u32,
+    /// The client prefix length (0..=128), for reading the trie back.
     pub addr_prefix_len: u32,
 }
 
@@ -181,11 +225,19 @@ pub struct FlowKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowTag {
     pub class_id: u32,
-    pub _pad: u32,
+    /// `TAG_ORIGIN_*`: who tagged the connection (was padding, always 0,
+    /// in earlier releases: their tags read as proxy tags).
+    pub origin: u32,
     /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) after which the tag is ignored;
     /// 0 means it never expires.
     pub expires_ns: u64,
 }
+
+/// `FlowTag::origin`: the SQL proxy (gRPC `TagFlow`).
+pub const TAG_ORIGIN_PROXY: u32 = 0;
+/// `FlowTag::origin`: the daemon, from the connection's start message; the
+/// program reports the connection's FIN or RST so the tag is removed.
+pub const TAG_ORIGIN_SQL: u32 = 1;
 
 /// Indices of `REASON_STATS`: why a packet was not shaped.
 pub mod reason {
@@ -252,7 +304,9 @@ pub struct Summary {
     pub src_any_rules: u32,
     /// Flow tags in `FLOW_TAGS`.
     pub flow_tags: u32,
-    pub _pad: u32,
+    /// Endpoint rules with `RULE_FLAG_SQL`: the ingress program does
+    /// nothing while this is 0. (Padding, always 0, in earlier releases.)
+    pub sql_rules: u32,
 }
 
 /// Value of `REASON_STATS` (one per CPU; sum them).
@@ -260,6 +314,69 @@ pub struct Summary {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReasonStats {
     pub packets: u64,
+}
+
+/// How many payload bytes of a connection start reach userspace.
+pub const SQL_CAPTURE_BYTES: usize = 512;
+/// `SqlEvent::kind`: the first bytes of a client-to-server stream.
+pub const SQL_EVENT_START: u32 = 1;
+/// `SqlEvent::kind`: a FIN or RST on a connection the daemon tagged.
+pub const SQL_EVENT_CLOSE: u32 = 2;
+/// Size of the `SQL_EVENTS` ring buffer (a power of two, page multiple).
+pub const SQL_EVENTS_BYTES: u32 = 256 * 1024;
+/// Each CPU may hand at most this many events to userspace per window;
+/// more are counted (`sql_reason::THROTTLED`) and let through unread, so
+/// one busy CPU cannot fill the ring for the others.
+pub const SQL_BUDGET_EVENTS: u32 = 128;
+pub const SQL_BUDGET_WINDOW_NS: u64 = 10_000_000;
+
+/// A record of the `SQL_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SqlEvent {
+    /// `SQL_EVENT_START` or `SQL_EVENT_CLOSE`.
+    pub kind: u32,
+    /// The interface the packet was seen on.
+    pub ifindex: u32,
+    /// TCP payload bytes in the packet.
+    pub payload_len: u32,
+    /// How many of them are in `bytes` (at most `SQL_CAPTURE_BYTES`).
+    pub captured: u32,
+    /// The packet's direction of the connection (client to server for a start).
+    pub flow: FlowKey,
+    pub bytes: [u8; SQL_CAPTURE_BYTES],
+}
+
+/// Value of `SQL_BUDGET[0]` (one per CPU): events handed up in the window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SqlBudget {
+    pub window_start_ns: u64,
+    pub events: u32,
+    pub _pad: u32,
+}
+
+/// Indices of `SQL_STATS` (per CPU; sum them): what the kernel did with
+/// connection starts and closes.
+pub mod sql_reason {
+    /// A start message went to userspace.
+    pub const STARTS_SENT: u32 = 0;
+    /// A close of a daemon-tagged connection went to userspace.
+    pub const CLOSES_SENT: u32 = 1;
+    /// The CPU's event budget was spent; the packet passed unread.
+    pub const THROTTLED: u32 = 2;
+    /// The ring buffer was full (userspace behind); the packet passed unread.
+    pub const RING_FULL: u32 = 3;
+    /// The payload could not be copied out of the packet.
+    pub const UNREADABLE: u32 = 4;
+    pub const COUNT: u32 = 5;
+    pub const NAMES: [&str; COUNT as usize] = [
+        "starts_sent",
+        "closes_sent",
+        "throttled",
+        "ring_full",
+        "unreadable",
+    ];
 }
 
 #[cfg(feature = "user")]
@@ -279,6 +396,9 @@ mod pod {
     unsafe impl aya::Pod for FlowTag {}
     unsafe impl aya::Pod for ReasonStats {}
     unsafe impl aya::Pod for Summary {}
+    unsafe impl aya::Pod for ClientMatch {}
+    unsafe impl aya::Pod for ClientRule {}
+    unsafe impl aya::Pod for SqlBudget {}
 }
 
 // Layouts are part of the pinned-map ABI: assert them so a reordered field
@@ -301,6 +421,14 @@ const _: () = {
     assert!(offset_of!(EndpointMatch, addr) == 8);
     assert!(ENDPOINT_FIXED_BITS as usize == offset_of!(EndpointMatch, addr) * 8);
     assert!(size_of::<EndpointRule>() == 8);
+    assert!(offset_of!(EndpointRule, addr_prefix_len) == 4);
+    assert!(size_of::<ClientMatch>() == 24);
+    assert!(CLIENT_FIXED_BITS as usize == offset_of!(ClientMatch, addr) * 8);
+    assert!(size_of::<ClientRule>() == 8);
+    assert!(size_of::<SqlEvent>() == 56 + SQL_CAPTURE_BYTES);
+    assert!(size_of::<SqlEvent>() % 8 == 0);
+    assert!(size_of::<SqlBudget>() == 16);
+    assert!(sql_reason::NAMES.len() == sql_reason::COUNT as usize);
     assert!(size_of::<FlowKey>() == 40);
     assert!(offset_of!(FlowKey, src_addr) == 8);
     assert!(offset_of!(FlowKey, dst_addr) == 24);

@@ -4,6 +4,9 @@
 
 /// The egress classifier program.
 pub const PROG_EGRESS: &str = "pisa_tc_egress";
+/// The ingress observer: sees connection starts that arrive on an
+/// interface (it never shapes or drops).
+pub const PROG_INGRESS: &str = "pisa_tc_ingress";
 
 /// Per-interface, per-direction packet and byte counters (per CPU).
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";
@@ -24,9 +27,17 @@ pub const MAP_REASONS: &str = "REASON_STATS";
 
 /// Counts of rules and tags, so the program skips empty lookups.
 pub const MAP_SUMMARY: &str = "SUMMARY";
+/// Client prefixes of endpoint rules shared by claims with client selectors.
+pub const MAP_CLIENTS: &str = "CLIENTS";
+/// Ring buffer of connection starts and closes for SQL identity.
+pub const MAP_SQL_EVENTS: &str = "SQL_EVENTS";
+/// Per-CPU event budget of `SQL_EVENTS`.
+pub const MAP_SQL_BUDGET: &str = "SQL_BUDGET";
+/// Per-CPU counters of the SQL-identity path (`sql_reason`).
+pub const MAP_SQL_STATS: &str = "SQL_STATS";
 
 /// Every map the program defines, in a stable order (used for pinning and cleanup).
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 13] = [
     MAP_IFACE_STATS,
     MAP_IFACE_CONFIG,
     MAP_CLASS_CONFIG,
@@ -36,10 +47,15 @@ pub const ALL_MAPS: [&str; 9] = [
     MAP_FLOW_TAGS,
     MAP_REASONS,
     MAP_SUMMARY,
+    MAP_CLIENTS,
+    MAP_SQL_EVENTS,
+    MAP_SQL_BUDGET,
+    MAP_SQL_STATS,
 ];
 
 const _: () = {
     assert!(PROG_EGRESS.len() <= 15);
+    assert!(PROG_INGRESS.len() <= 15);
     let mut i = 0;
     while i < ALL_MAPS.len() {
         assert!(ALL_MAPS[i].len() <= 15);

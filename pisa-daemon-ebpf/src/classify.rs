@@ -1,13 +1,18 @@
-//! Classification: flow tag, then endpoint rules, then nothing (unshaped).
+//! Classification: flow tag, then endpoint rules (refined by the client's
+//! address where claims with client selectors share the endpoint), then
+//! nothing (unshaped).
 
-use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
 use pisa_daemon_common::{
-    reason, ClassConfig, EndpointMatch, FlowKey, Summary, CLASS_STATE_ACTIVE, ENDPOINT_FIXED_BITS,
-    FAMILY_V4, SIDE_DST, SIDE_SRC,
+    reason, ClassConfig, ClientMatch, EndpointMatch, FlowKey, FlowTag, Summary,
+    CLASS_STATE_ACTIVE, CLIENT_FIXED_BITS, ENDPOINT_FIXED_BITS, FAMILY_V4, PROTO_TCP,
+    RULE_FLAG_CLIENTS, RULE_FLAG_SQL, SIDE_DST, SIDE_SRC, TAG_ORIGIN_SQL,
 };
 
 use crate::{
-    maps::{CLASS_CONFIG, ENDPOINTS, FLOW_TAGS, SUMMARY},
+    identity,
+    maps::{CLASS_CONFIG, CLIENTS, ENDPOINTS, FLOW_TAGS, SUMMARY},
+    parse::Packet,
     stats::count_reason,
 };
 
@@ -17,32 +22,90 @@ pub struct Matched {
     pub config: ClassConfig,
 }
 
-/// Tags first (the SQL proxy knows better than addresses), then rules.
+/// `None` means unshaped; the caller counts it as unmatched.
+/// Tags first (the SQL proxy, or the connection's own start message, knows
+/// better than addresses), then rules. Also where the SQL-identity path
+/// looks at a packet: a start on an endpoint selected by SQL identity, or
+/// the end of a connection the daemon tagged.
 #[inline(always)]
-pub fn classify(flow: &FlowKey) -> Option<Matched> {
+pub fn classify(ctx: &TcContext, packet: &Packet) -> Option<Matched> {
     // Array lookups are inlined by the verifier: this read is nearly free
     // and saves up to one hash and four LPM lookups per packet.
     let summary = match SUMMARY.get(0) {
         Some(summary) => *summary,
         None => return None,
     };
+    let flow = &packet.flow;
     if summary.flow_tags != 0 {
-        if let Some(class) = tagged_class(flow) {
-            return active(class);
+        if let Some(tag) = live_tag(flow) {
+            if tag.origin == TAG_ORIGIN_SQL {
+                identity::watch_close(ctx, packet);
+            }
+            return active(tag.class_id);
         }
     }
-    let class_id = endpoint_class(flow, &summary)?;
+    let rule = endpoint_rule(flow, &summary, true);
+    if rule.rank == 0 {
+        return None;
+    }
+    if rule.flags & u32::from(RULE_FLAG_SQL) != 0
+        && rule.side == u32::from(SIDE_DST)
+        && flow.protocol == PROTO_TCP
+    {
+        identity::inspect_start(ctx, packet);
+    }
+    let mut class_id = rule.class_id;
+    if rule.flags & u32::from(RULE_FLAG_CLIENTS) != 0 {
+        let client = if rule.side == u32::from(SIDE_DST) {
+            &flow.src_addr
+        } else {
+            &flow.dst_addr
+        };
+        if let Some(selected) = client_class(rule.rule_id, flow.family, client) {
+            class_id = selected;
+        }
+    }
+    if class_id == 0 {
+        // Only selector claims cover this endpoint and none selected it.
+        return None;
+    }
     active(class_id)
 }
 
-/// The class of a live flow tag, if any.
+/// The ingress hook's part: no shaping, only what the SQL-identity path
+/// must see of requests that arrive here (their start, and the end of
+/// connections the daemon tagged). Free when no claim selects by SQL.
 #[inline(always)]
-fn tagged_class(flow: &FlowKey) -> Option<u32> {
+pub fn observe(ctx: &TcContext, packet: &Packet) {
+    let summary = match SUMMARY.get(0) {
+        Some(summary) => *summary,
+        None => return,
+    };
+    if summary.sql_rules == 0 || packet.flow.protocol != PROTO_TCP {
+        return;
+    }
+    if summary.flow_tags != 0 {
+        if let Some(tag) = live_tag(&packet.flow) {
+            if tag.origin == TAG_ORIGIN_SQL {
+                identity::watch_close(ctx, packet);
+            }
+            return;
+        }
+    }
+    let rule = endpoint_rule(&packet.flow, &summary, false);
+    if rule.rank != 0 && rule.flags & u32::from(RULE_FLAG_SQL) != 0 {
+        identity::inspect_start(ctx, packet);
+    }
+}
+
+/// The live flow tag of a connection direction, if any.
+#[inline(always)]
+fn live_tag(flow: &FlowKey) -> Option<FlowTag> {
     if let Some(tag) = FLOW_TAGS.get_ptr(flow) {
         // SAFETY: a valid map value pointer; copied out at once.
         let tag = unsafe { *tag };
         if tag.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < tag.expires_ns {
-            return Some(tag.class_id);
+            return Some(tag);
         }
         count_reason(reason::TAG_EXPIRED);
     }
@@ -61,6 +124,21 @@ fn active(class_id: u32) -> Option<Matched> {
     Some(Matched { class_id, config })
 }
 
+/// The class the longest client prefix of rule `rule_id` gives `client`.
+#[inline(always)]
+fn client_class(rule_id: u32, family: u8, client: &[u8; 16]) -> Option<u32> {
+    let addr_bits: u32 = if family == FAMILY_V4 { 32 } else { 128 };
+    let key = Key::new(
+        CLIENT_FIXED_BITS + addr_bits,
+        ClientMatch {
+            rule_id,
+            _pad: 0,
+            addr: *client,
+        },
+    );
+    CLIENTS.get(&key).map(|rule| rule.class_id)
+}
+
 /// A candidate rule match. Plain integers with `rank == 0` meaning "none"
 /// rather than `Option<Candidate>`: LLVM may leave an Option's payload
 /// undefined, and the verifier rejects reads of uninitialised registers.
@@ -70,11 +148,19 @@ struct Candidate {
     /// `addr_prefix_len * 2 + exact_port + 1`; 0 when nothing matched. So
     /// /32:any beats /24:3306, and /24:3306 beats /24:any.
     rank: u32,
+    /// `RULE_FLAG_*` of the rule.
+    flags: u32,
+    rule_id: u32,
+    /// `SIDE_DST` or `SIDE_SRC`.
+    side: u32,
 }
 
 const NO_MATCH: Candidate = Candidate {
     class_id: 0,
     rank: 0,
+    flags: 0,
+    rule_id: 0,
+    side: 0,
 };
 
 #[inline(always)]
@@ -86,8 +172,10 @@ fn better(a: Candidate, b: Candidate) -> Candidate {
     }
 }
 
+/// The best endpoint rule for the packet; `both_sides` false looks at the
+/// destination (request) side only.
 #[inline(always)]
-fn endpoint_class(flow: &FlowKey, summary: &Summary) -> Option<u32> {
+fn endpoint_rule(flow: &FlowKey, summary: &Summary, both_sides: bool) -> Candidate {
     // Requests to the database match its address as destination; responses
     // from it match as source. On a tie the destination (request) wins.
     let dst = side_match(
@@ -98,6 +186,9 @@ fn endpoint_class(flow: &FlowKey, summary: &Summary) -> Option<u32> {
         summary.dst_port_rules != 0,
         summary.dst_any_rules != 0,
     );
+    if !both_sides {
+        return dst;
+    }
     let src = side_match(
         flow,
         SIDE_SRC,
@@ -106,12 +197,7 @@ fn endpoint_class(flow: &FlowKey, summary: &Summary) -> Option<u32> {
         summary.src_port_rules != 0,
         summary.src_any_rules != 0,
     );
-    let best = better(dst, src);
-    if best.rank == 0 {
-        None
-    } else {
-        Some(best.class_id)
-    }
+    better(dst, src)
 }
 
 #[inline(always)]
@@ -143,7 +229,10 @@ fn side_match(
         match ENDPOINTS.get(&key) {
             Some(rule) => Candidate {
                 class_id: rule.class_id,
-                rank: rule.addr_prefix_len * 2 + 2,
+                rank: u32::from(rule.addr_prefix_len) * 2 + 2,
+                flags: u32::from(rule.flags),
+                rule_id: u32::from(rule.rule_id),
+                side: u32::from(side),
             },
             None => NO_MATCH,
         }
@@ -157,7 +246,10 @@ fn side_match(
     let any = match ENDPOINTS.get(&key) {
         Some(rule) => Candidate {
             class_id: rule.class_id,
-            rank: rule.addr_prefix_len * 2 + 1,
+            rank: u32::from(rule.addr_prefix_len) * 2 + 1,
+            flags: u32::from(rule.flags),
+            rule_id: u32::from(rule.rule_id),
+            side: u32::from(side),
         },
         None => NO_MATCH,
     };

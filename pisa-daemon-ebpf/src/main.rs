@@ -18,6 +18,9 @@
 //!    qdisc the agent built enqueues it in the class), EDT (stamp a departure
 //!    time for sch_fq) or police (drop above rate + burst) — see `shape`.
 //!
+//! A second program, `pisa_tc_ingress`, observes the ingress of the same
+//! interfaces for SQL identity only (see `identity`).
+//!
 //! It never blocks traffic it does not understand: any parse failure passes
 //! the packet (fail open) and bumps a reason counter (`REASON_STATS`).
 #![no_std]
@@ -27,13 +30,14 @@
 #![feature(core_intrinsics)]
 
 mod classify;
+mod identity;
 mod maps;
 mod parse;
 mod shape;
 mod stats;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use pisa_daemon_common::{reason, DIRECTION_EGRESS};
+use pisa_daemon_common::{reason, DIRECTION_EGRESS, DIRECTION_INGRESS};
 
 #[classifier]
 pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
@@ -47,18 +51,32 @@ pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let iface_flags = stats::count_iface(ctx, DIRECTION_EGRESS);
-    let flow = match parse::parse(ctx, iface_flags) {
-        Ok(flow) => flow,
+    let packet = match parse::parse(ctx, iface_flags) {
+        Ok(packet) => packet,
         Err(why) => {
             stats::count_reason(why);
             return Err(TC_ACT_OK);
         }
     };
-    let Some(matched) = classify::classify(&flow) else {
+    let Some(matched) = classify::classify(ctx, &packet) else {
         stats::count_reason(reason::UNMATCHED);
         return Ok(TC_ACT_OK);
     };
     Ok(shape::shape(ctx, &matched))
+}
+
+/// Sees what arrives on an interface, for SQL identity only: a connection
+/// start reaches a node through the ingress of the interface facing the
+/// client, and where that node has no egress toward the database (it only
+/// shapes the responses) this is the one hook that sees it. Never shapes,
+/// never drops; parse failures are counted at egress, not twice here.
+#[classifier]
+pub fn pisa_tc_ingress(ctx: TcContext) -> i32 {
+    let iface_flags = stats::count_iface(&ctx, DIRECTION_INGRESS);
+    if let Ok(packet) = parse::parse(&ctx, iface_flags) {
+        classify::observe(&ctx, &packet);
+    }
+    TC_ACT_OK
 }
 
 #[cfg(not(test))]

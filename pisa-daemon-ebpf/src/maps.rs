@@ -2,13 +2,14 @@
 //! knows their key and value types and bpftool prints field names.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use pisa_daemon_common::{
-    reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, FlowKey, FlowTag,
-    IfaceConfig, IfaceKey, IfaceStats, ReasonStats, Summary, MAX_CLASSES, MAX_ENDPOINT_RULES,
-    MAX_FLOW_TAGS, MAX_IFACES,
+    reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule,
+    EndpointMatch, EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats,
+    ReasonStats, SqlBudget, SqlEvent, Summary, MAX_CLASSES, MAX_CLIENT_RULES,
+    MAX_ENDPOINT_RULES, MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
 };
 
 #[btf_map]
@@ -39,3 +40,17 @@ pub static REASON_STATS: PerCpuArray<ReasonStats, { reason::COUNT as usize }> = 
 
 #[btf_map]
 pub static SUMMARY: Array<Summary, 1> = Array::new();
+
+#[btf_map]
+pub static CLIENTS: LpmTrie<ClientMatch, ClientRule, { MAX_CLIENT_RULES as usize }> =
+    LpmTrie::new();
+
+#[btf_map]
+pub static SQL_EVENTS: RingBuf<SqlEvent, { SQL_EVENTS_BYTES as usize }> = RingBuf::new();
+
+#[btf_map]
+pub static SQL_BUDGET: PerCpuArray<SqlBudget, 1> = PerCpuArray::new();
+
+#[btf_map]
+pub static SQL_STATS: PerCpuArray<ReasonStats, { sql_reason::COUNT as usize }> =
+    PerCpuArray::new();

@@ -63,10 +63,17 @@ fn load<T>(ctx: &TcContext, offset: usize) -> Result<T, u32> {
     ctx.load::<T>(offset).map_err(|_| reason::TRUNCATED)
 }
 
+/// A parsed packet: its 5-tuple and where its L4 header starts (for the
+/// TCP flags and payload the SQL-identity path reads).
+pub struct Packet {
+    pub flow: FlowKey,
+    pub l4_offset: usize,
+}
+
 /// Parses a packet into the 5-tuple used for classification. `Err` holds the
 /// `reason::*` counter to bump; the caller lets the packet pass either way.
 #[inline(always)]
-pub fn parse(ctx: &TcContext, iface_flags: u32) -> Result<FlowKey, u32> {
+pub fn parse(ctx: &TcContext, iface_flags: u32) -> Result<Packet, u32> {
     let l3_device = iface_flags & IFACE_FLAG_L3 != 0;
 
     if !l3_device {
@@ -101,7 +108,7 @@ pub fn parse(ctx: &TcContext, iface_flags: u32) -> Result<FlowKey, u32> {
 /// without extension headers, then TCP/UDP. Anything else (or headers
 /// outside the linear area) returns `None` and takes the general path.
 #[inline(always)]
-fn fast_path(ctx: &TcContext) -> Option<FlowKey> {
+fn fast_path(ctx: &TcContext) -> Option<Packet> {
     const V4_END: usize = ETH_HLEN + 20 + 4;
     const V6_END: usize = ETH_HLEN + 40 + 4;
     let start = ctx.data();
@@ -132,7 +139,10 @@ fn fast_path(ctx: &TcContext) -> Option<FlowKey> {
             };
             flow.src_addr[..4].copy_from_slice(&ip.src);
             flow.dst_addr[..4].copy_from_slice(&ip.dst);
-            Some(flow)
+            Some(Packet {
+                flow,
+                l4_offset: ETH_HLEN + 20,
+            })
         }
         ETH_P_IPV6 => {
             if start + V6_END > end {
@@ -146,14 +156,17 @@ fn fast_path(ctx: &TcContext) -> Option<FlowKey> {
             }
             let ports =
                 unsafe { core::ptr::read_unaligned((start + ETH_HLEN + 40) as *const [u16; 2]) };
-            Some(FlowKey {
-                family: FAMILY_V6,
-                protocol: ip.next_header,
-                src_port_be: ports[0],
-                dst_port_be: ports[1],
-                src_addr: ip.src,
-                dst_addr: ip.dst,
-                ..FlowKey::default()
+            Some(Packet {
+                flow: FlowKey {
+                    family: FAMILY_V6,
+                    protocol: ip.next_header,
+                    src_port_be: ports[0],
+                    dst_port_be: ports[1],
+                    src_addr: ip.src,
+                    dst_addr: ip.dst,
+                    ..FlowKey::default()
+                },
+                l4_offset: ETH_HLEN + 40,
             })
         }
         _ => None,
@@ -178,7 +191,7 @@ fn ethernet(ctx: &TcContext) -> Result<(u16, usize), u32> {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &TcContext, offset: usize) -> Result<FlowKey, u32> {
+fn ipv4(ctx: &TcContext, offset: usize) -> Result<Packet, u32> {
     let ip: Ipv4Header = load(ctx, offset)?;
     let ihl = usize::from(ip.version_ihl & 0x0F) * 4;
     if ip.version_ihl >> 4 != 4 || ihl < 20 {
@@ -199,7 +212,7 @@ fn ipv4(ctx: &TcContext, offset: usize) -> Result<FlowKey, u32> {
 }
 
 #[inline(always)]
-fn ipv6(ctx: &TcContext, offset: usize) -> Result<FlowKey, u32> {
+fn ipv6(ctx: &TcContext, offset: usize) -> Result<Packet, u32> {
     let ip: Ipv6Header = load(ctx, offset)?;
     if ip.version_class_flow[0] >> 4 != 6 {
         return Err(reason::BAD_IP_HEADER);
@@ -250,7 +263,7 @@ fn ipv6(ctx: &TcContext, offset: usize) -> Result<FlowKey, u32> {
 }
 
 #[inline(always)]
-fn ports(ctx: &TcContext, offset: usize, mut flow: FlowKey) -> Result<FlowKey, u32> {
+fn ports(ctx: &TcContext, offset: usize, mut flow: FlowKey) -> Result<Packet, u32> {
     if flow.protocol != PROTO_TCP && flow.protocol != PROTO_UDP {
         return Err(reason::OTHER_L4);
     }
@@ -258,5 +271,8 @@ fn ports(ctx: &TcContext, offset: usize, mut flow: FlowKey) -> Result<FlowKey, u
     let ports: [u16; 2] = load(ctx, offset)?;
     flow.src_port_be = ports[0];
     flow.dst_port_be = ports[1];
-    Ok(flow)
+    Ok(Packet {
+        flow,
+        l4_offset: offset,
+    })
 }

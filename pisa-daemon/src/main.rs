@@ -113,6 +113,7 @@ fn dispatch(command: Command) -> Result<bool> {
             let limits = Limits {
                 max_classes,
                 edt_available: features::probe().sch_fq,
+                pod_selectors: false,
             };
             let (errors, valid) = file::check(&path, limits)?;
             for error in &errors {

@@ -182,6 +182,184 @@ impl RuleMatch {
     }
 }
 
+/// Where an endpoint rule sends a packet in the kernel (`EndpointRule`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleTarget {
+    /// The class of any client; 0 when only selector claims cover the
+    /// endpoint and nothing less specific does either.
+    pub class_id: u32,
+    /// Claims with client selectors share the rule: `CLIENTS` entries under
+    /// `rule_id` refine the class by the client's address.
+    pub clients: bool,
+    /// A claim selects the rule's connections by SQL identity.
+    pub sql: bool,
+    /// 1.. when `clients`; else 0.
+    pub rule_id: u16,
+}
+
+impl RuleTarget {
+    /// A rule with neither selector: the class of every client.
+    pub fn class(class_id: u32) -> Self {
+        Self {
+            class_id,
+            ..Self::default()
+        }
+    }
+
+    pub fn to_kernel(&self, prefix_len: u8) -> pisa_daemon_common::EndpointRule {
+        let mut flags = 0;
+        if self.clients {
+            flags |= pisa_daemon_common::RULE_FLAG_CLIENTS;
+        }
+        if self.sql {
+            flags |= pisa_daemon_common::RULE_FLAG_SQL;
+        }
+        pisa_daemon_common::EndpointRule {
+            class_id: self.class_id,
+            addr_prefix_len: prefix_len,
+            flags,
+            rule_id: self.rule_id,
+        }
+    }
+
+    pub fn from_kernel(raw: &pisa_daemon_common::EndpointRule) -> Self {
+        Self {
+            class_id: raw.class_id,
+            clients: raw.flags & pisa_daemon_common::RULE_FLAG_CLIENTS != 0,
+            sql: raw.flags & pisa_daemon_common::RULE_FLAG_SQL != 0,
+            rule_id: raw.rule_id,
+        }
+    }
+}
+
+/// A network: address with host bits zero, and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Prefix {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Prefix {
+    /// Whether `addr` is inside this network (same family only).
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        match (self.addr, addr) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether every address of `other` is inside this network.
+    pub fn covers(&self, other: &Prefix) -> bool {
+        self.len <= other.len && self.contains(other.addr)
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// One client prefix of an endpoint rule: a `CLIENTS` trie entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientPrefix {
+    pub rule_id: u16,
+    pub client: Prefix,
+}
+
+impl ClientPrefix {
+    /// The LPM key; `prefix_len` counts the fixed bits too.
+    pub fn to_kernel(&self) -> (u32, pisa_daemon_common::ClientMatch) {
+        let mut data = pisa_daemon_common::ClientMatch {
+            rule_id: u32::from(self.rule_id),
+            ..Default::default()
+        };
+        match self.client.addr {
+            IpAddr::V4(v4) => data.addr[..4].copy_from_slice(&v4.octets()),
+            IpAddr::V6(v6) => data.addr = v6.octets(),
+        }
+        (
+            pisa_daemon_common::CLIENT_FIXED_BITS + u32::from(self.client.len),
+            data,
+        )
+    }
+
+    /// The entry read back; `v4` says which family the rule has (the key
+    /// does not carry it).
+    pub fn from_kernel(
+        prefix_len: u32,
+        data: &pisa_daemon_common::ClientMatch,
+        v4: bool,
+    ) -> Option<Self> {
+        let len = u8::try_from(prefix_len.checked_sub(pisa_daemon_common::CLIENT_FIXED_BITS)?)
+            .ok()?;
+        let addr = if v4 {
+            let mut octets = [0u8; 4];
+            octets.copy_from_slice(&data.addr[..4]);
+            IpAddr::from(octets)
+        } else {
+            IpAddr::from(data.addr)
+        };
+        Some(Self {
+            rule_id: u16::try_from(data.rule_id).ok()?,
+            client: Prefix { addr, len },
+        })
+    }
+}
+
+/// Connections chosen by the identity a client states when it connects;
+/// each list is OR (empty: any), the fields are AND.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SqlMatch {
+    pub users: Vec<String>,
+    pub databases: Vec<String>,
+    pub applications: Vec<String>,
+}
+
+/// Who a connection says it is, from its start message.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SqlIdentity {
+    pub user: Option<String>,
+    pub database: Option<String>,
+    /// PostgreSQL's `application_name`, MySQL's `program_name` attribute.
+    pub application: Option<String>,
+}
+
+impl SqlMatch {
+    pub fn matches(&self, who: &SqlIdentity) -> bool {
+        fn one_of(list: &[String], value: &Option<String>) -> bool {
+            list.is_empty() || value.as_ref().is_some_and(|v| list.iter().any(|l| l == v))
+        }
+        one_of(&self.users, &who.user)
+            && one_of(&self.databases, &who.database)
+            && one_of(&self.applications, &who.application)
+    }
+
+    /// `users [reporter], databases [analytics]`, for status and errors.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        for (name, list) in [
+            ("users", &self.users),
+            ("databases", &self.databases),
+            ("applications", &self.applications),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{name} [{}]", list.join(", ")));
+            }
+        }
+        parts.join(", ")
+    }
+}
+
 /// Burst when a claim gives none: 10 ms at the rate, and never less than
 /// one 64 KiB GSO super-packet, so HTB does not stall on segmentation
 /// offload sized skbs.

@@ -81,6 +81,9 @@ impl Flow {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tag {
     pub class_id: u32,
+    /// `TAG_ORIGIN_PROXY` (gRPC TagFlow) or `TAG_ORIGIN_SQL` (the daemon,
+    /// from the connection's start).
+    pub origin: u32,
     /// CLOCK_MONOTONIC nanoseconds, the program's clock.
     pub expires_ns: u64,
 }
@@ -157,7 +160,7 @@ impl TagTable {
         }
         let value = FlowTag {
             class_id: tag.class_id,
-            _pad: 0,
+            origin: tag.origin,
             expires_ns: tag.expires_ns,
         };
         let entries = flow.keys().map(|key| (key, value));
@@ -260,6 +263,7 @@ mod tests {
         let f = flow("10.0.0.1:40000", "10.0.0.2:3306");
         let tag = Tag {
             class_id: 7,
+            origin: 0,
             expires_ns: 100,
         };
         table.tag(&mut dp, &f, tag, 0).unwrap();
@@ -290,10 +294,12 @@ mod tests {
         let mut table = TagTable::new(2);
         let live = Tag {
             class_id: 1,
+            origin: 0,
             expires_ns: 1_000,
         };
         let soon = Tag {
             class_id: 1,
+            origin: 0,
             expires_ns: 10,
         };
         table
@@ -328,6 +334,7 @@ mod tests {
         let mut table = TagTable::new(10);
         let tag = Tag {
             class_id: 1,
+            origin: 0,
             expires_ns: 0,
         };
         table
@@ -353,6 +360,7 @@ mod tests {
                     &flow(&format!("10.0.0.1:{port}"), "10.0.0.2:9"),
                     Tag {
                         class_id,
+                        origin: 0,
                         expires_ns,
                     },
                     0,

@@ -228,6 +228,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         let now_ns = monotonic_ns().map_err(convert::tag_error)?;
         let tag = Tag {
             class_id,
+            origin: pisa_daemon_common::TAG_ORIGIN_PROXY,
             expires_ns: now_ns + ttl.as_nanos() as u64,
         };
         agent
@@ -272,13 +273,9 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
             .iter()
             .map(|(id, planned)| {
                 let claim = agent.effective.get(&planned.claim);
-                let endpoints = agent
-                    .plan
-                    .rules
-                    .iter()
-                    .filter(|(_, class)| *class == id)
-                    .map(|(rule, _)| convert::rule_text(rule))
-                    .collect();
+                let endpoints = claim
+                    .map(|c| c.rules.iter().map(convert::rule_text).collect())
+                    .unwrap_or_default();
                 pb::ClassInfo {
                     class_id: *id,
                     claim: Some(convert::claim_ref(&planned.claim)),

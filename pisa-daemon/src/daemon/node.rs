@@ -154,6 +154,7 @@ fn open_agent(config: &NodeConfig) -> Result<SharedAgent<Kernel>, NodeError> {
     let limits = Limits {
         max_classes: config.max_classes,
         edt_available: features.sch_fq,
+        pod_selectors: config.kube.is_some(),
     };
     // Interfaces that went away while no daemon ran (deleted Pods) would
     // otherwise leave their link pins behind for good.

@@ -10,6 +10,7 @@ use super::{
     maps::to_config, Attachment, ClassSpec, Dataplane, Features, Kernel, KernelError, RuleMatch,
     ShapingMode,
 };
+use crate::model::{ClientPrefix, RuleTarget};
 
 impl Dataplane for Kernel {
     fn features(&self) -> Features {
@@ -103,29 +104,65 @@ impl Dataplane for Kernel {
         Ok(())
     }
 
-    fn rules(&self) -> &BTreeMap<RuleMatch, u32> {
+    fn rules(&self) -> &BTreeMap<RuleMatch, RuleTarget> {
         &self.rules
     }
 
-    fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError> {
-        if !self.rules.contains_key(rule) {
-            // Count first: the program must never skip a side that has rules.
+    fn put_rule(&mut self, rule: &RuleMatch, target: &RuleTarget) -> Result<(), KernelError> {
+        let before = self.rules.get(rule).copied();
+        // Count first: the program must never skip a side (or the ingress
+        // observer a SQL rule) that exists.
+        let new_rule = before.is_none();
+        let new_sql = target.sql && !before.is_some_and(|b| b.sql);
+        if new_rule {
             *self.summary_slot(rule) += 1;
+        }
+        if new_sql {
+            self.summary.sql_rules += 1;
+        }
+        if new_rule || new_sql {
             self.write_summary()?;
         }
-        self.insert_rule(rule, class_id)?;
-        self.rules.insert(*rule, class_id);
+        self.insert_rule(rule, target)?;
+        self.rules.insert(*rule, *target);
+        if before.is_some_and(|b| b.sql) && !target.sql {
+            self.summary.sql_rules = self.summary.sql_rules.saturating_sub(1);
+            self.write_summary()?;
+        }
         Ok(())
     }
 
     fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {
         self.remove_rule(rule)?;
-        if self.rules.remove(rule).is_some() {
+        if let Some(target) = self.rules.remove(rule) {
             let slot = self.summary_slot(rule);
             *slot = slot.saturating_sub(1);
+            if target.sql {
+                self.summary.sql_rules = self.summary.sql_rules.saturating_sub(1);
+            }
             self.write_summary()?;
         }
         Ok(())
+    }
+
+    fn clients(&self) -> &BTreeMap<ClientPrefix, u32> {
+        &self.clients
+    }
+
+    fn put_client(&mut self, client: &ClientPrefix, class_id: u32) -> Result<(), KernelError> {
+        self.insert_client(client, class_id)?;
+        self.clients.insert(*client, class_id);
+        Ok(())
+    }
+
+    fn delete_client(&mut self, client: &ClientPrefix) -> Result<(), KernelError> {
+        self.remove_client(client)?;
+        self.clients.remove(client);
+        Ok(())
+    }
+
+    fn sql_stats(&self) -> Result<Vec<u64>, KernelError> {
+        self.read_sql_stats()
     }
 
     fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError> {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
 
 use super::{Attachment, KernelError};
-use crate::model::{ClassSpec, RuleMatch};
+use crate::model::{ClassSpec, ClientPrefix, RuleMatch, RuleTarget};
 
 /// Kernel features that decide what can be enforced where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -38,10 +38,16 @@ pub trait Dataplane {
     /// leaf class on every attached interface).
     fn put_class(&mut self, class: &ClassSpec) -> Result<(), KernelError>;
     fn delete_class(&mut self, class_id: u32) -> Result<(), KernelError>;
-    /// Endpoint rules: match -> class id.
-    fn rules(&self) -> &BTreeMap<RuleMatch, u32>;
-    fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError>;
+    /// Endpoint rules: match -> class and selector flags.
+    fn rules(&self) -> &BTreeMap<RuleMatch, RuleTarget>;
+    fn put_rule(&mut self, rule: &RuleMatch, target: &RuleTarget) -> Result<(), KernelError>;
     fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError>;
+    /// Client prefixes of rules shared by claims with client selectors.
+    fn clients(&self) -> &BTreeMap<ClientPrefix, u32>;
+    fn put_client(&mut self, client: &ClientPrefix, class_id: u32) -> Result<(), KernelError>;
+    fn delete_client(&mut self, client: &ClientPrefix) -> Result<(), KernelError>;
+    /// Summed per-CPU SQL-identity counters, indexed by `sql_reason::*`.
+    fn sql_stats(&self) -> Result<Vec<u64>, KernelError>;
     /// Summed per-CPU counters of active classes.
     fn class_stats(&self) -> Result<BTreeMap<u32, ClassStats>, KernelError>;
     /// Summed per-CPU reason counters, indexed by `reason::*`.

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
 
 use super::{Attachment, Dataplane, Features, KernelError};
-use crate::model::{ClassSpec, RuleMatch};
+use crate::model::{ClassSpec, ClientPrefix, RuleMatch, RuleTarget};
 
 /// An in-memory `Dataplane` for reconciler tests: it records every call so
 /// tests can assert exactly which operations a change caused.
@@ -14,7 +14,8 @@ pub struct FakeDataplane {
     pub features: Features,
     pub ifaces: BTreeSet<String>,
     pub classes: BTreeMap<u32, ClassSpec>,
-    pub rules: BTreeMap<RuleMatch, u32>,
+    pub rules: BTreeMap<RuleMatch, RuleTarget>,
+    pub clients: BTreeMap<ClientPrefix, u32>,
     pub stats: BTreeMap<u32, ClassStats>,
     /// Every mutating call, in order, e.g. `put_class 7`.
     pub log: Vec<String>,
@@ -89,18 +90,44 @@ impl Dataplane for FakeDataplane {
         Ok(())
     }
 
-    fn rules(&self) -> &BTreeMap<RuleMatch, u32> {
+    fn rules(&self) -> &BTreeMap<RuleMatch, RuleTarget> {
         &self.rules
     }
 
-    fn put_rule(&mut self, rule: &RuleMatch, class_id: u32) -> Result<(), KernelError> {
+    fn put_rule(&mut self, rule: &RuleMatch, target: &RuleTarget) -> Result<(), KernelError> {
         self.maybe_fail()?;
         self.log.push(format!(
-            "put_rule {:?} {}/{} {:?}:{} -> {class_id}",
-            rule.side, rule.addr, rule.prefix_len, rule.protocol, rule.port
+            "put_rule {:?} {}/{} {:?}:{} -> {}",
+            rule.side, rule.addr, rule.prefix_len, rule.protocol, rule.port, target.class_id
         ));
-        self.rules.insert(*rule, class_id);
+        self.rules.insert(*rule, *target);
         Ok(())
+    }
+
+    fn clients(&self) -> &BTreeMap<ClientPrefix, u32> {
+        &self.clients
+    }
+
+    fn put_client(&mut self, client: &ClientPrefix, class_id: u32) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log.push(format!(
+            "put_client {} {} -> {class_id}",
+            client.rule_id, client.client
+        ));
+        self.clients.insert(*client, class_id);
+        Ok(())
+    }
+
+    fn delete_client(&mut self, client: &ClientPrefix) -> Result<(), KernelError> {
+        self.maybe_fail()?;
+        self.log
+            .push(format!("delete_client {} {}", client.rule_id, client.client));
+        self.clients.remove(client);
+        Ok(())
+    }
+
+    fn sql_stats(&self) -> Result<Vec<u64>, KernelError> {
+        Ok(vec![0; pisa_daemon_common::sql_reason::COUNT as usize])
     }
 
     fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {

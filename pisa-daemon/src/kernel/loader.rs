@@ -40,7 +40,8 @@ pub struct Kernel {
     /// The HTB link class rate (bytes/s) on every interface.
     pub(super) link_rate_bytes: u64,
     pub(super) classes: BTreeMap<u32, ClassSpec>,
-    pub(super) rules: BTreeMap<RuleMatch, u32>,
+    pub(super) rules: BTreeMap<RuleMatch, crate::model::RuleTarget>,
+    pub(super) clients: BTreeMap<crate::model::ClientPrefix, u32>,
     pub(super) ifaces: BTreeSet<String>,
     pub(super) netlink: Option<RtNetlink>,
     /// Interfaces whose HTB root is known to be in place, by ifindex.
@@ -103,6 +104,7 @@ impl Kernel {
             link_rate_bytes: DEFAULT_LINK_RATE_BYTES,
             classes: BTreeMap::new(),
             rules: BTreeMap::new(),
+            clients: BTreeMap::new(),
             ifaces: BTreeSet::new(),
             netlink: None,
             htb_roots: BTreeMap::new(),

@@ -14,6 +14,7 @@ use pisa_daemon_common::{
 use tracing::info;
 
 use super::{htb, iface, ClassSpec, Kernel, KernelError, RuleMatch};
+use crate::model::RuleTarget;
 
 pub(super) fn map_err(
     map: &'static str,
@@ -65,7 +66,7 @@ impl Kernel {
                 .get(&key, 0)
                 .map_err(map_err(MAP_ENDPOINTS, "reading"))?;
             if let Some(rule) = RuleMatch::from_kernel(key.prefix_len(), &key.data()) {
-                rules.insert(rule, value.class_id);
+                rules.insert(rule, RuleTarget::from_kernel(&value));
             }
         }
         let ifaces: BTreeSet<String> = self.layout.pinned_egress_links()?.into_iter().collect();
@@ -83,9 +84,11 @@ impl Kernel {
             flow_tags: tags,
             ..Default::default()
         };
-        for rule in rules.keys() {
+        for (rule, target) in &rules {
             *self.summary_slot(rule) += 1;
+            self.summary.sql_rules += u32::from(target.sql);
         }
+        self.clients = self.read_client_prefixes(&rules)?;
         self.rules = rules;
         self.ifaces = ifaces;
         self.write_summary()
@@ -152,14 +155,11 @@ impl Kernel {
     pub(super) fn insert_rule(
         &mut self,
         rule: &RuleMatch,
-        class_id: u32,
+        target: &RuleTarget,
     ) -> Result<(), KernelError> {
         let (prefix_len, data) = rule.to_kernel();
         let mut trie = self.endpoints_mut()?;
-        let value = EndpointRule {
-            class_id,
-            addr_prefix_len: u32::from(rule.prefix_len),
-        };
+        let value = target.to_kernel(rule.prefix_len);
         trie.insert(&aya::maps::lpm_trie::Key::new(prefix_len, data), value, 0)
             .map_err(map_err(MAP_ENDPOINTS, "inserting"))
     }

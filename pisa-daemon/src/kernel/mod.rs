@@ -5,6 +5,7 @@ mod apply;
 mod attach;
 pub mod bpffs;
 pub mod caps;
+mod clients;
 mod dataplane;
 mod error;
 #[cfg(test)]
@@ -18,6 +19,7 @@ mod netlink;
 pub mod pinned;
 mod qdisc;
 pub mod route;
+pub mod sql_events;
 mod tags;
 
 pub use attach::{AttachMode, Attachment};
@@ -26,7 +28,9 @@ pub use dataplane::{Dataplane, Features};
 #[cfg(test)]
 pub use fake::FakeDataplane;
 // The shared vocabulary, re-exported where kernel code and its tests expect it.
-pub use crate::model::{default_burst, ClassSpec, Protocol, RuleMatch, ShapingMode, Side};
+pub use crate::model::{
+    default_burst, ClassSpec, ClientPrefix, Protocol, RuleMatch, RuleTarget, ShapingMode, Side,
+};
 pub use error::KernelError;
 pub use loader::{Kernel, DEFAULT_LINK_RATE_BYTES};
 

@@ -1,13 +1,19 @@
 //! Desired claims -> kernel plan (classes with stable ids, endpoint
-//! rules). Pure: no I/O, table-tested.
+//! rules, client prefixes, SQL routes). Pure: no I/O, table-tested.
+//!
+//! Precedence, most specific first: a proxy's flow tag, then SQL identity
+//! (a tag the daemon writes from the connection's start), then a client
+//! selector (the longest client prefix), then the endpoint alone (the
+//! longest endpoint prefix, exact port before any port). Ties between
+//! claims of one kind go to the first in `namespace/name` order.
 
 use std::collections::BTreeMap;
 
 use pisa_daemon_common::MAX_CLASSES;
 
 use crate::{
-    model::{default_burst, ClassSpec, RuleMatch},
-    spec::{ClaimKey, ValidClaim},
+    model::{default_burst, ClassSpec, ClientPrefix, Prefix, RuleMatch, RuleTarget, SqlMatch},
+    spec::{ClaimKey, Direction, ValidClaim},
 };
 
 /// EDT drop horizon: packets that would wait longer than this are dropped
@@ -23,9 +29,55 @@ pub struct PlannedClass {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub classes: BTreeMap<u32, PlannedClass>,
-    pub rules: BTreeMap<RuleMatch, u32>,
+    pub rules: BTreeMap<RuleMatch, RuleTarget>,
+    pub clients: BTreeMap<ClientPrefix, u32>,
+    /// Claims that select by SQL identity, in `namespace/name` order (the
+    /// first that matches a connection wins).
+    pub sql: Vec<SqlRoute>,
     pub ids: BTreeMap<ClaimKey, u32>,
+    /// Client prefixes each claim put in force on this node.
+    pub client_counts: BTreeMap<ClaimKey, usize>,
 }
+
+/// What a connection must show to be tagged with a claim's class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SqlRoute {
+    pub claim: ClaimKey,
+    pub class_id: u32,
+    /// Request-side rules of the claim's endpoints.
+    pub endpoints: Vec<RuleMatch>,
+    /// Client networks; empty: any client.
+    pub clients: Vec<Prefix>,
+    pub selector: SqlMatch,
+    /// Which directions of the connection the tag covers.
+    pub direction: Direction,
+}
+
+impl SqlRoute {
+    /// Whether a connection from `client` to `server` on `protocol` is one
+    /// of this route's endpoints and clients.
+    pub fn covers(
+        &self,
+        protocol: crate::model::Protocol,
+        client: std::net::IpAddr,
+        server: std::net::SocketAddr,
+    ) -> bool {
+        let endpoint = self.endpoints.iter().any(|rule| {
+            rule.protocol == protocol
+                && (rule.port == 0 || rule.port == server.port())
+                && Prefix {
+                    addr: rule.addr,
+                    len: rule.prefix_len,
+                }
+                .contains(server.ip())
+        });
+        endpoint && (self.clients.is_empty() || self.clients.iter().any(|p| p.contains(client)))
+    }
+}
+
+/// Client prefixes of the first `u16::MAX` shared rules have ids; that is
+/// also the most shared endpoints one node can hold.
+pub const MAX_SHARED_RULES: usize = u16::MAX as usize;
 
 /// The id a claim gets when nothing else holds it: a pure function of
 /// `namespace/name`, so every node agrees.
@@ -96,11 +148,101 @@ pub fn plan(claims: &BTreeMap<ClaimKey, ValidClaim>, existing: &BTreeMap<u32, Cl
                 },
             },
         );
-        for rule in &claim.rules {
-            out.rules.insert(*rule, class_id);
+        if claim.is_plain() {
+            for rule in &claim.rules {
+                out.rules.insert(*rule, RuleTarget::class(class_id));
+            }
         }
     }
+    share_rules(claims, &ids, &mut out);
     out
+}
+
+/// Adds what claims with selectors need: their rules (flagged, pointing at
+/// the class less specific rules would give), client prefixes under rule
+/// ids, and SQL routes.
+fn share_rules(
+    claims: &BTreeMap<ClaimKey, ValidClaim>,
+    ids: &BTreeMap<ClaimKey, u32>,
+    out: &mut Plan,
+) {
+    let plain = out.rules.clone();
+    let mut prefixes: BTreeMap<RuleMatch, BTreeMap<Prefix, u32>> = BTreeMap::new();
+    for (key, claim) in claims.iter().filter(|(_, c)| !c.is_plain()) {
+        let class_id = ids[key];
+        if let Some(selector) = &claim.sql {
+            let endpoints = claim.request_rules();
+            for rule in &endpoints {
+                shared(out, &plain, rule).sql = true;
+            }
+            out.sql.push(SqlRoute {
+                claim: key.clone(),
+                class_id,
+                endpoints,
+                clients: claim.clients.clone(),
+                selector: selector.clone(),
+                direction: claim.direction,
+            });
+            continue;
+        }
+        for rule in &claim.rules {
+            shared(out, &plain, rule);
+            let by_prefix = prefixes.entry(*rule).or_default();
+            for client in claim.clients.iter().filter(|c| c.addr.is_ipv4() == rule.addr.is_ipv4()) {
+                // Claims come in namespace/name order: the first keeps a tie.
+                by_prefix.entry(*client).or_insert(class_id);
+            }
+        }
+    }
+    for (index, (rule, by_prefix)) in prefixes.into_iter().take(MAX_SHARED_RULES).enumerate() {
+        let rule_id = (index + 1) as u16;
+        let target = shared(out, &plain, &rule);
+        target.clients = true;
+        target.rule_id = rule_id;
+        for (client, class_id) in by_prefix {
+            *out.client_counts
+                .entry(out.classes[&class_id].claim.clone())
+                .or_default() += 1;
+            out.clients.insert(ClientPrefix { rule_id, client }, class_id);
+        }
+    }
+}
+
+/// The rule's target, created if only selector claims have it: it then
+/// points at the class the best less specific plain rule gives, so that
+/// clients no selector picks are shaped as if the rule were not there.
+fn shared<'a>(
+    out: &'a mut Plan,
+    plain: &BTreeMap<RuleMatch, RuleTarget>,
+    rule: &RuleMatch,
+) -> &'a mut RuleTarget {
+    out.rules
+        .entry(*rule)
+        .or_insert_with(|| RuleTarget::class(fallback_class(plain, rule)))
+}
+
+/// The class of the most specific plain rule that covers every packet
+/// `rule` matches (same side, protocol and family; a prefix containing its
+/// prefix; the same port or any port), or 0.
+pub fn fallback_class(plain: &BTreeMap<RuleMatch, RuleTarget>, rule: &RuleMatch) -> u32 {
+    let inner = Prefix {
+        addr: rule.addr,
+        len: rule.prefix_len,
+    };
+    plain
+        .iter()
+        .filter(|(p, _)| {
+            p.side == rule.side
+                && p.protocol == rule.protocol
+                && (p.port == 0 || p.port == rule.port)
+                && Prefix {
+                    addr: p.addr,
+                    len: p.prefix_len,
+                }
+                .covers(&inner)
+        })
+        .max_by_key(|(p, _)| u32::from(p.prefix_len) * 2 + u32::from(p.port != 0))
+        .map_or(0, |(_, t)| t.class_id)
 }
 
 #[cfg(test)]
@@ -133,6 +275,9 @@ mod tests {
                     port: 3306,
                 })
                 .collect(),
+            clients: Vec::new(),
+            pod_clients: Vec::new(),
+            sql: None,
         }
     }
 
@@ -196,7 +341,7 @@ mod tests {
         assert_eq!(class.priority, 0);
         assert_eq!(class.claim_hash, ClaimKey::new("shop", "catalogue").hash());
         assert_eq!(p.rules.len(), 2);
-        assert!(p.rules.values().all(|v| *v == id));
+        assert!(p.rules.values().all(|v| *v == RuleTarget::class(id)));
     }
 
     #[test]

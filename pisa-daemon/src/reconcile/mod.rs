@@ -7,7 +7,7 @@ pub mod agent;
 use std::collections::BTreeSet;
 
 use crate::{
-    kernel::{ClassSpec, Dataplane, KernelError, RuleMatch},
+    kernel::{ClassSpec, ClientPrefix, Dataplane, KernelError, RuleMatch, RuleTarget},
     plan::Plan,
 };
 
@@ -16,15 +16,18 @@ pub enum Op {
     Attach(String),
     /// Create, or change in place (`tc class change`): never delete+add.
     PutClass(ClassSpec),
-    PutRule(RuleMatch, u32),
+    PutClient(ClientPrefix, u32),
+    PutRule(RuleMatch, RuleTarget),
     DeleteRule(RuleMatch),
+    DeleteClient(ClientPrefix),
     DeleteClass(u32),
     Detach(String),
 }
 
 /// Operations that turn `dp`'s state into `plan` on `ifaces`. Ordered so
 /// packets never meet a half-built state: new interfaces and classes
-/// before the rules that point at them; stale rules before their class.
+/// before the client prefixes and rules that point at them; stale rules
+/// before the client prefixes under them, and both before their class.
 pub fn diff<D: Dataplane + ?Sized>(plan: &Plan, dp: &D, ifaces: &BTreeSet<String>) -> Vec<Op> {
     let attached = dp.interfaces();
     // Interfaces no longer wanted go first: one that vanished with its Pod
@@ -44,14 +47,24 @@ pub fn diff<D: Dataplane + ?Sized>(plan: &Plan, dp: &D, ifaces: &BTreeSet<String
             ops.push(Op::PutClass(planned.spec));
         }
     }
-    for (rule, id) in &plan.rules {
-        if dp.rules().get(rule) != Some(id) {
-            ops.push(Op::PutRule(*rule, *id));
+    for (client, id) in &plan.clients {
+        if dp.clients().get(client) != Some(id) {
+            ops.push(Op::PutClient(*client, *id));
+        }
+    }
+    for (rule, target) in &plan.rules {
+        if dp.rules().get(rule) != Some(target) {
+            ops.push(Op::PutRule(*rule, *target));
         }
     }
     for rule in dp.rules().keys() {
         if !plan.rules.contains_key(rule) {
             ops.push(Op::DeleteRule(*rule));
+        }
+    }
+    for client in dp.clients().keys() {
+        if !plan.clients.contains_key(client) {
+            ops.push(Op::DeleteClient(*client));
         }
     }
     for id in dp.classes().keys() {
@@ -78,8 +91,10 @@ pub fn apply<D: Dataplane + ?Sized>(dp: &mut D, ops: &[Op]) -> Result<(), ApplyE
         let result = match op {
             Op::Attach(iface) => dp.attach(iface).map(|_| ()),
             Op::PutClass(class) => dp.put_class(class),
-            Op::PutRule(rule, id) => dp.put_rule(rule, *id),
+            Op::PutClient(client, id) => dp.put_client(client, *id),
+            Op::PutRule(rule, target) => dp.put_rule(rule, target),
             Op::DeleteRule(rule) => dp.delete_rule(rule),
+            Op::DeleteClient(client) => dp.delete_client(client),
             Op::DeleteClass(id) => dp.delete_class(*id),
             Op::Detach(iface) => dp.detach(iface).map(|_| ()),
         };
@@ -146,7 +161,7 @@ mod tests {
                     spec: class(*id, *rate),
                 },
             );
-            plan.rules.insert(rule(host), *id);
+            plan.rules.insert(rule(host), RuleTarget::class(*id));
         }
         plan
     }

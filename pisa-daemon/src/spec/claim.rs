@@ -176,6 +176,81 @@ pub struct TrafficQoS {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub endpoints: Option<Vec<Endpoint>>,
+    /// Which clients of the endpoints the claim covers (any entry matches);
+    /// absent: every client. Several claims may share an endpoint when
+    /// they select different clients; the longest matching client prefix
+    /// wins, then the first claim in namespace/name order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub clients: Option<Vec<ClientSelector>>,
+    /// Connections selected by the identity the client states when it
+    /// connects (PostgreSQL StartupMessage, MySQL HandshakeResponse), read
+    /// by the node with no proxy. TLS connections, and connections opened
+    /// before the daemon started, stay in the endpoint's class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql: Option<SqlSelector>,
+}
+
+/// One set of clients: a network (`cidr`), or Pods by label (`--kube`
+/// only), in the claim's namespace unless `namespaceSelector` says which.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.cidr) != has(self.podSelector)",
+    "message": "give exactly one of cidr or podSelector",
+}]))]
+pub struct ClientSelector {
+    /// An IPv4 or IPv6 network of clients, e.g. `10.1.0.0/16`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 4, max = 49))]
+    pub cidr: Option<String>,
+    /// Pods whose labels match (their IPs, followed as Pods come and go).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Namespaces of those Pods, by label; absent: the claim's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+}
+
+/// A Kubernetes label selector: `matchLabels` and `matchExpressions` AND-ed;
+/// empty matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_labels: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub match_expressions: Option<Vec<LabelExpression>>,
+}
+
+/// `key operator values`: operator In, NotIn, Exists or DoesNotExist.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabelExpression {
+    pub key: String,
+    pub operator: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub values: Option<Vec<String>>,
+}
+
+/// Who the client says it is when it connects. Each list matches any of
+/// its values (exact, case-sensitive); the given fields must all match.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SqlSelector {
+    /// Database user names (PostgreSQL role, MySQL user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub users: Option<Vec<String>>,
+    /// Database names the connection opens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub databases: Option<Vec<String>>,
+    /// Application names: PostgreSQL `application_name`, MySQL connection
+    /// attribute `program_name`. Clients choose these freely.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub applications: Option<Vec<String>>,
 }
 
 /// The CEL rule that keeps `ceil >= rate`, unit-aware: each value's number

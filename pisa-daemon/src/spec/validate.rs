@@ -9,7 +9,7 @@ use super::{
     units::{self, format_rate},
     ClaimKey, Direction, Document, Mode, Priority, QoSClaim,
 };
-use crate::model::{Protocol, RuleMatch, ShapingMode, Side};
+use crate::model::{Prefix, Protocol, RuleMatch, ShapingMode, Side, SqlMatch};
 
 /// Node-level bounds validation depends on.
 #[derive(Clone, Copy, Debug)]
@@ -18,7 +18,16 @@ pub struct Limits {
     pub max_classes: usize,
     /// Whether `mode: edt` can be enforced here (sch_fq present).
     pub edt_available: bool,
+    /// Whether client `podSelector`s can be resolved (`--kube`); a claims
+    /// file has no Pods to select.
+    pub pod_selectors: bool,
 }
+
+/// Most values in one `sql` list.
+pub const MAX_SQL_VALUES: usize = 64;
+/// Longest user, database or application name: PostgreSQL's limit for
+/// names (NAMEDATALEN - 1) and application_name alike.
+pub const MAX_SQL_NAME: usize = 63;
 
 /// Smallest burst: one full-size Ethernet frame must fit in the bucket, or
 /// a policer drops every such frame and HTB stalls.
@@ -68,6 +77,49 @@ pub struct ValidClaim {
     pub mode: ShapingMode,
     /// Endpoint rules, already expanded by direction.
     pub rules: Vec<RuleMatch>,
+    /// Client networks the claim covers; empty with no `podSelector`
+    /// either: every client.
+    pub clients: Vec<Prefix>,
+    /// Client Pods by label, resolved to addresses by the planner (`--kube`).
+    pub pod_clients: Vec<PodClients>,
+    /// Connections selected by SQL identity.
+    pub sql: Option<SqlMatch>,
+}
+
+impl ValidClaim {
+    /// Whether the claim covers only some clients of its endpoints.
+    pub fn selects_clients(&self) -> bool {
+        !self.clients.is_empty() || !self.pod_clients.is_empty()
+    }
+
+    /// Neither client nor SQL selectors: the claim owns its endpoints.
+    pub fn is_plain(&self) -> bool {
+        !self.selects_clients() && self.sql.is_none()
+    }
+
+    /// The request-side rules of the claim's endpoints, whatever its
+    /// direction: where connection starts are seen.
+    pub fn request_rules(&self) -> Vec<RuleMatch> {
+        let mut rules: Vec<RuleMatch> = self
+            .rules
+            .iter()
+            .map(|rule| RuleMatch {
+                side: Side::Destination,
+                ..*rule
+            })
+            .collect();
+        rules.sort();
+        rules.dedup();
+        rules
+    }
+}
+
+/// Client Pods chosen by label (`clients[].podSelector`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodClients {
+    pub pods: super::LabelSelector,
+    /// `None`: the claim's own namespace.
+    pub namespaces: Option<super::LabelSelector>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -167,12 +219,14 @@ fn reject_duplicates(out: &mut Validated, seen: &BTreeMap<ClaimKey, Vec<String>>
     }
 }
 
-/// One endpoint rule has one owner: the first claim in `namespace/name`
-/// order keeps it, later ones are rejected naming the owner.
+/// One endpoint rule has one owner among the claims without selectors:
+/// the first claim in `namespace/name` order keeps it, later ones are
+/// rejected naming the owner. Claims with client or SQL selectors share
+/// endpoints by design (see `plan`).
 fn reject_shared_endpoints(out: &mut Validated) {
     let mut owners: BTreeMap<RuleMatch, ClaimKey> = BTreeMap::new();
     let mut conflicts = Vec::new();
-    for (key, claim) in &out.valid {
+    for (key, claim) in out.valid.iter().filter(|(_, c)| c.is_plain()) {
         for rule in &claim.rules {
             match owners.get(rule) {
                 Some(owner) if owner != key => {
@@ -351,6 +405,26 @@ fn check_claim(
     }
     rules.sort();
     rules.dedup();
+    let (clients, pod_clients) = client_selectors(&mut c, qos, limits);
+    let sql = qos.sql.as_ref().and_then(|sql| sql_selector(&mut c, sql));
+    let selects = !clients.is_empty() || !pod_clients.is_empty() || sql.is_some();
+    if selects && qos.endpoints.as_ref().is_none_or(Vec::is_empty) {
+        c.fail(
+            format!("{QOS}.endpoints"),
+            "",
+            "clients and sql select among an endpoint's connections, so they need \
+             spec.trafficQoS.endpoints (a bound VirtualDatabase supplies them too)",
+        );
+    }
+    if sql.is_some() {
+        if let Some(rule) = rules.iter().find(|r| r.protocol == Protocol::Udp) {
+            c.fail(
+                format!("{QOS}.sql"),
+                describe_rule(rule),
+                "SQL identity is read from a TCP connection's start; valid: TCP endpoints",
+            );
+        }
+    }
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
@@ -369,7 +443,157 @@ fn check_claim(
         direction,
         mode,
         rules,
+        clients,
+        pod_clients,
+        sql,
     })
+}
+
+fn client_selectors(
+    c: &mut Checker<'_>,
+    qos: &super::TrafficQoS,
+    limits: Limits,
+) -> (Vec<Prefix>, Vec<PodClients>) {
+    let (mut prefixes, mut pods) = (Vec::new(), Vec::new());
+    let Some(clients) = &qos.clients else {
+        return (prefixes, pods);
+    };
+    if clients.is_empty() {
+        c.fail(
+            format!("{QOS}.clients"),
+            "[]",
+            "an empty list selects no client; leave clients out to cover every client",
+        );
+    }
+    for (index, selector) in clients.iter().enumerate() {
+        let field = format!("{QOS}.clients[{index}]");
+        match (&selector.cidr, &selector.pod_selector) {
+            (Some(cidr), None) => {
+                if selector.namespace_selector.is_some() {
+                    c.fail(
+                        format!("{field}.namespaceSelector"),
+                        "",
+                        "a namespaceSelector narrows a podSelector; it means nothing next to a cidr",
+                    );
+                }
+                if let Some((addr, len)) = parse_cidr(c, &format!("{field}.cidr"), cidr) {
+                    prefixes.push(Prefix { addr, len });
+                }
+            }
+            (None, Some(pods_selector)) => {
+                if !limits.pod_selectors {
+                    c.fail(
+                        format!("{field}.podSelector"),
+                        "",
+                        "Pod selectors need a cluster (run --kube); a claims file selects \
+                         clients by cidr; valid here: cidr",
+                    );
+                    continue;
+                }
+                for (name, selector) in [
+                    ("podSelector", Some(pods_selector)),
+                    ("namespaceSelector", selector.namespace_selector.as_ref()),
+                ] {
+                    if let Some(selector) = selector {
+                        check_label_selector(c, &format!("{field}.{name}"), selector);
+                    }
+                }
+                pods.push(PodClients {
+                    pods: pods_selector.clone(),
+                    namespaces: selector.namespace_selector.clone(),
+                });
+            }
+            (Some(_), Some(_)) => c.fail(field, "", "set either cidr or podSelector, not both"),
+            (None, None) => c.fail(
+                field,
+                "",
+                "needs a cidr (client network) or a podSelector (client Pods)",
+            ),
+        }
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    (prefixes, pods)
+}
+
+fn check_label_selector(c: &mut Checker<'_>, field: &str, selector: &super::LabelSelector) {
+    const OPERATORS: [&str; 4] = ["In", "NotIn", "Exists", "DoesNotExist"];
+    for (index, expression) in selector.match_expressions.iter().flatten().enumerate() {
+        let field = format!("{field}.matchExpressions[{index}]");
+        let values = expression.values.as_ref().map_or(0, Vec::len);
+        match expression.operator.as_str() {
+            "In" | "NotIn" if values == 0 => c.fail(
+                format!("{field}.values"),
+                "",
+                format!("operator {} needs at least one value", expression.operator),
+            ),
+            "Exists" | "DoesNotExist" if values > 0 => c.fail(
+                format!("{field}.values"),
+                "",
+                format!("operator {} takes no values", expression.operator),
+            ),
+            op if !OPERATORS.contains(&op) => c.fail(
+                format!("{field}.operator"),
+                op,
+                format!("unknown operator; valid: {}", OPERATORS.join(", ")),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn sql_selector(c: &mut Checker<'_>, sql: &super::SqlSelector) -> Option<SqlMatch> {
+    let mut out = SqlMatch::default();
+    let mut ok = true;
+    for (name, list, target) in [
+        ("users", &sql.users, &mut out.users),
+        ("databases", &sql.databases, &mut out.databases),
+        ("applications", &sql.applications, &mut out.applications),
+    ] {
+        let Some(list) = list else { continue };
+        let field = format!("{QOS}.sql.{name}");
+        if list.is_empty() {
+            c.fail(
+                &field,
+                "[]",
+                "an empty list matches nothing; leave the field out to match any",
+            );
+            ok = false;
+        }
+        if list.len() > MAX_SQL_VALUES {
+            c.fail(
+                &field,
+                list.len().to_string(),
+                format!("at most {MAX_SQL_VALUES} values"),
+            );
+            ok = false;
+        }
+        for (index, value) in list.iter().enumerate() {
+            if value.is_empty() || value.len() > MAX_SQL_NAME || value.contains('\0') {
+                c.fail(
+                    format!("{field}[{index}]"),
+                    value,
+                    format!(
+                        "names are 1-{MAX_SQL_NAME} bytes without NUL (the longest name \
+                         PostgreSQL keeps)"
+                    ),
+                );
+                ok = false;
+            }
+        }
+        target.extend(list.iter().cloned());
+        target.sort();
+        target.dedup();
+    }
+    if out == SqlMatch::default() && ok {
+        c.fail(
+            format!("{QOS}.sql"),
+            "{}",
+            "selects nothing; give users, databases and/or applications",
+        );
+        return None;
+    }
+    ok.then_some(out)
 }
 
 /// A rate in bytes/s, or `None` after recording why it is not one.
