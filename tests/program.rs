@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use crate::support::{packet::*, *};
 use aya::programs::{TestRun, TestRunOptions};
 use pisa_daemon::kernel::{
-    ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
+    ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, RuleTarget, ShapingMode, Side,
 };
 use pisa_daemon::tags::{monotonic_ns, Flow};
 use pisa_daemon_common::{reason, ClassStats, FlowKey, FlowTag, PROTO_TCP, PROTO_UDP};
@@ -102,7 +102,7 @@ impl Harness {
                     protocol,
                     port,
                 },
-                class_id,
+                &RuleTarget::class(class_id),
             )
             .expect("put_rule");
     }
@@ -326,7 +326,7 @@ fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
     let tagged = to("10.5.1.7", 3306);
     let live = FlowTag {
         class_id: 5,
-        _pad: 0,
+        origin: 0,
         expires_ns: monotonic_ns().unwrap() + 60_000_000_000,
     };
     h.kernel

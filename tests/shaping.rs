@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use pisa_daemon::kernel::{ClassSpec, Dataplane, Kernel, Protocol, RuleMatch, ShapingMode, Side};
+use pisa_daemon::kernel::{
+    ClassSpec, Dataplane, Kernel, Protocol, RuleMatch, RuleTarget, ShapingMode, Side,
+};
 
 const MBIT: u64 = 1_000_000 / 8; // bytes per second
 
@@ -40,7 +42,7 @@ fn to_server_port(kernel: &mut Kernel, topo: &Routed, port: u16, class_id: u32) 
                 protocol: Protocol::Tcp,
                 port,
             },
-            class_id,
+            &RuleTarget::class(class_id),
         )
         .expect("put_rule");
 }

@@ -4,9 +4,9 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
 use pisa_daemon_common::{
-    reason, ClassConfig, ClientMatch, EndpointMatch, FlowKey, FlowTag, Summary,
-    CLASS_STATE_ACTIVE, CLIENT_FIXED_BITS, ENDPOINT_FIXED_BITS, FAMILY_V4, PROTO_TCP,
-    RULE_FLAG_CLIENTS, RULE_FLAG_SQL, SIDE_DST, SIDE_SRC, TAG_ORIGIN_SQL,
+    reason, ClassConfig, ClientMatch, EndpointMatch, FlowKey, FlowTag, Summary, CLASS_STATE_ACTIVE,
+    CLIENT_FIXED_BITS, ENDPOINT_FIXED_BITS, FAMILY_V4, PROTO_TCP, RULE_FLAG_CLIENTS, RULE_FLAG_SQL,
+    SIDE_DST, SIDE_SRC, TAG_ORIGIN_SQL,
 };
 
 use crate::{

@@ -11,8 +11,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::TcContext};
 use pisa_daemon_common::{
-    sql_reason, SqlEvent, SQL_BUDGET_EVENTS, SQL_BUDGET_WINDOW_NS, SQL_CAPTURE_BYTES,
-    SQL_EVENT_CLOSE, SQL_EVENT_START,
+    sql_reason, SQL_BUDGET_EVENTS, SQL_BUDGET_WINDOW_NS, SQL_CAPTURE_BYTES, SQL_EVENT_CLOSE,
+    SQL_EVENT_START,
 };
 
 use crate::{

@@ -6,10 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use pisa_daemon_common::{
-    reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule,
-    EndpointMatch, EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats,
-    ReasonStats, SqlBudget, SqlEvent, Summary, MAX_CLASSES, MAX_CLIENT_RULES,
-    MAX_ENDPOINT_RULES, MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
+    reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule, EndpointMatch,
+    EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats, ReasonStats, SqlBudget,
+    SqlEvent, Summary, MAX_CLASSES, MAX_CLIENT_RULES, MAX_ENDPOINT_RULES, MAX_FLOW_TAGS,
+    MAX_IFACES, SQL_EVENTS_BYTES,
 };
 
 #[btf_map]
@@ -52,5 +52,4 @@ pub static SQL_EVENTS: RingBuf<SqlEvent, { SQL_EVENTS_BYTES as usize }> = RingBu
 pub static SQL_BUDGET: PerCpuArray<SqlBudget, 1> = PerCpuArray::new();
 
 #[btf_map]
-pub static SQL_STATS: PerCpuArray<ReasonStats, { sql_reason::COUNT as usize }> =
-    PerCpuArray::new();
+pub static SQL_STATS: PerCpuArray<ReasonStats, { sql_reason::COUNT as usize }> = PerCpuArray::new();

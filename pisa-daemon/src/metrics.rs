@@ -355,6 +355,7 @@ mod tests {
         let limits = Limits {
             max_classes: 10,
             edt_available: false,
+            pod_selectors: false,
         };
         let agent = Arc::new(Mutex::new(Agent::new(dp, ["eth0".into()].into(), limits)));
         let claim = "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\

@@ -300,8 +300,8 @@ impl ClientPrefix {
         data: &pisa_daemon_common::ClientMatch,
         v4: bool,
     ) -> Option<Self> {
-        let len = u8::try_from(prefix_len.checked_sub(pisa_daemon_common::CLIENT_FIXED_BITS)?)
-            .ok()?;
+        let len =
+            u8::try_from(prefix_len.checked_sub(pisa_daemon_common::CLIENT_FIXED_BITS)?).ok()?;
         let addr = if v4 {
             let mut octets = [0u8; 4];
             octets.copy_from_slice(&data.addr[..4]);

@@ -424,6 +424,7 @@ mod tests {
         let limits = Limits {
             max_classes: 10,
             edt_available: false,
+            pod_selectors: false,
         };
         let ifaces = BTreeSet::from(["eth0".to_string()]);
         let mut agent = Agent::new(FakeDataplane::default(), ifaces, limits);

@@ -24,6 +24,7 @@ use crate::{
 const LIMITS: Limits = Limits {
     max_classes: 100,
     edt_available: false,
+    pod_selectors: false,
 };
 
 /// A claim on its own endpoint (10.0.0.<first letter>).

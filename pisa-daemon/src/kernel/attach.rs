@@ -1,10 +1,14 @@
-//! Attaching the classifier at egress of interfaces.
+//! Attaching the programs to interfaces: the classifier at egress, the
+//! SQL-identity observer at ingress.
 //!
-//! TCX (Linux 6.6+) gives a link object that we pin per interface: the
-//! attachment then outlives the daemon, and re-opening the pin on start is
-//! how a restarted daemon adopts it. Older kernels get clsact + cls_bpf over
-//! netlink with a fixed priority and handle, so a restart finds (and
-//! replaces in place) its own filter instead of stacking a second one.
+//! TCX (Linux 6.6+) gives a link object that we pin per interface and hook:
+//! the attachment then outlives the daemon, and re-opening the pin on start
+//! is how a restarted daemon adopts it. A daemon whose program differs from
+//! the one a pinned link runs (an upgrade) swaps it in place with
+//! `BPF_LINK_UPDATE`: never a moment without the program. Older kernels get
+//! clsact + cls_bpf over netlink with a fixed priority and handle, so a
+//! restart finds (and replaces in place) its own filter instead of stacking
+//! a second one.
 
 use aya::{
     programs::{
@@ -14,10 +18,13 @@ use aya::{
     },
     util::KernelVersion,
 };
-use pisa_daemon_common::{names::PROG_EGRESS, IFACE_FLAG_L3};
+use pisa_daemon_common::{
+    names::{PROG_EGRESS, PROG_INGRESS},
+    IFACE_FLAG_L3,
+};
 use tracing::{info, warn};
 
-use super::{iface, Kernel, KernelError};
+use super::{iface, Kernel, KernelError, PinLayout};
 
 /// cls_bpf priority and handle used on kernels without TCX.
 const NETLINK_PRIORITY: u16 = 0x5150;
@@ -39,27 +46,86 @@ impl AttachMode {
     }
 }
 
+/// Where on an interface a program runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    /// The classifier: shapes what leaves the interface.
+    Egress,
+    /// The observer: sees connection starts that arrive (never shapes).
+    Ingress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 2] = [Hook::Egress, Hook::Ingress];
+
+    pub fn program_name(self) -> &'static str {
+        match self {
+            Self::Egress => PROG_EGRESS,
+            Self::Ingress => PROG_INGRESS,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Self::Egress => TcAttachType::Egress,
+            Self::Ingress => TcAttachType::Ingress,
+        }
+    }
+
+    fn link_path(self, layout: &PinLayout, iface: &str) -> std::path::PathBuf {
+        match self {
+            Self::Egress => layout.egress_link(iface),
+            Self::Ingress => layout.ingress_link(iface),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub iface: String,
     pub ifindex: u32,
     pub mode: AttachMode,
-    /// TCX link id (`bpftool link show id …`), if any.
+    /// TCX link id of the egress classifier (`bpftool link show id …`).
     pub link_id: Option<u32>,
-    /// The attachment existed already (pinned by an earlier run).
+    /// The egress attachment existed already (pinned by an earlier run).
     pub adopted: bool,
 }
 
+/// One hook's attachment.
+struct Hooked {
+    link_id: Option<u32>,
+    adopted: bool,
+}
+
 impl Kernel {
-    /// Attaches the classifier at egress of `iface`, or adopts an existing
-    /// attachment made by this bpffs root. Idempotent.
+    /// Attaches the classifier at egress of `iface` and the observer at its
+    /// ingress, or adopts attachments made by this bpffs root (upgrading
+    /// their program in place when this daemon's differs). Idempotent.
     pub fn attach_egress(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
         let itf = iface::lookup(iface_name)?;
         let flags = if itf.l3_only { IFACE_FLAG_L3 } else { 0 };
         self.configure_iface(itf.ifindex, flags)?;
-        let attachment = match AttachMode::probe() {
-            AttachMode::Tcx => self.attach_tcx(&itf)?,
-            AttachMode::Netlink => self.attach_netlink(&itf)?,
+        let mode = AttachMode::probe();
+        let mut egress = None;
+        for hook in Hook::ALL {
+            let hooked = match mode {
+                AttachMode::Tcx => self.attach_tcx(&itf, hook)?,
+                AttachMode::Netlink => self.attach_netlink(&itf, hook)?,
+            };
+            if hook == Hook::Egress {
+                egress = Some(hooked);
+            }
+        }
+        let egress = egress.unwrap_or(Hooked {
+            link_id: None,
+            adopted: false,
+        });
+        let attachment = Attachment {
+            iface: itf.name.clone(),
+            ifindex: itf.ifindex,
+            mode,
+            link_id: egress.link_id,
+            adopted: egress.adopted,
         };
         info!(
             iface = %attachment.iface,
@@ -67,14 +133,15 @@ impl Kernel {
             mode = ?attachment.mode,
             link_id = attachment.link_id,
             adopted = attachment.adopted,
-            "classifier attached at egress"
+            "classifier attached at egress, observer at ingress"
         );
         Ok(attachment)
     }
 
-    fn attach_tcx(&mut self, itf: &iface::Interface) -> Result<Attachment, KernelError> {
-        let link_path = self.layout.egress_link(&itf.name);
-        let attached_ids = tcx_egress_programs(&itf.name)?;
+    fn attach_tcx(&mut self, itf: &iface::Interface, hook: Hook) -> Result<Hooked, KernelError> {
+        let link_path = hook.link_path(&self.layout, &itf.name);
+        let attached_ids = tcx_programs(&itf.name, hook)?;
+        let our_id = self.program_id_of(hook);
         if link_path.exists() {
             let pinned = PinnedLink::from_pin(&link_path).map_err(|source| KernelError::Link {
                 iface: itf.name.clone(),
@@ -87,27 +154,40 @@ impl Kernel {
                 action: "reading info of",
                 source,
             })?;
-            if link_info.program_id() == self.program_id
-                && attached_ids.iter().any(|(id, _)| *id == self.program_id)
-            {
-                // Still in force: adopt it. Dropping our fd keeps the pin.
-                return Ok(Attachment {
-                    iface: itf.name.clone(),
-                    ifindex: itf.ifindex,
-                    mode: AttachMode::Tcx,
+            let linked = link_info.program_id();
+            if attached_ids.iter().any(|(id, _)| *id == linked) {
+                if linked != our_id {
+                    // An upgrade: swap this daemon's program into the live
+                    // link; the pin keeps naming the same link.
+                    let link = SchedClassifierLink::try_from(fd_link).map_err(|source| {
+                        KernelError::Link {
+                            iface: itf.name.clone(),
+                            action: "typing",
+                            source,
+                        }
+                    })?;
+                    let program = self.program_mut(hook);
+                    let id = program
+                        .attach_to_link(link)
+                        .map_err(|source| attach_error(&itf.name, source))?;
+                    // Dropping the taken handle closes our fd; the pin stays.
+                    drop(take_link(program, id, &itf.name)?);
+                    info!(iface = %itf.name, ?hook, from = linked, to = our_id, "program replaced in place");
+                }
+                return Ok(Hooked {
                     link_id: Some(link_info.id()),
                     adopted: true,
                 });
             }
             // The interface was re-created (a pod restarted) and the old
             // link went defunct: drop the stale pin and attach afresh.
-            warn!(iface = %itf.name, "pinned link is stale; re-attaching");
+            warn!(iface = %itf.name, ?hook, "pinned link is stale; re-attaching");
             std::fs::remove_file(&link_path)
                 .map_err(|e| KernelError::io("removing stale link pin", &link_path, e))?;
         }
         if let Some((prog_id, name)) = attached_ids
             .iter()
-            .find(|(id, name)| name == PROG_EGRESS && *id != self.program_id)
+            .find(|(id, name)| name == hook.program_name() && *id != our_id)
         {
             return Err(KernelError::ForeignProgram {
                 iface: itf.name.clone(),
@@ -116,11 +196,11 @@ impl Kernel {
                 root: self.layout.root().to_path_buf(),
             });
         }
-        let program = &mut self.program;
+        let program = self.program_mut(hook);
         let link_id = program
             .attach_with_options(
                 &itf.name,
-                TcAttachType::Egress,
+                hook.attach_type(),
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|source| attach_error(&itf.name, source))?;
@@ -135,16 +215,17 @@ impl Kernel {
             path: link_path.clone(),
             source,
         })?;
-        Ok(Attachment {
-            iface: itf.name.clone(),
-            ifindex: itf.ifindex,
-            mode: AttachMode::Tcx,
+        Ok(Hooked {
             link_id: link_info_id,
             adopted: false,
         })
     }
 
-    fn attach_netlink(&mut self, itf: &iface::Interface) -> Result<Attachment, KernelError> {
+    fn attach_netlink(
+        &mut self,
+        itf: &iface::Interface,
+        hook: Hook,
+    ) -> Result<Hooked, KernelError> {
         match tc::qdisc_add_clsact(&itf.name) {
             Ok(()) => {}
             Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -160,10 +241,11 @@ impl Kernel {
             handle: NETLINK_HANDLE,
             ..NlOptions::default()
         };
-        let program = &mut self.program;
+        let upgraded = self.program_upgraded(hook);
+        let program = self.program_mut(hook);
         let adopted = match program.attach_with_options(
             &itf.name,
-            TcAttachType::Egress,
+            hook.attach_type(),
             TcAttachOptions::Netlink(options),
         ) {
             Ok(link_id) => {
@@ -176,14 +258,26 @@ impl Kernel {
             Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
                 if e.raw_os_error() == Some(libc::EEXIST) =>
             {
+                if upgraded {
+                    // Our filter runs an earlier program: replace it in place.
+                    let existing = SchedClassifierLink::attached(
+                        &itf.name,
+                        hook.attach_type(),
+                        NETLINK_PRIORITY,
+                        NETLINK_HANDLE,
+                        None,
+                    )
+                    .map_err(|e| KernelError::io("finding the filter on", &itf.name, e))?;
+                    let id = program
+                        .attach_to_link(existing)
+                        .map_err(|source| attach_error(&itf.name, source))?;
+                    std::mem::forget(take_link(program, id, &itf.name)?);
+                }
                 true
             }
             Err(source) => return Err(attach_error(&itf.name, source)),
         };
-        Ok(Attachment {
-            iface: itf.name.clone(),
-            ifindex: itf.ifindex,
-            mode: AttachMode::Netlink,
+        Ok(Hooked {
             link_id: None,
             adopted,
         })
@@ -259,13 +353,22 @@ impl Kernel {
     }
 }
 
-/// Detaches what `layout` attached to `iface_name` (TCX pin or our netlink
-/// filter), without needing the program loaded. Used by cleanup too.
-pub(super) fn detach_pinned(
-    layout: &super::PinLayout,
-    iface_name: &str,
-) -> Result<bool, KernelError> {
-    let link_path = layout.egress_link(iface_name);
+/// Detaches what `layout` attached to `iface_name` at either hook (TCX
+/// pins or our netlink filters), without needing the programs loaded.
+/// Used by cleanup too. Returns whether the egress classifier was attached.
+pub(super) fn detach_pinned(layout: &PinLayout, iface_name: &str) -> Result<bool, KernelError> {
+    let mut egress_attached = false;
+    for hook in Hook::ALL {
+        let detached = detach_hook(layout, iface_name, hook)?;
+        if hook == Hook::Egress {
+            egress_attached = detached;
+        }
+    }
+    Ok(egress_attached)
+}
+
+fn detach_hook(layout: &PinLayout, iface_name: &str, hook: Hook) -> Result<bool, KernelError> {
+    let link_path = hook.link_path(layout, iface_name);
     if link_path.exists() {
         let program_id = PinnedLink::from_pin(&link_path)
             .ok()
@@ -276,12 +379,12 @@ pub(super) fn detach_pinned(
         std::fs::remove_file(&link_path)
             .map_err(|e| KernelError::io("removing link pin", &link_path, e))?;
         if let Some(program_id) = program_id {
-            wait_for_tcx_release(iface_name, program_id);
+            wait_for_tcx_release(iface_name, hook, program_id);
         }
         return Ok(true);
     }
     if AttachMode::probe() == AttachMode::Netlink && iface::lookup(iface_name).is_ok() {
-        return match tc::qdisc_detach_program(iface_name, TcAttachType::Egress, PROG_EGRESS) {
+        return match tc::qdisc_detach_program(iface_name, hook.attach_type(), hook.program_name()) {
             Ok(()) => Ok(true),
             Err(tc::TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(attach_error(
@@ -297,17 +400,22 @@ pub(super) fn detach_pinned(
 /// goes, so the program stays attached for a moment after the unpin. Wait
 /// for that, so that detach is synchronous and an immediate re-attach does
 /// not fail with EEXIST.
-fn wait_for_tcx_release(iface: &str, program_id: u32) {
+fn wait_for_tcx_release(iface: &str, hook: Hook, program_id: u32) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     while std::time::Instant::now() < deadline {
-        match tcx_egress_programs(iface) {
+        match tcx_programs(iface, hook) {
             Ok(ids) if ids.iter().any(|(id, _)| *id == program_id) => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             _ => return,
         }
     }
-    warn!(iface, program_id, "TCX link still attached 2 s after unpin");
+    warn!(
+        iface,
+        ?hook,
+        program_id,
+        "TCX link still attached 2 s after unpin"
+    );
 }
 
 fn take_link(
@@ -327,13 +435,13 @@ fn attach_error(iface: &str, source: aya::programs::ProgramError) -> KernelError
     }
 }
 
-/// Programs attached at TCX egress of `iface`: (id, name).
-fn tcx_egress_programs(iface: &str) -> Result<Vec<(u32, String)>, KernelError> {
+/// Programs attached at TCX `hook` of `iface`: (id, name).
+fn tcx_programs(iface: &str, hook: Hook) -> Result<Vec<(u32, String)>, KernelError> {
     let (_revision, programs) =
-        SchedClassifier::query_tcx(iface, TcAttachType::Egress).map_err(|source| {
+        SchedClassifier::query_tcx(iface, hook.attach_type()).map_err(|source| {
             KernelError::Program {
-                program: PROG_EGRESS,
-                action: "querying TCX egress programs",
+                program: hook.program_name(),
+                action: "querying TCX programs",
                 source,
             }
         })?;

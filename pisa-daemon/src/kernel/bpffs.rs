@@ -4,7 +4,9 @@
 //! ```text
 //! <root>/programs/pisa_tc_egress      the classifier
 //! <root>/maps/<MAP_NAME>              every map, by its kernel name
-//! <root>/links/<iface>-egress         one TCX link per interface
+//! <root>/programs/pisa_tc_ingress     the ingress observer (SQL identity)
+//! <root>/links/<iface>-egress         one TCX link per interface and hook
+//! <root>/links/<iface>-ingress
 //! ```
 
 use std::{
@@ -57,6 +59,11 @@ impl PinLayout {
 
     pub fn egress_link(&self, iface: &str) -> PathBuf {
         self.links_dir().join(format!("{iface}-egress"))
+    }
+
+    /// The ingress observer's link (SQL identity); pinned beside the egress one.
+    pub fn ingress_link(&self, iface: &str) -> PathBuf {
+        self.links_dir().join(format!("{iface}-ingress"))
     }
 
     /// Interface names that have a pinned egress link, from the file names.

@@ -17,7 +17,8 @@ impl Kernel {
     ) -> Result<(), KernelError> {
         let (prefix_len, data) = client.to_kernel();
         let mut trie: LpmTrie<_, ClientMatch, ClientRule> =
-            LpmTrie::try_from(self.map_mut(MAP_CLIENTS)?).map_err(map_err(MAP_CLIENTS, "opening"))?;
+            LpmTrie::try_from(self.map_mut(MAP_CLIENTS)?)
+                .map_err(map_err(MAP_CLIENTS, "opening"))?;
         let value = ClientRule {
             class_id,
             addr_prefix_len: u32::from(client.client.len),
@@ -30,7 +31,8 @@ impl Kernel {
     pub(super) fn remove_client(&mut self, client: &ClientPrefix) -> Result<(), KernelError> {
         let (prefix_len, data) = client.to_kernel();
         let mut trie: LpmTrie<_, ClientMatch, ClientRule> =
-            LpmTrie::try_from(self.map_mut(MAP_CLIENTS)?).map_err(map_err(MAP_CLIENTS, "opening"))?;
+            LpmTrie::try_from(self.map_mut(MAP_CLIENTS)?)
+                .map_err(map_err(MAP_CLIENTS, "opening"))?;
         match trie.remove(&Key::new(prefix_len, data)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(source) => Err(map_err(MAP_CLIENTS, "removing")(source)),

@@ -31,10 +31,10 @@ pub enum KernelError {
     MissingCapabilities { missing: Vec<&'static str> },
 
     #[error(
-        "interface `{iface}` already has `{name}` (program id {prog_id}) attached at egress, \
+        "interface `{iface}` already has `{name}` (program id {prog_id}) attached, \
          and it was not made by this daemon's bpffs root `{root}`; another Pisa-Daemon (or another \
          --bpffs root) owns it: run `pisa-daemon cleanup --bpffs <its root>`, or detach it with \
-         `bpftool net detach tcx_egress dev {iface}`"
+         `bpftool net detach tcx_egress dev {iface}` (`tcx_ingress` for `pisa_tc_ingress`)"
     )]
     ForeignProgram {
         iface: String,

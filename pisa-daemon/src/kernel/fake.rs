@@ -120,8 +120,10 @@ impl Dataplane for FakeDataplane {
 
     fn delete_client(&mut self, client: &ClientPrefix) -> Result<(), KernelError> {
         self.maybe_fail()?;
-        self.log
-            .push(format!("delete_client {} {}", client.rule_id, client.client));
+        self.log.push(format!(
+            "delete_client {} {}",
+            client.rule_id, client.client
+        ));
         self.clients.remove(client);
         Ok(())
     }

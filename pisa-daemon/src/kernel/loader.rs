@@ -14,15 +14,26 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use pisa_daemon_common::{
-    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_EGRESS},
+    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS},
     IfaceConfig, IfaceKey, IfaceStats,
 };
 use tracing::{debug, info};
 
 use super::{
-    bpffs::PinLayout, caps, features, netlink::RtNetlink, ClassSpec, Features, KernelError,
-    RuleMatch, EBPF_OBJECT,
+    attach::Hook, bpffs::PinLayout, caps, features, netlink::RtNetlink, ClassSpec, Features,
+    KernelError, RuleMatch, EBPF_OBJECT,
 };
+
+/// One program of the object, pinned, as this process uses it.
+pub(super) struct LoadedProgram {
+    pub(super) program: SchedClassifier,
+    pub(super) id: u32,
+    /// It was pinned already, by an earlier run.
+    pub(super) adopted: bool,
+    /// The pinned one was an earlier build (its instructions differ); this
+    /// process pinned its own in its place and swaps it into the links.
+    pub(super) upgraded: bool,
+}
 
 /// Capacity assumed for an interface's HTB link class when none is given:
 /// 10 Gbit/s. Classes borrow up to their ceil within it.
@@ -32,10 +43,15 @@ pub const DEFAULT_LINK_RATE_BYTES: u64 = 10_000_000_000 / 8;
 pub struct Kernel {
     pub(super) layout: PinLayout,
     pub(super) ebpf: Ebpf,
+    /// The egress classifier.
     pub(super) program: SchedClassifier,
     pub(super) program_id: u32,
-    /// Whether the program was already pinned when this process started.
+    /// The ingress observer (SQL identity).
+    pub(super) ingress: LoadedProgram,
+    /// Whether the classifier was already pinned when this process started.
     adopted: bool,
+    /// Whether the pinned classifier was an earlier build, replaced now.
+    upgraded: bool,
     pub(super) features: Features,
     /// The HTB link class rate (bytes/s) on every interface.
     pub(super) link_rate_bytes: u64,
@@ -70,36 +86,17 @@ impl Kernel {
             .load(EBPF_OBJECT)
             .map_err(|source| KernelError::Load { source })?;
 
-        let program_path = layout.program(PROG_EGRESS);
-        let adopted = program_path.exists();
-        if !adopted {
-            load_and_pin_program(&mut ebpf, &program_path)?;
-        }
-        let program =
-            SchedClassifier::from_pin(&program_path).map_err(|source| KernelError::Program {
-                program: PROG_EGRESS,
-                action: "opening pinned",
-                source,
-            })?;
-        let info = program.info().map_err(|source| KernelError::Program {
-            program: PROG_EGRESS,
-            action: "reading info of",
-            source,
-        })?;
-        let program_id = info.id();
-        ensure_program_uses_pinned_maps(&ebpf, &info, &layout)?;
-
-        if adopted {
-            info!(root = %layout.root().display(), program_id, "adopted pinned program and maps");
-        } else {
-            info!(root = %layout.root().display(), program_id, "loaded and pinned program and maps");
-        }
+        let egress = load_program(&mut ebpf, &layout, Hook::Egress)?;
+        let ingress = load_program(&mut ebpf, &layout, Hook::Ingress)?;
+        let (program_id, adopted, upgraded) = (egress.id, egress.adopted, egress.upgraded);
         let mut kernel = Self {
             layout,
             ebpf,
-            program,
+            program: egress.program,
             program_id,
+            ingress,
             adopted,
+            upgraded,
             features: features::probe(),
             link_rate_bytes: DEFAULT_LINK_RATE_BYTES,
             classes: BTreeMap::new(),
@@ -132,6 +129,33 @@ impl Kernel {
     /// True when this process found the program already pinned and reused it.
     pub fn adopted(&self) -> bool {
         self.adopted
+    }
+
+    /// True when the pinned classifier was an earlier build that this
+    /// process replaced (in the pin and, on attach, in every link).
+    pub fn upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    pub(super) fn program_mut(&mut self, hook: Hook) -> &mut SchedClassifier {
+        match hook {
+            Hook::Egress => &mut self.program,
+            Hook::Ingress => &mut self.ingress.program,
+        }
+    }
+
+    pub(super) fn program_id_of(&self, hook: Hook) -> u32 {
+        match hook {
+            Hook::Egress => self.program_id,
+            Hook::Ingress => self.ingress.id,
+        }
+    }
+
+    pub(super) fn program_upgraded(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::Egress => self.upgraded,
+            Hook::Ingress => self.ingress.upgraded,
+        }
     }
 
     pub(super) fn iface_config(
@@ -167,29 +191,76 @@ impl Kernel {
     }
 }
 
-fn load_and_pin_program(ebpf: &mut Ebpf, path: &std::path::Path) -> Result<(), KernelError> {
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(PROG_EGRESS)
-        .ok_or(KernelError::ProgramMissing {
-            program: PROG_EGRESS,
-        })?
+/// Loads `hook`'s program from the embedded object and compares it with
+/// the pinned one: the same instructions (the kernel's program tag) adopt
+/// the pinned program; different ones (an upgrade) replace the pin, and
+/// the links are swapped over when interfaces are attached.
+fn load_program(
+    ebpf: &mut Ebpf,
+    layout: &PinLayout,
+    hook: Hook,
+) -> Result<LoadedProgram, KernelError> {
+    let name = hook.program_name();
+    let path = layout.program(name);
+    let err = |action: &'static str| {
+        move |source| KernelError::Program {
+            program: name,
+            action,
+            source,
+        }
+    };
+    let fresh: &mut SchedClassifier = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::ProgramMissing { program: name })?
         .try_into()
-        .map_err(|source| KernelError::Program {
-            program: PROG_EGRESS,
-            action: "typing",
+        .map_err(err("typing"))?;
+    fresh.load().map_err(err("loading (verifier)"))?;
+    let fresh_info = fresh.info().map_err(err("reading info of"))?;
+    let pinned = if path.exists() {
+        Some(SchedClassifier::from_pin(&path).map_err(err("opening pinned"))?)
+    } else {
+        None
+    };
+    let (adopted, upgraded) = match &pinned {
+        Some(pinned) => {
+            let info = pinned.info().map_err(err("reading info of"))?;
+            ensure_program_uses_pinned_maps(ebpf, &info, layout)?;
+            (true, info.tag() != fresh_info.tag())
+        }
+        None => (false, false),
+    };
+    if pinned.is_none() || upgraded {
+        if upgraded {
+            std::fs::remove_file(&path)
+                .map_err(|e| KernelError::io("replacing the pin of an earlier build", &path, e))?;
+        }
+        let fresh: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(KernelError::ProgramMissing { program: name })?
+            .try_into()
+            .map_err(err("typing"))?;
+        fresh.pin(&path).map_err(|source| KernelError::Pin {
+            path: path.clone(),
             source,
         })?;
-    program.load().map_err(|source| KernelError::Program {
-        program: PROG_EGRESS,
-        action: "loading (verifier)",
-        source,
-    })?;
-    program.pin(path).map_err(|source| KernelError::Pin {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    debug!(path = %path.display(), "pinned program");
-    Ok(())
+        debug!(path = %path.display(), "pinned program");
+    }
+    let program = SchedClassifier::from_pin(&path).map_err(err("opening pinned"))?;
+    let id = program.info().map_err(err("reading info of"))?.id();
+    let root = layout.root().display();
+    match (adopted, upgraded) {
+        (true, false) => info!(%root, program = name, id, "adopted pinned program"),
+        (true, true) => {
+            info!(%root, program = name, id, "replaced an earlier build's pinned program")
+        }
+        _ => info!(%root, program = name, id, "loaded and pinned program"),
+    }
+    Ok(LoadedProgram {
+        program,
+        id,
+        adopted,
+        upgraded,
+    })
 }
 
 /// A pinned program from an earlier run must only use maps pinned here;
@@ -203,6 +274,7 @@ fn ensure_program_uses_pinned_maps(
     let Ok(Some(program_maps)) = info.map_ids() else {
         return Ok(());
     };
+    let program_maps: Vec<u32> = program_maps.into_iter().collect();
     let pinned: BTreeSet<u32> = ebpf
         .maps()
         .filter(|(name, _)| ALL_MAPS.contains(name))
@@ -231,7 +303,8 @@ fn map_data(map: &aya::maps::Map) -> Option<&MapData> {
         | Map::HashMap(m)
         | Map::LpmTrie(m)
         | Map::PerCpuArray(m)
-        | Map::PerCpuHashMap(m) => Some(m),
+        | Map::PerCpuHashMap(m)
+        | Map::RingBuf(m) => Some(m),
         _ => None,
     }
 }

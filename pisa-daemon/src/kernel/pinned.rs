@@ -3,7 +3,7 @@
 
 use aya::maps::{Map, MapData, PerCpuHashMap};
 use pisa_daemon_common::{
-    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_EGRESS},
+    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_EGRESS, PROG_INGRESS},
     IfaceKey, IfaceStats,
 };
 use tracing::info;
@@ -86,7 +86,7 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
         }
     }
 
-    let mut pins = vec![layout.program(PROG_EGRESS)];
+    let mut pins = vec![layout.program(PROG_EGRESS), layout.program(PROG_INGRESS)];
     pins.extend(ALL_MAPS.iter().map(|name| layout.map(name)));
     for pin in pins {
         match std::fs::remove_file(&pin) {

@@ -188,7 +188,11 @@ fn share_rules(
         for rule in &claim.rules {
             shared(out, &plain, rule);
             let by_prefix = prefixes.entry(*rule).or_default();
-            for client in claim.clients.iter().filter(|c| c.addr.is_ipv4() == rule.addr.is_ipv4()) {
+            for client in claim
+                .clients
+                .iter()
+                .filter(|c| c.addr.is_ipv4() == rule.addr.is_ipv4())
+            {
                 // Claims come in namespace/name order: the first keeps a tie.
                 by_prefix.entry(*client).or_insert(class_id);
             }
@@ -203,7 +207,8 @@ fn share_rules(
             *out.client_counts
                 .entry(out.classes[&class_id].claim.clone())
                 .or_default() += 1;
-            out.clients.insert(ClientPrefix { rule_id, client }, class_id);
+            out.clients
+                .insert(ClientPrefix { rule_id, client }, class_id);
         }
     }
 }

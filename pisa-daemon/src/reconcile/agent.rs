@@ -247,6 +247,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_classes: 100,
         edt_available: false,
+        pod_selectors: false,
     };
 
     fn source(name: &str, yaml: &str) -> SourceSnapshot {

@@ -179,7 +179,7 @@ mod tests {
             vec![
                 Op::Attach("eth0".into()),
                 Op::PutClass(class(7, 1000)),
-                Op::PutRule(rule("10.0.0.7"), 7)
+                Op::PutRule(rule("10.0.0.7"), RuleTarget::class(7))
             ]
         );
     }

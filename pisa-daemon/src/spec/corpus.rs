@@ -6,6 +6,7 @@ use super::{load_documents, validate, Limits};
 const LIMITS: Limits = Limits {
     max_classes: 2,
     edt_available: false,
+    pod_selectors: false,
 };
 
 /// A claim `shop/catalogue` with `qos_group` and extra `trafficQoS` lines.

@@ -133,7 +133,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     (
         "unknown_field_in_traffic_qos",
         &[
-            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.prioritee: unknown field `prioritee`, expected one of `name`, `qos_group`, `priority`, `burst`, `direction`, `mode`, `endpoints`",
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.prioritee: unknown field `prioritee`, expected one of `name`, `qos_group`, `priority`, `burst`, `direction`, `mode`, `endpoints`, `clients`, `sql`",
         ],
     ),
     (
