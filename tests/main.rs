@@ -14,6 +14,7 @@ mod api;
 mod attach;
 mod cli;
 mod db;
+mod identity;
 mod kube;
 mod manifests;
 mod observability;

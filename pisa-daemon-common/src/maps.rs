@@ -338,6 +338,8 @@ pub struct SqlEvent {
     pub kind: u32,
     /// The interface the packet was seen on.
     pub ifindex: u32,
+    /// `bpf_ktime_get_ns` when the program saw the packet.
+    pub seen_ns: u64,
     /// TCP payload bytes in the packet.
     pub payload_len: u32,
     /// How many of them are in `bytes` (at most `SQL_CAPTURE_BYTES`).
@@ -425,7 +427,7 @@ const _: () = {
     assert!(size_of::<ClientMatch>() == 24);
     assert!(CLIENT_FIXED_BITS as usize == offset_of!(ClientMatch, addr) * 8);
     assert!(size_of::<ClientRule>() == 8);
-    assert!(size_of::<SqlEvent>() == 56 + SQL_CAPTURE_BYTES);
+    assert!(size_of::<SqlEvent>() == 64 + SQL_CAPTURE_BYTES);
     assert!(size_of::<SqlEvent>() % 8 == 0);
     assert!(size_of::<SqlBudget>() == 16);
     assert!(sql_reason::NAMES.len() == sql_reason::COUNT as usize);

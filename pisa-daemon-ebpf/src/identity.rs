@@ -23,7 +23,7 @@ use crate::{
 const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_RST: u8 = 0x04;
 
-/// PostgreSQL protocol 3.0 StartupMessage.
+/// PostgreSQL protocol 3.x StartupMessage (3.0; 3.2 since PostgreSQL 18).
 const PG_PROTOCOL_3: u32 = 0x0003_0000;
 /// PostgreSQL SSLRequest and GSSENCRequest codes.
 const PG_SSL_REQUEST: u32 = 80_877_103;
@@ -60,7 +60,9 @@ fn looks_like_start(head: &[u8; 8]) -> bool {
     let pg_len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
     let pg_code = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
     if (8..=PG_MAX_STARTUP).contains(&pg_len)
-        && (pg_code == PG_PROTOCOL_3 || pg_code == PG_SSL_REQUEST || pg_code == PG_GSSENC_REQUEST)
+        && (pg_code >> 16 == PG_PROTOCOL_3 >> 16
+            || pg_code == PG_SSL_REQUEST
+            || pg_code == PG_GSSENC_REQUEST)
     {
         return true;
     }
@@ -124,6 +126,7 @@ fn send(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) {
     unsafe {
         (*event).kind = kind;
         (*event).ifindex = (*ctx.skb.skb).ifindex;
+        (*event).seen_ns = bpf_ktime_get_ns();
         (*event).payload_len = len;
         (*event).flow = packet.flow;
         (*event).captured = 0;

@@ -15,7 +15,11 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("plan", &["model", "spec"]),
     ("kernel", &["model"]),
     ("tags", &["kernel", "model"]),
-    ("reconcile", &["kernel", "model", "plan", "spec", "tags"]),
+    ("identity", &["kernel", "model", "plan", "spec", "tags"]),
+    (
+        "reconcile",
+        &["identity", "kernel", "model", "plan", "spec", "tags"],
+    ),
     ("source", &["kernel", "model", "spec"]),
     ("state", &["spec"]),
     ("metrics", &["kernel", "reconcile", "spec"]),
@@ -24,6 +28,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "daemon",
         &[
             "api",
+            "identity",
             "kernel",
             "metrics",
             "reconcile",

@@ -11,6 +11,7 @@ pub mod api;
 #[cfg(test)]
 mod architecture;
 pub mod daemon;
+pub mod identity;
 pub mod kernel;
 pub mod metrics;
 pub mod model;

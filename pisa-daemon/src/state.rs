@@ -1,7 +1,10 @@
 //! The agent's published state: a JSON file rewritten after every
 //! reconcile (atomically, by rename), read by `pisa-daemon status`.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,31 @@ pub struct PublishedState {
     /// files of daemons before it was added.
     #[serde(default)]
     pub last_error_reason: Option<String>,
+    /// What SQL identity made of connection starts; absent in files of
+    /// daemons before it was added.
+    #[serde(default)]
+    pub identity: PublishedIdentity,
+}
+
+/// SQL identity's counts: by outcome for the node, and for each claim.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PublishedIdentity {
+    pub outcomes: BTreeMap<String, u64>,
+    pub claims: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The kernel's side (`SQL_STATS`): starts and closes handed up, and
+    /// those it could not hand up (throttled, ring full).
+    pub kernel: BTreeMap<String, u64>,
+    /// From the kernel seeing a start to its tag being in place, over the
+    /// last identified connections (µs); absent before the first one.
+    pub tag_latency_us: Option<LatencySummary>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LatencySummary {
+    pub samples: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 /// `ClaimStatus` in its serialised form (status reads it back).
@@ -41,6 +69,9 @@ pub struct PublishedClaim {
     pub phase: String,
     pub message: String,
     pub class_id: Option<u32>,
+    /// Client prefixes the claim put in force on this node.
+    #[serde(default)]
+    pub client_prefixes: usize,
 }
 
 impl From<&ClaimStatus> for PublishedClaim {
@@ -50,6 +81,7 @@ impl From<&ClaimStatus> for PublishedClaim {
             phase: format!("{:?}", s.phase),
             message: s.message.clone(),
             class_id: s.class_id,
+            client_prefixes: s.client_prefixes,
         }
     }
 }

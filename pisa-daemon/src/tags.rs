@@ -73,6 +73,27 @@ impl Flow {
         key
     }
 
+    /// The connection a `FLOW_TAGS` key (as the program parsed it) names.
+    pub fn from_key(key: &FlowKey) -> Option<Self> {
+        let protocol = match key.protocol {
+            pisa_daemon_common::PROTO_TCP => Protocol::Tcp,
+            pisa_daemon_common::PROTO_UDP => Protocol::Udp,
+            _ => return None,
+        };
+        let addr = |bytes: &[u8; 16]| -> Option<IpAddr> {
+            match key.family {
+                FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+                FAMILY_V6 => Some(IpAddr::from(*bytes)),
+                _ => None,
+            }
+        };
+        Some(Self {
+            protocol,
+            src: SocketAddr::new(addr(&key.src_addr)?, u16::from_be(key.src_port_be)),
+            dst: SocketAddr::new(addr(&key.dst_addr)?, u16::from_be(key.dst_port_be)),
+        })
+    }
+
     fn keys(&self) -> [FlowKey; 2] {
         [self.key(), self.reversed().key()]
     }

@@ -26,7 +26,7 @@ use super::{
 };
 
 /// The PostgreSQL server binaries (Debian installs them per major version).
-fn pg_bin(tool: &str) -> PathBuf {
+pub fn pg_bin(tool: &str) -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|dir| dir.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
@@ -39,6 +39,11 @@ fn pg_bin(tool: &str) -> PathBuf {
         panic!("PostgreSQL's `{tool}` is not installed; run `cargo xtask setup` (it installs postgresql)")
     })
 }
+
+/// The database user the OLTP workload connects as (PostgreSQL role,
+/// MariaDB user), and the one the bulk export connects as.
+pub const OLTP_USER: &str = "orders";
+pub const BULK_USER: &str = "reporter";
 
 /// The database topology: the bridge is the shared link.
 pub struct DbNet {
@@ -224,6 +229,12 @@ impl Postgres {
     /// initdb, start on `listen` (the namespace's addresses only), wait
     /// until it accepts connections, then load pgbench's tables at `scale`.
     pub fn start(ns: &Netns, listen: &[&str], scale: u32) -> Self {
+        Self::start_with(ns, listen, scale, false)
+    }
+
+    /// As `start`; with `tls`, the server also offers TLS (a self-signed
+    /// certificate made here), so clients choose with `sslmode`.
+    pub fn start_with(ns: &Netns, listen: &[&str], scale: u32, tls: bool) -> Self {
         require_tool("setpriv");
         let dir = TempDir::new("ppg");
         sh(
@@ -255,6 +266,26 @@ impl Postgres {
         let mut rules = std::fs::read_to_string(&hba).expect("pg_hba.conf");
         rules.push_str("host all all 10.0.0.0/8 trust\n");
         std::fs::write(&hba, rules).expect("writing pg_hba.conf");
+        let mut tls_settings = Vec::new();
+        if tls {
+            require_tool("openssl");
+            let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+            let (cert, key) = (cert.to_str().expect("utf-8"), key.to_str().expect("utf-8"));
+            sh(
+                "openssl",
+                &[
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=pisa-test-db", "-keyout", key, "-out", cert,
+                ],
+            );
+            sh("chown", &["postgres:postgres", cert, key]);
+            sh("chmod", &["600", key]);
+            tls_settings = vec![
+                "ssl=on".to_owned(),
+                format!("ssl_cert_file={cert}"),
+                format!("ssl_key_file={key}"),
+            ];
+        }
         let postgres = pg_bin("postgres");
         let listen = listen.join(",");
         let settings = [
@@ -265,7 +296,10 @@ impl Postgres {
             "synchronous_commit=off".into(),
             "max_connections=40".into(),
             "shared_buffers=64MB".into(),
-        ];
+        ]
+        .into_iter()
+        .chain(tls_settings)
+        .collect::<Vec<String>>();
         let (postgres, data_dir) = (postgres.display().to_string(), data.display().to_string());
         let mut args: Vec<&str> = as_postgres.to_vec();
         args.extend([postgres.as_str(), "-D", data_dir.as_str()]);
@@ -300,6 +334,20 @@ impl Postgres {
             &host,
             "-U",
             "postgres",
+            "postgres",
+        ]);
+        // The two workloads connect as their own roles: SQL identity tells
+        // them apart on one endpoint.
+        ns.exec(&[
+            pg_bin("psql").to_str().expect("utf-8"),
+            "-X",
+            "-q",
+            "-h",
+            &host,
+            "-U",
+            "postgres",
+            "-c",
+            "CREATE ROLE orders LOGIN SUPERUSER; CREATE ROLE reporter LOGIN SUPERUSER;",
             "postgres",
         ]);
         pg
@@ -362,7 +410,7 @@ pub fn pgbench_select(ns: &Netns, host: &str, rate: u32, clients: u32, seconds: 
         "-h",
         host,
         "-U",
-        "postgres",
+        OLTP_USER,
         "postgres",
     ]);
     let mut latencies_us = Vec::new();
@@ -392,7 +440,7 @@ pub fn bulk_copies(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
         "-h",
         host,
         "-U",
-        "postgres",
+        BULK_USER,
         "-o",
         "/dev/null",
     ];
@@ -407,7 +455,8 @@ pub fn bulk_copies(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
 
 /// A MariaDB server in `ns`, its data in a temp dir, listening on the
 /// namespace's addresses only; stopped and removed on drop. User `bench`
-/// (no password) owns database `sbtest`, where sysbench's table lives.
+/// (no password) owns database `sbtest`, where sysbench's table lives,
+/// and so do users `orders` and `reporter`.
 pub struct MariaDb {
     server: ChildGuard,
     _dir: TempDir,
@@ -479,7 +528,8 @@ impl MariaDb {
                 "-u",
                 "root",
                 "-e",
-                "CREATE USER 'bench'@'%'; GRANT ALL ON sbtest.* TO 'bench'@'%'; CREATE DATABASE sbtest;",
+                "CREATE DATABASE sbtest; CREATE USER 'orders'@'%'; GRANT ALL ON sbtest.* TO 'orders'@'%'; \
+                 CREATE USER 'reporter'@'%'; GRANT ALL ON sbtest.* TO 'reporter'@'%';",
             ],
         );
         sysbench(
@@ -504,7 +554,7 @@ fn sysbench(ns: &Netns, host: &str, extra: &[String]) -> String {
         "oltp_point_select".to_owned(),
         "--db-driver=mysql".into(),
         format!("--mysql-host={host}"),
-        "--mysql-user=bench".into(),
+        format!("--mysql-user={OLTP_USER}"),
         "--mysql-db=sbtest".into(),
         "--tables=1".into(),
     ];
@@ -562,7 +612,7 @@ pub fn sysbench_point_select(
 pub fn mariadb_bulk(ns: &Netns, host: &str, streams: usize) -> Vec<ChildGuard> {
     let query = "SELECT * FROM sbtest1;".repeat(1000);
     let args = [
-        "mariadb", "--batch", "--quick", "-h", host, "-u", "bench", "sbtest", "-e", &query,
+        "mariadb", "--batch", "--quick", "-h", host, "-u", BULK_USER, "sbtest", "-e", &query,
     ];
     let what = format!("bulk SELECT from {host}");
     (0..streams).map(|_| ns.spawn_as(&what, &args)).collect()
@@ -637,18 +687,61 @@ pub fn run_scenario(
 /// A QoSClaim on one database endpoint (`host`, `port`).
 pub fn db_claim(
     name: &str,
-    (host, port): (&str, u16),
+    endpoint: (&str, u16),
     priority: &str,
     mode: &str,
     rate: &str,
     ceil: &str,
 ) -> String {
+    db_claim_selecting(name, endpoint, priority, mode, rate, ceil, "")
+}
+
+/// A QoSClaim on one database endpoint with `selectors`: YAML lines under
+/// `trafficQoS`, e.g. `sql: {users: [reporter]}`.
+pub fn db_claim_selecting(
+    name: &str,
+    (host, port): (&str, u16),
+    priority: &str,
+    mode: &str,
+    rate: &str,
+    ceil: &str,
+    selectors: &str,
+) -> String {
+    let selectors = if selectors.is_empty() {
+        String::new()
+    } else {
+        format!("\n    {selectors}")
+    };
     format!(
         "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
          metadata: {{name: {name}, namespace: db}}\nspec:\n  trafficQoS:\n    name: {name}\n    \
          qos_group: {{rate: {rate}, ceil: {ceil}}}\n    priority: {priority}\n    mode: {mode}\n    \
-         endpoints: [{{host: {host}, port: {port}}}]\n---\n"
+         endpoints: [{{host: {host}, port: {port}}}]{selectors}\n---\n"
     )
+}
+
+/// The daemon's published state (`--state-file` in `dir`).
+pub fn daemon_state(dir: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(dir.join("state.json")).expect("reading the state file");
+    serde_json::from_str(&text).expect("the state file is JSON")
+}
+
+/// The class id the state file gives `claim` (`namespace/name`).
+pub fn class_of(dir: &Path, claim: &str) -> u32 {
+    daemon_state(dir)["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .find(|c| c["claim"] == claim)
+        .and_then(|c| c["class_id"].as_u64())
+        .unwrap_or_else(|| panic!("no class for {claim} in the state file")) as u32
+}
+
+/// SQL identity's count of `outcome` for `claim` in the state file (0 if absent).
+pub fn identity_count(dir: &Path, claim: &str, outcome: &str) -> u64 {
+    daemon_state(dir)["identity"]["claims"][claim][outcome]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Runs the daemon as a user would: a claims file, the link as its

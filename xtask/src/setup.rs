@@ -31,6 +31,8 @@ pub const PACKAGES: &[&str] = &[
     "postgresql",
     "mariadb-server",
     "sysbench",
+    // A certificate for the PostgreSQL server of the TLS identity test.
+    "openssl",
     // A Python any user can run, for the third-party clients in tests/
     // (pyenv's Python lives under /root, which other users cannot enter).
     "python3",

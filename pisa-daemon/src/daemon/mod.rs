@@ -15,6 +15,7 @@
 mod backoff;
 mod error;
 mod http;
+mod identity_task;
 mod node;
 mod state_file;
 #[cfg(test)]

@@ -13,13 +13,13 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{http, Control, Daemon, Reason, SharedAgent, StateFile};
+use super::{http, identity_task, Control, Daemon, Reason, SharedAgent, StateFile};
 use crate::{
     api::{
         server::{self as api_server, ApiError},
         service::PisaApi,
     },
-    kernel::{self, Dataplane, Kernel, KernelError, PinLayout},
+    kernel::{self, sql_events::SqlEvents, Dataplane, Kernel, KernelError, PinLayout},
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
     source::{
@@ -92,7 +92,8 @@ pub async fn run_node(
     for iface in &config.ifaces {
         kernel::iface::lookup(iface)?;
     }
-    let agent = open_agent(&config)?;
+    let (agent, sql_events) = open_agent(&config)?;
+    tokio::spawn(identity_task::run(agent.clone(), sql_events));
     let (stop_api, api_tasks) = start_api(&config.api, &agent).await?;
     let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(agent.clone()))));
     // Every reason shows at 0 before anyone can scrape; /healthz answers
@@ -137,9 +138,11 @@ async fn run_loop<S: ClaimSource>(
         .await;
 }
 
-/// Opens (or adopts) the kernel side and builds the agent over it.
-fn open_agent(config: &NodeConfig) -> Result<SharedAgent<Kernel>, NodeError> {
+/// Opens (or adopts) the kernel side and builds the agent over it; the
+/// SQL-identity channel is taken out for its own task.
+fn open_agent(config: &NodeConfig) -> Result<(SharedAgent<Kernel>, SqlEvents), NodeError> {
     let mut kernel = Kernel::open(PinLayout::new(&config.bpffs))?;
+    let sql_events = kernel.take_sql_events()?;
     kernel.set_link_rate(config.link_rate_bytes);
     let features = kernel.features();
     info!(
@@ -174,7 +177,7 @@ fn open_agent(config: &NodeConfig) -> Result<SharedAgent<Kernel>, NodeError> {
     let ifaces: BTreeSet<String> = config.ifaces.iter().cloned().collect();
     let mut agent = Agent::new(kernel, ifaces, limits);
     agent.tags = TagTable::new(config.api.max_flow_tags);
-    Ok(Arc::new(Mutex::new(agent)))
+    Ok((Arc::new(Mutex::new(agent)), sql_events))
 }
 
 async fn serve_metrics<D: Dataplane + Send + 'static>(

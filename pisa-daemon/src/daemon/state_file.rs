@@ -9,7 +9,9 @@ use super::ReconcileError;
 use crate::{
     kernel::Dataplane,
     reconcile::agent::Agent,
-    state::{self, PublishedClaim, PublishedClass, PublishedState},
+    state::{
+        self, LatencySummary, PublishedClaim, PublishedClass, PublishedIdentity, PublishedState,
+    },
 };
 
 /// Where the state goes, and the bpffs root it describes.
@@ -45,9 +47,58 @@ impl StateFile {
             source_errors: agent.source_errors.clone(),
             last_error: error.map(ToString::to_string),
             last_error_reason: error.map(|e| e.reason().label().to_owned()),
+            identity: published_identity(agent),
         };
         if let Err(error) = state::write(&self.path, &state) {
             warn!(%error, "could not publish state for `pisa-daemon status`");
         }
     }
+}
+
+fn published_identity<D: Dataplane>(agent: &Agent<D>) -> PublishedIdentity {
+    let stats = &agent.identity;
+    let labelled = |counts: &std::collections::BTreeMap<crate::identity::Outcome, u64>| {
+        counts
+            .iter()
+            .map(|(outcome, n)| (outcome.label().to_owned(), *n))
+            .collect()
+    };
+    let kernel = match agent.dp.sql_stats() {
+        Ok(values) => pisa_daemon_common::sql_reason::NAMES
+            .iter()
+            .zip(values)
+            .map(|(name, n)| ((*name).to_owned(), n))
+            .collect(),
+        Err(error) => {
+            // Left out rather than shown as zeros.
+            warn!(%error, "could not read the SQL-identity counters");
+            Default::default()
+        }
+    };
+    PublishedIdentity {
+        outcomes: labelled(&stats.node),
+        claims: stats
+            .claims
+            .iter()
+            .map(|(claim, counts)| (claim.to_string(), labelled(counts)))
+            .collect(),
+        kernel,
+        tag_latency_us: latency_summary(stats.latencies_ns.iter().copied()),
+    }
+}
+
+/// Median, p99 and maximum in microseconds; `None` without samples.
+pub fn latency_summary(samples_ns: impl Iterator<Item = u64>) -> Option<LatencySummary> {
+    let mut sorted: Vec<u64> = samples_ns.collect();
+    if sorted.is_empty() {
+        return None;
+    }
+    sorted.sort_unstable();
+    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    Some(LatencySummary {
+        samples: sorted.len(),
+        p50: at(0.5),
+        p99: at(0.99),
+        max: at(1.0),
+    })
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{apply, converge, ApplyError, Op};
 use crate::{
+    identity::IdentityStats,
     kernel::{Dataplane, KernelError},
     plan::{self, Plan},
     spec::{validate, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
@@ -25,11 +26,16 @@ pub struct Agent<D: Dataplane> {
     pub statuses: BTreeMap<ClaimKey, ClaimStatus>,
     /// Errors not attributable to a claim (broken YAML), for logs and status.
     pub source_errors: Vec<String>,
+    /// Selectors of other claims that can match the same connections, by
+    /// claim (`spec::overlaps`): shown in status, never an error.
+    pub overlaps: BTreeMap<ClaimKey, Vec<String>>,
     pub plan: Plan,
     /// Set after the first successful reconcile (`/readyz`).
     pub ready: bool,
-    /// Connections the SQL proxy tagged (gRPC).
+    /// Connections tagged by the SQL proxy (gRPC) or by SQL identity.
     pub tags: TagTable,
+    /// What became of the connection starts SQL identity read.
+    pub identity: IdentityStats,
     validity: (usize, usize),
 }
 
@@ -42,9 +48,11 @@ impl<D: Dataplane> Agent<D> {
             effective: BTreeMap::new(),
             statuses: BTreeMap::new(),
             source_errors: Vec::new(),
+            overlaps: BTreeMap::new(),
             plan: Plan::default(),
             ready: false,
             tags: TagTable::new(MAX_TAGS),
+            identity: IdentityStats::default(),
             validity: (0, 0),
         }
     }
@@ -103,6 +111,7 @@ impl<D: Dataplane> Agent<D> {
             });
         }
         self.validity = (validated.valid.len(), validated.invalid.len());
+        self.overlaps = crate::spec::overlaps(&effective);
         self.effective = effective;
         self.statuses = statuses;
     }
@@ -174,6 +183,7 @@ impl<D: Dataplane> Agent<D> {
                 continue;
             };
             status.class_id = Some(*id);
+            status.client_prefixes = plan.client_counts.get(key).copied().unwrap_or(0);
             if let Some(claim) = self.effective.get(key) {
                 fill(status, claim);
             }
@@ -193,14 +203,24 @@ impl<D: Dataplane> Agent<D> {
                         claim.binding
                     );
                 }
-                (Ok(_), _) => {
+                (Ok(_), claim) => {
                     status.phase = Phase::Applied;
                     // No interface count here: Pods coming and going would
                     // otherwise rewrite every claim's status on every node.
                     status.message = format!("class {id} in force");
+                    if let Some(claim) = claim {
+                        status.message.push_str(&selector_summary(claim, status.client_prefixes));
+                    }
+                    if let Some(overlaps) = self.overlaps.get(key) {
+                        for overlap in overlaps {
+                            status.message.push_str("; ");
+                            status.message.push_str(overlap);
+                        }
+                    }
                 }
             }
         }
+        self.identity.retain_claims(&plan.sql);
         self.plan = plan;
         let count = result?;
         self.ready = true;
@@ -224,11 +244,27 @@ fn status(
         rate_bytes: None,
         ceil_bytes: None,
         priority: None,
+        client_prefixes: 0,
     };
     if let Some(claim) = claim {
         fill(&mut status, claim);
     }
     status
+}
+
+/// What the claim selects beyond its endpoints, for its status message.
+fn selector_summary(claim: &ValidClaim, client_prefixes: usize) -> String {
+    let mut out = String::new();
+    if claim.selects_clients() && claim.sql.is_none() {
+        out.push_str(&format!("; {client_prefixes} client prefix(es)"));
+    }
+    if let Some(sql) = &claim.sql {
+        out.push_str(&format!("; SQL identity: {}", sql.describe()));
+        if claim.selects_clients() {
+            out.push_str(&format!(" from {} client network(s)", claim.clients.len()));
+        }
+    }
+    out
 }
 
 fn fill(status: &mut ClaimStatus, claim: &ValidClaim) {

@@ -6,6 +6,7 @@ mod claim;
 mod load;
 mod snapshot;
 mod status;
+mod overlap;
 pub mod units;
 mod validate;
 
@@ -13,7 +14,8 @@ pub use claim::*;
 pub use load::{load_documents, Document};
 pub use snapshot::SourceSnapshot;
 pub use status::{ClaimStatus, Phase};
-pub use validate::{validate, ClaimError, Limits, ValidClaim, Validated};
+pub use overlap::overlaps;
+pub use validate::{validate, ClaimError, Limits, PodClients, ValidClaim, Validated};
 
 #[cfg(test)]
 mod corpus;

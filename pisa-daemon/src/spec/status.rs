@@ -28,6 +28,8 @@ pub struct ClaimStatus {
     pub rate_bytes: Option<u64>,
     pub ceil_bytes: Option<u64>,
     pub priority: Option<String>,
+    /// Client prefixes in force for the claim on this node.
+    pub client_prefixes: usize,
 }
 
 /// What the nodes made of the claim, written by each node's Pisa-Daemon.

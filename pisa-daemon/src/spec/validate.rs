@@ -416,6 +416,14 @@ fn check_claim(
              spec.trafficQoS.endpoints (a bound VirtualDatabase supplies them too)",
         );
     }
+    if sql.is_some() && direction != Direction::Both {
+        c.fail(
+            format!("{QOS}.direction"),
+            format!("{direction:?}").to_lowercase(),
+            "a claim with sql shapes whole connections (its tag covers both directions); \
+             valid with sql: both",
+        );
+    }
     if sql.is_some() {
         if let Some(rule) = rules.iter().find(|r| r.protocol == Protocol::Udp) {
             c.fail(
