@@ -91,6 +91,7 @@ fn protected_on_one_endpoint(engine: Engine, selector: Selector) {
     let shaped = run_scenario(&net, engine, host, Some(host), OLTP_TPS, SECONDS);
     let after = pinned::class_stats(&root.layout(), [orders, reports].into_iter()).unwrap();
     if selector == Selector::SqlUser {
+        eprintln!("identity right after the run: {}", daemon_state(&dir.0)["identity"]);
         // The three export streams were read and tagged; the OLTP client's
         // connections were read too, and matched no SQL claim.
         wait_until(

@@ -75,6 +75,8 @@ pub struct Daemon<D: Dataplane, S: ClaimSource> {
     left_out: BTreeSet<String>,
     metrics: Arc<Metrics>,
     state_file: Option<StateFile>,
+    /// The last reconcile's error (text, reason), republished with counters.
+    last_error: Option<(String, String)>,
     retry: Backoff,
     status_retry: Backoff,
     resync: Duration,
@@ -94,14 +96,15 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             left_out: BTreeSet::new(),
             metrics,
             state_file: None,
+            last_error: None,
             retry: Backoff::new(RETRY_MIN, RETRY_MAX),
             status_retry: Backoff::new(RETRY_MIN, RETRY_MAX),
             resync: RESYNC,
         }
     }
 
-    /// Publishes the daemon's state to this file after every reconcile
-    /// (for `pisa-daemon status`).
+    /// Publishes the daemon's state to this file after every reconcile and
+    /// at every resync (for `pisa-daemon status`).
     pub fn with_state_file(mut self, state_file: StateFile) -> Self {
         self.state_file = Some(state_file);
         self
@@ -141,6 +144,9 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
                 _ = resync.tick() => {
                     if self.refresh_followed() {
                         self.reconcile().await;
+                    } else {
+                        // Counters (SQL identity's) move between reconciles.
+                        self.refresh_state_file();
                     }
                 }
             }
@@ -234,10 +240,23 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
                        "reconcile failed");
             }
         }
+        self.last_error = result
+            .as_ref()
+            .err()
+            .map(|e| (e.to_string(), e.reason().label().to_owned()));
         if let Some(state_file) = &self.state_file {
             state_file.publish(&agent, result.as_ref().err());
         }
         Some(agent.statuses.clone())
+    }
+}
+
+impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
+    fn refresh_state_file(&self) {
+        let (Some(state_file), Ok(agent)) = (&self.state_file, self.agent.lock()) else {
+            return;
+        };
+        state_file.publish_error(&agent, self.last_error.clone());
     }
 }
 

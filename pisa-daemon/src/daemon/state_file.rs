@@ -26,6 +26,15 @@ impl StateFile {
     /// write is logged: the state file is a convenience, never a reason to
     /// stop shaping.
     pub fn publish<D: Dataplane>(&self, agent: &Agent<D>, error: Option<&ReconcileError>) {
+        self.publish_error(
+            agent,
+            error.map(|e| (e.to_string(), e.reason().label().to_owned())),
+        );
+    }
+
+    /// As `publish`, with the error already rendered (text, reason label):
+    /// the periodic refresh republishes the last one.
+    pub fn publish_error<D: Dataplane>(&self, agent: &Agent<D>, error: Option<(String, String)>) {
         let state = PublishedState {
             pid: std::process::id(),
             bpffs: self.bpffs.clone(),
@@ -45,8 +54,8 @@ impl StateFile {
                 .collect(),
             claims: agent.statuses.values().map(PublishedClaim::from).collect(),
             source_errors: agent.source_errors.clone(),
-            last_error: error.map(ToString::to_string),
-            last_error_reason: error.map(|e| e.reason().label().to_owned()),
+            last_error: error.as_ref().map(|(text, _)| text.clone()),
+            last_error_reason: error.map(|(_, reason)| reason),
             identity: published_identity(agent),
         };
         if let Err(error) = state::write(&self.path, &state) {
