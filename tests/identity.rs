@@ -86,12 +86,18 @@ fn protected_on_one_endpoint(engine: Engine, selector: Selector) {
         }
     };
     let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
-    let (orders, reports) = (class_of(&dir.0, "db/orders"), class_of(&dir.0, "db/reports"));
+    let (orders, reports) = (
+        class_of(&dir.0, "db/orders"),
+        class_of(&dir.0, "db/reports"),
+    );
     let before = pinned::class_stats(&root.layout(), [orders, reports].into_iter()).unwrap();
     let shaped = run_scenario(&net, engine, host, Some(host), OLTP_TPS, SECONDS);
     let after = pinned::class_stats(&root.layout(), [orders, reports].into_iter()).unwrap();
     if selector == Selector::SqlUser {
-        eprintln!("identity right after the run: {}", daemon_state(&dir.0)["identity"]);
+        eprintln!(
+            "identity right after the run: {}",
+            daemon_state(&dir.0)["identity"]
+        );
         // The three export streams were read and tagged; the OLTP client's
         // connections were read too, and matched no SQL claim.
         wait_until(
@@ -167,7 +173,10 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
             &format!("sql: {{users: [{BULK_USER}]}}"),
         );
     let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
-    let (orders, reports) = (class_of(&dir.0, "db/orders"), class_of(&dir.0, "db/reports"));
+    let (orders, reports) = (
+        class_of(&dir.0, "db/orders"),
+        class_of(&dir.0, "db/reports"),
+    );
     let copy = |sslmode: &str| {
         let stats = |c| pinned::class_stats(&root.layout(), [c].into_iter()).unwrap()[&c].bytes;
         let (o, r) = (stats(orders), stats(reports));
@@ -175,9 +184,11 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
         (stats(orders) - o, stats(reports) - r)
     };
     let (tls_orders, tls_reports) = copy("require");
-    wait_until("the TLS start to be counted", Duration::from_secs(15), || {
-        identity_count(&dir.0, "db/reports", "tls") >= 1
-    });
+    wait_until(
+        "the TLS start to be counted",
+        Duration::from_secs(15),
+        || identity_count(&dir.0, "db/reports", "tls") >= 1,
+    );
     let (clear_orders, clear_reports) = copy("disable");
     wait_until(
         "the clear start to be identified",
@@ -215,4 +226,3 @@ fn psql_copy(ns: &Netns, host: &str, sslmode: &str) {
         &conninfo,
     ]);
 }
-

@@ -428,7 +428,7 @@ const _: () = {
     assert!(CLIENT_FIXED_BITS as usize == offset_of!(ClientMatch, addr) * 8);
     assert!(size_of::<ClientRule>() == 8);
     assert!(size_of::<SqlEvent>() == 64 + SQL_CAPTURE_BYTES);
-    assert!(size_of::<SqlEvent>() % 8 == 0);
+    assert!(size_of::<SqlEvent>().is_multiple_of(8));
     assert!(size_of::<SqlBudget>() == 16);
     assert!(sql_reason::NAMES.len() == sql_reason::COUNT as usize);
     assert!(size_of::<FlowKey>() == 40);

@@ -15,8 +15,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aya::programs::{TestRun, TestRunOptions};
-use pisa_daemon::kernel::{
-    ClassSpec, Dataplane, Features, Kernel, Protocol, RuleMatch, ShapingMode, Side,
+use pisa_daemon::{
+    kernel::{
+        ClassSpec, ClientPrefix, Dataplane, Features, Kernel, Protocol, RuleMatch, RuleTarget,
+        ShapingMode, Side,
+    },
+    model::Prefix,
 };
 use support::{packet::Packet, *};
 
@@ -65,39 +69,102 @@ fn ns_per_packet() {
     kernel
         .put_class(&class(2, ShapingMode::Edt, u64::MAX / 4))
         .unwrap();
-    kernel.put_rule(&rule("10.1.0.1", 3306), 1).unwrap();
-    kernel.put_rule(&rule("10.1.0.2", 3306), 2).unwrap();
+    kernel.put_rule(&rule("10.1.0.1", 3306), &RuleTarget::class(1)).unwrap();
+    kernel.put_rule(&rule("10.1.0.2", 3306), &RuleTarget::class(2)).unwrap();
     // A realistic trie: 1000 more rules that these packets do not match.
     for i in 0..1000u32 {
         let addr = format!("10.200.{}.{}", i / 250, i % 250 + 1);
-        kernel.put_rule(&rule(&addr, 5432), 1).unwrap();
+        kernel.put_rule(&rule(&addr, 5432), &RuleTarget::class(1)).unwrap();
     }
-    println!("### ns per packet (BPF_PROG_TEST_RUN, 1,000,000 repeats, median of {RUNS})\n");
-    println!("| path | ns/packet |\n|---|---|");
-    for (path, dst) in [
-        ("miss (unmatched)", "10.9.9.9"),
-        ("htb hit", "10.1.0.1"),
-        ("edt hit", "10.1.0.2"),
-    ] {
-        let frame = Packet::tcp("10.0.0.1", 40000, dst, 3306)
-            .payload(1000)
-            .bytes();
-        let samples: Vec<f64> = (0..RUNS)
-            .map(|_| {
-                let result = kernel
-                    .program()
-                    .test_run(TestRunOptions {
-                        data_in: Some(&frame),
-                        repeat: 1_000_000,
-                        ..TestRunOptions::default()
-                    })
-                    .expect("test run");
-                result.duration.as_nanos() as f64
-            })
-            .collect();
-        println!("| {path} | {:.1} |", median(samples));
+    let paths = [
+        ("miss (unmatched)", "10.9.9.9", "10.0.0.1"),
+        ("htb hit", "10.1.0.1", "10.0.0.1"),
+        ("edt hit", "10.1.0.2", "10.0.0.1"),
+    ];
+    let before: Vec<f64> = paths
+        .iter()
+        .map(|(_, dst, src)| time_path(&kernel, src, dst))
+        .collect();
+    // Client selectors at scale: 100 shared endpoints, each with 1,024
+    // client prefixes (102,400 (endpoint, client prefix) pairs), and SQL
+    // identity on another endpoint. Then the same paths again, and the new
+    // ones: a client-selector hit and a SQL-flagged endpoint's data packet.
+    kernel
+        .put_class(&class(3, ShapingMode::Htb, 100 * MBIT))
+        .unwrap();
+    let mut pairs = 0usize;
+    for e in 0..100u32 {
+        let rule_id = (e + 1) as u16;
+        for c in 0..1024u32 {
+            let client = ClientPrefix {
+                rule_id,
+                client: Prefix {
+                    addr: format!("10.{}.{}.0", 100 + c / 256, c % 256).parse().unwrap(),
+                    len: 24,
+                },
+            };
+            kernel.put_client(&client, 3).unwrap();
+            pairs += 1;
+        }
+        let target = RuleTarget {
+            class_id: 1,
+            clients: true,
+            sql: false,
+            rule_id,
+        };
+        kernel
+            .put_rule(&rule(&format!("10.50.{}.{}", e / 250, e % 250 + 1), 5432), &target)
+            .unwrap();
     }
+    let sql = RuleTarget {
+        class_id: 1,
+        clients: false,
+        sql: true,
+        rule_id: 0,
+    };
+    kernel.put_rule(&rule("10.1.0.3", 3306), &sql).unwrap();
+    let after: Vec<f64> = paths
+        .iter()
+        .map(|(_, dst, src)| time_path(&kernel, src, dst))
+        .collect();
+    println!(
+        "### ns per packet (BPF_PROG_TEST_RUN, 1,000,000 repeats, median of {RUNS})\n\n\
+         Each path before and after loading {pairs} (endpoint, client prefix) pairs and a \
+         SQL-identity endpoint into the same kernel, in this run.\n"
+    );
+    println!("| path | ns/packet, no selectors | ns/packet, with selectors | difference |");
+    println!("|---|---|---|---|");
+    for ((path, _, _), (b, a)) in paths.iter().zip(before.iter().zip(&after)) {
+        println!("| {path} | {b:.1} | {a:.1} | {:+.1} |", a - b);
+    }
+    let client_hit = time_path(&kernel, "10.101.7.9", "10.50.0.1");
+    let client_fallback = time_path(&kernel, "10.9.7.9", "10.50.0.1");
+    let sql_data = time_path(&kernel, "10.0.0.1", "10.1.0.3");
+    println!("| client-selector hit (2nd LPM lookup) | | {client_hit:.1} | |");
+    println!("| client-selector endpoint, no client matches | | {client_fallback:.1} | |");
+    println!("| SQL-identity endpoint, data packet (8-byte start check) | | {sql_data:.1} | |");
     println!();
+}
+
+/// Median ns per packet of a 1000-byte TCP segment from `src` to `dst`:3306
+/// (or :5432 for the 10.50/16 selector endpoints).
+fn time_path(kernel: &Kernel, src: &str, dst: &str) -> f64 {
+    let port = if dst.starts_with("10.50.") { 5432 } else { 3306 };
+    let frame = Packet::tcp(src, 40000, dst, port).payload(1000).bytes();
+    let samples: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let result = kernel
+                .program()
+                .test_run(TestRunOptions {
+                    data_in: Some(&frame),
+                    repeat: 1_000_000,
+                    ..TestRunOptions::default()
+                })
+                .expect("test run");
+            result.duration.as_nanos() as f64
+        })
+        .collect();
+    median(samples)
 }
 
 fn veth_throughput() {
@@ -158,7 +225,7 @@ fn alternate(dev: &str, server_ip: &str, measure: impl Fn() -> f64) -> (f64, f64
         kernel
             .put_class(&class(1, ShapingMode::Htb, 10 * MBIT))
             .unwrap();
-        kernel.put_rule(&rule(server_ip, 3306), 1).unwrap();
+        kernel.put_rule(&rule(server_ip, 3306), &RuleTarget::class(1)).unwrap();
         attached.push(measure());
         drop(kernel);
         pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
@@ -206,7 +273,7 @@ fn rate_accuracy() {
                 let mut c = class(1, ShapingMode::Htb, rate_mbit * MBIT);
                 c.burst_bytes = burst as u32;
                 kernel.put_class(&c).unwrap();
-                kernel.put_rule(&rule(&veth.ns_ip, 5201), 1).unwrap();
+                kernel.put_rule(&rule(&veth.ns_ip, 5201), &RuleTarget::class(1)).unwrap();
             },
             rate_mbit,
         );

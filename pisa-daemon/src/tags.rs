@@ -195,6 +195,39 @@ impl TagTable {
         Ok(())
     }
 
+    /// Takes over tags already in the kernel (a restarted daemon's own
+    /// SQL-identity tags), as pairs of directions; a direction whose other
+    /// half is missing, or beyond capacity, is returned for removal.
+    pub fn adopt(&mut self, entries: &[(FlowKey, FlowTag)]) -> Vec<FlowKey> {
+        let mut halves: BTreeMap<Flow, Vec<(FlowKey, FlowTag)>> = BTreeMap::new();
+        let mut orphans = Vec::new();
+        for (key, tag) in entries {
+            match Flow::from_key(key) {
+                Some(flow) => halves
+                    .entry(flow.canonical())
+                    .or_default()
+                    .push((*key, *tag)),
+                None => orphans.push(*key),
+            }
+        }
+        for (flow, pair) in halves {
+            if pair.len() != 2 || self.tags.len() >= self.capacity {
+                orphans.extend(pair.iter().map(|(k, _)| *k));
+                continue;
+            }
+            let tag = pair[0].1;
+            self.tags.insert(
+                flow,
+                Tag {
+                    class_id: tag.class_id,
+                    origin: tag.origin,
+                    expires_ns: tag.expires_ns,
+                },
+            );
+        }
+        orphans
+    }
+
     /// Removes a connection's tag; returns whether it had one.
     pub fn untag<D: Dataplane + ?Sized>(
         &mut self,
@@ -396,5 +429,27 @@ mod tests {
         );
         assert_eq!(dp.flow_tags.len(), 2);
         assert_eq!(table.count_by_class(), BTreeMap::from([(2, 1)]));
+    }
+
+    #[test]
+    fn adopting_keeps_whole_pairs_and_hands_back_halves() {
+        let mut table = TagTable::new(10);
+        let whole = flow("10.0.0.1:1", "10.0.0.2:5432");
+        let half = flow("10.0.0.1:2", "10.0.0.2:5432");
+        let value = FlowTag {
+            class_id: 4,
+            origin: pisa_daemon_common::TAG_ORIGIN_SQL,
+            expires_ns: 99,
+        };
+        let orphans = table.adopt(&[
+            (whole.key(), value),
+            (whole.reversed().key(), value),
+            (half.key(), value),
+        ]);
+        assert_eq!(orphans, vec![half.key()]);
+        assert_eq!(table.len(), 1);
+        let tag = table.get(&whole).unwrap();
+        assert_eq!((tag.class_id, tag.origin, tag.expires_ns), (4, 1, 99));
+        assert_eq!(Flow::from_key(&half.key()), Some(half));
     }
 }

@@ -274,8 +274,19 @@ impl Postgres {
             sh(
                 "openssl",
                 &[
-                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-                    "/CN=pisa-test-db", "-keyout", key, "-out", cert,
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "rsa:2048",
+                    "-nodes",
+                    "-days",
+                    "1",
+                    "-subj",
+                    "/CN=pisa-test-db",
+                    "-keyout",
+                    key,
+                    "-out",
+                    cert,
                 ],
             );
             sh("chown", &["postgres:postgres", cert, key]);

@@ -164,19 +164,23 @@ fn open_agent(config: &NodeConfig) -> Result<(SharedAgent<Kernel>, SqlEvents), N
     for iface in kernel.release_vanished_interfaces()? {
         info!(%iface, "released the attachment of a vanished interface");
     }
-    // Tags are not persisted: the proxy re-tags when it sees the new
-    // generation. Leftovers of the previous run (which kept shaping while
-    // no daemon ran) are cleared so the table matches the kernel.
-    let stale_tags = kernel.clear_flow_tags()?;
-    if stale_tags > 0 {
+    // The proxy's tags are not persisted: it re-tags when it sees the new
+    // generation, so its leftovers are cleared. The daemon's own SQL-identity
+    // tags are taken over: their connections' starts are long gone.
+    let (cleared, kept) = kernel.take_over_flow_tags()?;
+    let mut tags = TagTable::new(config.api.max_flow_tags);
+    let orphans = tags.adopt(&kept);
+    kernel.delete_flow_tags(&orphans)?;
+    if cleared > 0 || !kept.is_empty() {
         info!(
-            entries = stale_tags,
-            "cleared flow tags of the previous run"
+            cleared,
+            kept = tags.len(),
+            "flow tags of the previous run: the proxy's cleared, SQL identity's kept"
         );
     }
     let ifaces: BTreeSet<String> = config.ifaces.iter().cloned().collect();
     let mut agent = Agent::new(kernel, ifaces, limits);
-    agent.tags = TagTable::new(config.api.max_flow_tags);
+    agent.tags = tags;
     Ok((Arc::new(Mutex::new(agent)), sql_events))
 }
 

@@ -101,10 +101,8 @@ pub fn parse(bytes: &[u8]) -> Result<Start, Rejected> {
 /// `key\0value\0 … \0` pairs of a StartupMessage; the bytes may stop early.
 fn postgres(mut pairs: &[u8], cut: bool) -> Result<Start, Rejected> {
     let mut who = SqlIdentity::default();
-    loop {
-        let Some((key, rest)) = cstring(pairs) else {
-            break; // the message goes on beyond the bytes we have
-        };
+    // No NUL left: the message goes on beyond the bytes we have.
+    while let Some((key, rest)) = cstring(pairs) {
         if key.is_empty() {
             break; // the terminating NUL
         }

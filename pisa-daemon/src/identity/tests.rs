@@ -156,7 +156,10 @@ fn client_networks_narrow_a_route_and_a_proxy_tag_is_never_replaced() {
     let mut w = World::new();
     let outside = flow("10.1.0.9:40000");
     assert_eq!(
-        w.handle(&event(SQL_EVENT_START, &outside, &startup("reporter")), &routes),
+        w.handle(
+            &event(SQL_EVENT_START, &outside, &startup("reporter")),
+            &routes
+        ),
         Some(Outcome::NoClaim)
     );
     let inside = flow("10.2.0.9:40000");
@@ -167,7 +170,10 @@ fn client_networks_narrow_a_route_and_a_proxy_tag_is_never_replaced() {
     };
     w.tags.tag(&mut w.dp, &inside, proxy, 0).unwrap();
     assert_eq!(
-        w.handle(&event(SQL_EVENT_START, &inside, &startup("reporter")), &routes),
+        w.handle(
+            &event(SQL_EVENT_START, &inside, &startup("reporter")),
+            &routes
+        ),
         Some(Outcome::ProxyTagged)
     );
     assert_eq!(w.dp.flow_tags[&inside.key()].class_id, 3);
@@ -187,11 +193,17 @@ fn a_full_table_leaves_the_connection_in_its_endpoint_class() {
     let first = flow("10.1.0.9:40000");
     let second = flow("10.1.0.9:40001");
     assert_eq!(
-        w.handle(&event(SQL_EVENT_START, &first, &startup("reporter")), &routes),
+        w.handle(
+            &event(SQL_EVENT_START, &first, &startup("reporter")),
+            &routes
+        ),
         Some(Outcome::Identified)
     );
     assert_eq!(
-        w.handle(&event(SQL_EVENT_START, &second, &startup("reporter")), &routes),
+        w.handle(
+            &event(SQL_EVENT_START, &second, &startup("reporter")),
+            &routes
+        ),
         Some(Outcome::TableFull)
     );
     assert_eq!(w.stats.node[&Outcome::TableFull], 1);

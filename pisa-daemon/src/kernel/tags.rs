@@ -85,7 +85,28 @@ impl Kernel {
         Ok(())
     }
 
-    /// Removes every tag (a daemon start: tags are not persisted).
+    /// At a daemon start: removes the proxy's tags (the proxy re-tags on
+    /// the new generation) and returns the daemon's own SQL-identity tags,
+    /// which nobody else could restore: their connections started before
+    /// this process did, so their starts will never be seen again.
+    pub fn take_over_flow_tags(&mut self) -> Result<(usize, Vec<(FlowKey, FlowTag)>), KernelError> {
+        let entries: Vec<(FlowKey, FlowTag)> = {
+            let tags: HashMap<_, FlowKey, FlowTag> = HashMap::try_from(self.map(MAP_FLOW_TAGS)?)
+                .map_err(map_err(MAP_FLOW_TAGS, "opening"))?;
+            tags.iter().filter_map(Result::ok).collect()
+        };
+        let (kept, dropped): (Vec<_>, Vec<_>) = entries
+            .into_iter()
+            .partition(|(_, tag)| tag.origin == pisa_daemon_common::TAG_ORIGIN_SQL);
+        for (key, _) in &dropped {
+            self.delete_flow_tag(key)?;
+        }
+        self.summary.flow_tags = kept.len() as u32;
+        self.write_summary()?;
+        Ok((dropped.len(), kept))
+    }
+
+    /// Removes every tag.
     pub(super) fn clear_pinned_flow_tags(&mut self) -> Result<usize, KernelError> {
         let keys: Vec<FlowKey> = {
             let tags: HashMap<_, FlowKey, FlowTag> = HashMap::try_from(self.map(MAP_FLOW_TAGS)?)

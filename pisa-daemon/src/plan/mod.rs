@@ -254,7 +254,7 @@ pub fn fallback_class(plain: &BTreeMap<RuleMatch, RuleTarget>, rule: &RuleMatch)
 mod tests {
     use super::*;
     use crate::{
-        model::{Protocol, ShapingMode, Side},
+        model::{Protocol, ShapingMode, Side, SqlMatch},
         spec::{Direction, Priority},
     };
 
@@ -358,5 +358,91 @@ mod tests {
         let unique: std::collections::BTreeSet<u32> = p.ids.values().copied().collect();
         assert_eq!(unique.len(), 5000);
         assert!(unique.iter().all(|id| (1..MAX_CLASSES).contains(id)));
+    }
+
+    fn prefix(text: &str) -> Prefix {
+        let (addr, len) = text.split_once('/').unwrap();
+        Prefix {
+            addr: addr.parse().unwrap(),
+            len: len.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn client_selectors_share_an_endpoint_under_one_rule_id() {
+        let mut orders = claim("db", "orders", 1000, &["10.0.0.5"]);
+        orders.clients = vec![prefix("10.1.0.0/16")];
+        let mut reports = claim("db", "reports", 1000, &["10.0.0.5"]);
+        reports.clients = vec![prefix("10.2.0.0/16"), prefix("10.1.7.0/24")];
+        // Same prefix as orders, later in namespace/name order: loses the tie.
+        let mut zed = claim("db", "zed", 1000, &["10.0.0.5"]);
+        zed.clients = vec![prefix("10.1.0.0/16")];
+        let p = plan(&claims(vec![orders, reports, zed]), &BTreeMap::new());
+        let id = |name: &str| p.ids[&ClaimKey::new("db", name)];
+        assert_eq!(p.rules.len(), 1);
+        let target = p.rules.values().next().unwrap();
+        assert!(target.clients && !target.sql);
+        assert_eq!(target.rule_id, 1);
+        assert_eq!(target.class_id, 0, "no claim covers every client");
+        let by_prefix: BTreeMap<Prefix, u32> =
+            p.clients.iter().map(|(c, id)| (c.client, *id)).collect();
+        assert_eq!(by_prefix[&prefix("10.1.0.0/16")], id("orders"));
+        assert_eq!(by_prefix[&prefix("10.1.7.0/24")], id("reports"));
+        assert_eq!(by_prefix[&prefix("10.2.0.0/16")], id("reports"));
+        assert_eq!(p.client_counts[&ClaimKey::new("db", "reports")], 2);
+        assert!(!p.client_counts.contains_key(&ClaimKey::new("db", "zed")));
+    }
+
+    #[test]
+    fn unselected_clients_fall_back_to_the_best_plain_rule_that_covers_the_endpoint() {
+        let mut wide = claim("db", "subnet", 1000, &[]);
+        wide.rules = vec![RuleMatch {
+            side: Side::Destination,
+            addr: "10.0.0.0".parse().unwrap(),
+            prefix_len: 24,
+            protocol: Protocol::Tcp,
+            port: 0,
+        }];
+        let mut reports = claim("db", "reports", 1000, &["10.0.0.5"]);
+        reports.sql = Some(SqlMatch {
+            users: vec!["reporter".into()],
+            ..SqlMatch::default()
+        });
+        let p = plan(&claims(vec![wide, reports]), &BTreeMap::new());
+        let host_rule = p
+            .rules
+            .iter()
+            .find(|(r, _)| r.prefix_len == 32)
+            .map(|(_, t)| *t)
+            .unwrap();
+        assert!(host_rule.sql && !host_rule.clients);
+        assert_eq!(host_rule.class_id, p.ids[&ClaimKey::new("db", "subnet")]);
+        assert_eq!(p.sql.len(), 1);
+        assert_eq!(p.sql[0].class_id, p.ids[&ClaimKey::new("db", "reports")]);
+        assert!(p.sql[0].covers(
+            Protocol::Tcp,
+            "10.9.9.9".parse().unwrap(),
+            "10.0.0.5:3306".parse().unwrap()
+        ));
+        assert!(!p.sql[0].covers(
+            Protocol::Tcp,
+            "10.9.9.9".parse().unwrap(),
+            "10.0.0.6:3306".parse().unwrap()
+        ));
+    }
+
+    #[test]
+    fn a_sql_claim_beside_the_endpoint_owner_flags_the_owner_rule() {
+        let orders = claim("db", "orders", 1000, &["10.0.0.5"]);
+        let mut reports = claim("db", "reports", 1000, &["10.0.0.5"]);
+        reports.sql = Some(SqlMatch {
+            users: vec!["reporter".into()],
+            ..SqlMatch::default()
+        });
+        let p = plan(&claims(vec![orders, reports]), &BTreeMap::new());
+        let target = p.rules.values().next().unwrap();
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(target.class_id, p.ids[&ClaimKey::new("db", "orders")]);
+        assert!(target.sql);
     }
 }

@@ -209,7 +209,9 @@ impl<D: Dataplane> Agent<D> {
                     // otherwise rewrite every claim's status on every node.
                     status.message = format!("class {id} in force");
                     if let Some(claim) = claim {
-                        status.message.push_str(&selector_summary(claim, status.client_prefixes));
+                        status
+                            .message
+                            .push_str(&selector_summary(claim, status.client_prefixes));
                     }
                     if let Some(overlaps) = self.overlaps.get(key) {
                         for overlap in overlaps {

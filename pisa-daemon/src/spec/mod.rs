@@ -4,17 +4,17 @@
 
 mod claim;
 mod load;
+mod overlap;
 mod snapshot;
 mod status;
-mod overlap;
 pub mod units;
 mod validate;
 
 pub use claim::*;
 pub use load::{load_documents, Document};
+pub use overlap::overlaps;
 pub use snapshot::SourceSnapshot;
 pub use status::{ClaimStatus, Phase};
-pub use overlap::overlaps;
 pub use validate::{validate, ClaimError, Limits, PodClients, ValidClaim, Validated};
 
 #[cfg(test)]

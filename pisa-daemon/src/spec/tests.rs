@@ -307,6 +307,84 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "claims.yaml#3: claim default/a3: metadata.name `a3`: more claims than the configured maximum of 2 classes (--max-classes); claims are admitted in namespace/name order",
         ],
     ),
+    (
+        "clients_pod_selector_in_a_file",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients[0].podSelector: Pod selectors need a cluster (run --kube); a claims file selects clients by cidr; valid here: cidr",
+        ],
+    ),
+    (
+        "clients_cidr_and_pod_selector",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients[0]: set either cidr or podSelector, not both",
+        ],
+    ),
+    (
+        "clients_cidr_host_bits",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients[0].cidr `10.1.0.5/16`: host bits are set; did you mean 10.1.0.0/16?",
+        ],
+    ),
+    (
+        "clients_namespace_selector_with_cidr",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients[0].namespaceSelector: a namespaceSelector narrows a podSelector; it means nothing next to a cidr",
+        ],
+    ),
+    (
+        "clients_empty_list",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients `[]`: an empty list selects no client; leave clients out to cover every client",
+        ],
+    ),
+    (
+        "clients_without_endpoints",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.endpoints: clients and sql select among an endpoint's connections, so they need spec.trafficQoS.endpoints (a bound VirtualDatabase supplies them too)",
+        ],
+    ),
+    (
+        "clients_unknown_field",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.clients[0].network: unknown field `network`, expected one of `cidr`, `podSelector`, `namespaceSelector`",
+        ],
+    ),
+    (
+        "sql_selects_nothing",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.sql `{}`: selects nothing; give users, databases and/or applications",
+        ],
+    ),
+    (
+        "sql_empty_list",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.sql.users `[]`: an empty list matches nothing; leave the field out to match any",
+        ],
+    ),
+    (
+        "sql_name_too_long",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.sql.databases[0] `dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd`: names are 1-63 bytes without NUL (the longest name PostgreSQL keeps)",
+        ],
+    ),
+    (
+        "sql_unknown_field",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.sql.user: unknown field `user`, expected one of `users`, `databases`, `applications`",
+        ],
+    ),
+    (
+        "sql_with_one_direction",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.direction `from`: a claim with sql shapes whole connections (its tag covers both directions); valid with sql: both",
+        ],
+    ),
+    (
+        "sql_on_udp",
+        &[
+            "claims.yaml#1: claim shop/catalogue: spec.trafficQoS.sql `to 10.0.0.5/32 UDP port 5432`: SQL identity is read from a TCP connection's start; valid: TCP endpoints",
+        ],
+    ),
 ];
 
 #[test]

@@ -253,6 +253,7 @@ fn status_patch_holds_only_this_nodes_entry() {
         rate_bytes: None,
         ceil_bytes: None,
         priority: None,
+        client_prefixes: 0,
     };
     assert_eq!(
         serde_json::to_value(status_patch("node-a", &status, "2026-11-21T04:00:00Z")).unwrap(),
@@ -286,6 +287,7 @@ async fn status_is_server_side_applied_per_node_and_only_when_it_changes() {
             rate_bytes: None,
             ceil_bytes: None,
             priority: None,
+            client_prefixes: 0,
         },
     );
     let server = tokio::spawn(async move {
