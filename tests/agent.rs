@@ -58,21 +58,30 @@ impl Setup {
     }
 
     fn start(&self, port: u16) -> Daemon {
+        self.start_binary(daemon_bin(), port)
+    }
+
+    /// `start` with another build of the daemon (the previous release).
+    fn start_binary(&self, bin: impl AsRef<std::ffi::OsStr>, port: u16) -> Daemon {
         let metrics = format!("127.0.0.1:{port}");
         let state_file = self.dir.0.join("state.json");
-        let guard = spawn_daemon(&[
-            "run",
-            "--config",
-            self.config().to_str().unwrap(),
-            "--iface",
-            self.topo.to_server(),
-            "--bpffs",
-            self.root.as_str(),
-            "--metrics-addr",
-            &metrics,
-            "--state-file",
-            state_file.to_str().unwrap(),
-        ]);
+        let guard = spawn_binary(
+            bin,
+            &[
+                "run",
+                "--config",
+                self.config().to_str().unwrap(),
+                "--iface",
+                self.topo.to_server(),
+                "--bpffs",
+                self.root.as_str(),
+                "--metrics-addr",
+                &metrics,
+                "--state-file",
+                state_file.to_str().unwrap(),
+            ],
+            &[],
+        );
         let mut daemon = Daemon {
             guard,
             metrics,
@@ -374,6 +383,60 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
         gap_bps / 1e6
     );
     daemon.guard.assert_running();
+}
+
+/// A node upgraded from the previous release: the new daemon takes over
+/// the pinned maps and links the old one left, swaps its own program into
+/// the live links (never a moment unattached), and traffic stays shaped
+/// across the whole change.
+#[test]
+fn an_upgrade_from_the_previous_release_takes_over_in_place() {
+    let previous = previous_daemon_bin();
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let mut old = s.start_binary(&previous, 19469);
+    let [old_prog, map, link] = pinned_ids(&s);
+    let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
+    let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 12);
+    let alpha = class_id_of(&old.state_file, "shop/alpha");
+    wait_for_class_bytes(s.topo.to_server(), alpha, 250_000);
+
+    let started = Instant::now();
+    let start_bytes = tx_bytes(s.topo.to_server());
+    assert!(old
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10))
+        .success());
+    std::thread::sleep(Duration::from_secs(1));
+    let new = s.start(19469);
+    std::thread::sleep(Duration::from_secs(2));
+    let gap_bps =
+        (tx_bytes(s.topo.to_server()) - start_bytes) as f64 * 8.0 / started.elapsed().as_secs_f64();
+    eprintln!("across the upgrade: {:.2} Mbit/s", gap_bps / 1e6);
+
+    let [new_prog, new_map, new_link] = pinned_ids(&s);
+    assert_eq!(
+        (&new_map, &new_link),
+        (&map, &link),
+        "maps and link taken over"
+    );
+    assert_ne!(new_prog, old_prog, "the pinned program is this build's");
+    let linked = bpftool_json(&["link", "show", "id", &link.to_string()])["prog_id"].clone();
+    assert_eq!(linked, new_prog, "the live link runs this build's program");
+    assert_eq!(
+        class_id_of(&new.state_file, "shop/alpha"),
+        alpha,
+        "class ids kept"
+    );
+    assert!(
+        s.root.layout().ingress_link(s.topo.to_server()).exists(),
+        "the new ingress observer is attached"
+    );
+    assert!(
+        (10e6 * 0.8..=10e6 * 1.05).contains(&gap_bps),
+        "not shaped across the upgrade: {:.2} Mbit/s",
+        gap_bps / 1e6
+    );
 }
 
 #[test]

@@ -226,3 +226,59 @@ fn psql_copy(ns: &Netns, host: &str, sslmode: &str) {
         &conninfo,
     ]);
 }
+
+/// A restarted daemon takes over SQL identity's tags (their connections'
+/// starts are long gone): a tagged export stays in its class across a
+/// SIGKILL and a restart.
+#[test]
+fn identified_connections_stay_in_their_class_across_a_restart() {
+    require_root();
+    let net = DbNet::new();
+    let host = net.endpoint_a.as_str();
+    let _postgres = Postgres::start(&net.db, &[host], 5);
+    let root = BpffsRoot::new();
+    let dir = TempDir::new("pidr");
+    let endpoint = (host, 5432);
+    let claims = db_claim("orders", endpoint, "guaranteed", "htb", "50mbit", LINK)
+        + &db_claim_selecting(
+            "reports",
+            endpoint,
+            "besteffort",
+            "htb",
+            "20mbit",
+            "20mbit",
+            &format!("sql: {{users: [{BULK_USER}]}}"),
+        );
+    let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
+    let (orders, reports) = (
+        class_of(&dir.0, "db/orders"),
+        class_of(&dir.0, "db/reports"),
+    );
+    let _export = bulk_copies(&net.bulk, host, 1);
+    wait_until(
+        "the export to be identified",
+        Duration::from_secs(15),
+        || identity_count(&dir.0, "db/reports", "identified") >= 1,
+    );
+    daemon.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
+    let bytes = || pinned::class_stats(&root.layout(), [orders, reports].into_iter()).unwrap();
+    let before = bytes();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = bytes();
+    daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    let grew = |class: u32| after[&class].bytes - before[&class].bytes;
+    eprintln!(
+        "after the restart: reports {} B, orders {} B in 3 s",
+        grew(reports),
+        grew(orders)
+    );
+    assert!(
+        grew(reports) > 3_000_000,
+        "the export left its class after the restart"
+    );
+    assert!(
+        grew(orders) < grew(reports) / 20,
+        "the export fell to the endpoint's class after the restart"
+    );
+}

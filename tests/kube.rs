@@ -376,3 +376,115 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     });
     daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
 }
+
+fn labelled_pod(node: &str, ip: &str, app: &str) -> Value {
+    let mut object = pod(node, ip);
+    object["metadata"]["labels"] = json!({"app": app});
+    object
+}
+
+fn client_prefixes(dir: &Path, claim: &str) -> u64 {
+    let Ok(text) = std::fs::read_to_string(dir.join("state.json")) else {
+        return 0;
+    };
+    let state: Value = serde_json::from_str(&text).unwrap_or_default();
+    state["claims"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["claim"] == claim)
+        .and_then(|c| c["client_prefixes"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Two client Pods on one endpoint told apart by a podSelector: the
+/// `reports` Pod's traffic is held to its claim's 10 Mbit/s, the `orders`
+/// Pod's is not; relabelling the orders Pod moves it under the claim.
+#[test]
+fn a_pod_selector_shapes_the_selected_client_pods_and_follows_their_labels() {
+    require_root();
+    require_tool("iperf3");
+    let net = Routed::new();
+    let reports = VethToNs::new();
+    reports
+        .ns
+        .exec(&["ip", "route", "add", "default", "via", &reports.host_ip]);
+    let root = BpffsRoot::new();
+    let dir = TempDir::new("pkpod");
+    let api = FakeApi::start(&dir.0);
+    let server_ip = net.server_ip().to_owned();
+    let mut selective = claim(&server_ip);
+    selective["spec"]["trafficQoS"]["clients"] =
+        json!([{"podSelector": {"matchLabels": {"app": "reports"}}}]);
+    api.put("qosclaims", "catalogue", selective);
+    api.put(
+        "namespaces",
+        "shop",
+        json!({"metadata": {"labels": {"team": "shop"}}}),
+    );
+    api.put("pods", "db-0", pod(NODE, &server_ip));
+    api.put(
+        "pods",
+        "orders-0",
+        labelled_pod(NODE, &net.client.ns_ip, "orders"),
+    );
+    api.put(
+        "pods",
+        "reports-0",
+        labelled_pod(NODE, &reports.ns_ip, "reports"),
+    );
+    let mut daemon = start_daemon(&api, &root, &dir.0);
+    wait_for(&mut daemon, "the reports Pod's address in force", || {
+        attached(net.to_server()) && client_prefixes(&dir.0, "shop/catalogue") == 1
+    });
+    let _server = iperf3_server(&net.server.ns, &server_ip, PORT);
+    let shaped = iperf3_goodput(&reports.ns, &server_ip, PORT, 4);
+    let free = iperf3_goodput(&net.client.ns, &server_ip, PORT, 4);
+    eprintln!(
+        "reports Pod {:.1} Mbit/s, orders Pod {:.1} Mbit/s",
+        shaped / 1e6,
+        free / 1e6
+    );
+    assert!(
+        (CLASS_RATE_BPS * 0.8..=CLASS_RATE_BPS * 1.05).contains(&shaped),
+        "the selected Pod is not held to its claim: {:.1} Mbit/s",
+        shaped / 1e6
+    );
+    assert!(
+        free > CLASS_RATE_BPS * 3.0,
+        "the unselected Pod was shaped: {:.1} Mbit/s",
+        free / 1e6
+    );
+
+    // Relabelled, the orders Pod falls under the claim too.
+    let relabelled = std::time::Instant::now();
+    api.put(
+        "pods",
+        "orders-0",
+        labelled_pod(NODE, &net.client.ns_ip, "reports"),
+    );
+    wait_for(&mut daemon, "the relabelled Pod's address in force", || {
+        client_prefixes(&dir.0, "shop/catalogue") == 2
+    });
+    eprintln!(
+        "relabel to prefix in force: {} ms (state file)",
+        relabelled.elapsed().as_millis()
+    );
+    let now_shaped = iperf3_goodput(&net.client.ns, &server_ip, PORT, 4);
+    assert!(
+        now_shaped <= CLASS_RATE_BPS * 1.05,
+        "the relabelled Pod is not shaped: {:.1} Mbit/s",
+        now_shaped / 1e6
+    );
+    // A namespaceSelector that matches no namespace selects no Pod.
+    let mut elsewhere = claim(&server_ip);
+    elsewhere["spec"]["trafficQoS"]["clients"] = json!([{
+        "podSelector": {"matchLabels": {"app": "reports"}},
+        "namespaceSelector": {"matchLabels": {"team": "bi"}},
+    }]);
+    api.put("qosclaims", "catalogue", elsewhere);
+    wait_for(&mut daemon, "no Pod selected in other namespaces", || {
+        let text = std::fs::read_to_string(dir.0.join("state.json")).unwrap_or_default();
+        text.contains("0 client prefix(es)")
+    });
+}

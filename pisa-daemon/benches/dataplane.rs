@@ -69,12 +69,18 @@ fn ns_per_packet() {
     kernel
         .put_class(&class(2, ShapingMode::Edt, u64::MAX / 4))
         .unwrap();
-    kernel.put_rule(&rule("10.1.0.1", 3306), &RuleTarget::class(1)).unwrap();
-    kernel.put_rule(&rule("10.1.0.2", 3306), &RuleTarget::class(2)).unwrap();
+    kernel
+        .put_rule(&rule("10.1.0.1", 3306), &RuleTarget::class(1))
+        .unwrap();
+    kernel
+        .put_rule(&rule("10.1.0.2", 3306), &RuleTarget::class(2))
+        .unwrap();
     // A realistic trie: 1000 more rules that these packets do not match.
     for i in 0..1000u32 {
         let addr = format!("10.200.{}.{}", i / 250, i % 250 + 1);
-        kernel.put_rule(&rule(&addr, 5432), &RuleTarget::class(1)).unwrap();
+        kernel
+            .put_rule(&rule(&addr, 5432), &RuleTarget::class(1))
+            .unwrap();
     }
     let paths = [
         ("miss (unmatched)", "10.9.9.9", "10.0.0.1"),
@@ -99,7 +105,9 @@ fn ns_per_packet() {
             let client = ClientPrefix {
                 rule_id,
                 client: Prefix {
-                    addr: format!("10.{}.{}.0", 100 + c / 256, c % 256).parse().unwrap(),
+                    addr: format!("10.{}.{}.0", 100 + c / 256, c % 256)
+                        .parse()
+                        .unwrap(),
                     len: 24,
                 },
             };
@@ -113,7 +121,10 @@ fn ns_per_packet() {
             rule_id,
         };
         kernel
-            .put_rule(&rule(&format!("10.50.{}.{}", e / 250, e % 250 + 1), 5432), &target)
+            .put_rule(
+                &rule(&format!("10.50.{}.{}", e / 250, e % 250 + 1), 5432),
+                &target,
+            )
             .unwrap();
     }
     let sql = RuleTarget {
@@ -149,7 +160,11 @@ fn ns_per_packet() {
 /// Median ns per packet of a 1000-byte TCP segment from `src` to `dst`:3306
 /// (or :5432 for the 10.50/16 selector endpoints).
 fn time_path(kernel: &Kernel, src: &str, dst: &str) -> f64 {
-    let port = if dst.starts_with("10.50.") { 5432 } else { 3306 };
+    let port = if dst.starts_with("10.50.") {
+        5432
+    } else {
+        3306
+    };
     let frame = Packet::tcp(src, 40000, dst, port).payload(1000).bytes();
     let samples: Vec<f64> = (0..RUNS)
         .map(|_| {
@@ -225,7 +240,9 @@ fn alternate(dev: &str, server_ip: &str, measure: impl Fn() -> f64) -> (f64, f64
         kernel
             .put_class(&class(1, ShapingMode::Htb, 10 * MBIT))
             .unwrap();
-        kernel.put_rule(&rule(server_ip, 3306), &RuleTarget::class(1)).unwrap();
+        kernel
+            .put_rule(&rule(server_ip, 3306), &RuleTarget::class(1))
+            .unwrap();
         attached.push(measure());
         drop(kernel);
         pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
@@ -273,7 +290,9 @@ fn rate_accuracy() {
                 let mut c = class(1, ShapingMode::Htb, rate_mbit * MBIT);
                 c.burst_bytes = burst as u32;
                 kernel.put_class(&c).unwrap();
-                kernel.put_rule(&rule(&veth.ns_ip, 5201), &RuleTarget::class(1)).unwrap();
+                kernel
+                    .put_rule(&rule(&veth.ns_ip, 5201), &RuleTarget::class(1))
+                    .unwrap();
             },
             rate_mbit,
         );

@@ -14,11 +14,18 @@
 //!    and ceil = link, each on its own endpoint (the release binary, a
 //!    claims file);
 //! 5. the daemon with the bulk claim in `police` mode;
-//! 6. and 7. OLTP and bulk on the SAME endpoint, without and with the
-//!    daemon (one claim: it cannot tell them apart yet, but the class's
-//!    own short queue bounds the wait);
-//! 8. to 10. MariaDB (`sysbench oltp_point_select`, bulk `SELECT *` loops):
-//!    idle, no QoS, the daemon.
+//! 6. to 9. OLTP and bulk on the SAME endpoint: no QoS; the daemon with one
+//!    claim (it cannot tell them apart; the class's own short queue bounds
+//!    the wait); the daemon telling them apart by SQL identity (`reports`
+//!    selects user `reporter`, `orders` owns the endpoint); and by client
+//!    network (`clients.cidr`);
+//! 10. to 14. MariaDB (`sysbench oltp_point_select`, bulk `SELECT *`
+//!     loops): idle, no QoS, the daemon; on the same endpoint, no QoS and
+//!     SQL identity.
+//!
+//! Then SQL identity's own figures: from a connection's start message to
+//! its tag in the kernel (median, p99), and the bytes of each connection
+//! that passed in the endpoint's class before the tag.
 //!
 //! Prints a Markdown table and writes the latency CDFs to
 //! `docs/db-latency.svg`. Flags: `--link-rate RATE`, `--seconds N` (a run,
@@ -129,6 +136,20 @@ fn claims(net: &DbNet, engine: Engine, link: &str, bulk_mode: &str) -> String {
         + &db_claim("reports", b, "besteffort", bulk_mode, BULK_RATE, link)
 }
 
+/// Two claims on ONE endpoint: `orders` owns it, `reports` takes the
+/// connections whose start says user `reporter` (or, with `by_client`,
+/// the bulk client's address).
+fn same_endpoint_claims(net: &DbNet, engine: Engine, link: &str, by_client: bool) -> String {
+    let a = (net.endpoint_a.as_str(), engine.port());
+    let reports = if by_client {
+        format!("clients: [{{cidr: {}/32}}]", net.bulk_ip)
+    } else {
+        format!("sql: {{users: [{BULK_USER}]}}")
+    };
+    db_claim("orders", a, "guaranteed", "htb", "20mbit", link)
+        + &db_claim_selecting("reports", a, "besteffort", "htb", BULK_RATE, link, &reports)
+}
+
 fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
     use Engine::{MariaDb, Postgres};
     let link = options.link_rate.as_str();
@@ -143,13 +164,19 @@ fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
     let idle = "idle: OLTP alone";
     let fifo = "no QoS: OLTP + bulk, the link's FIFO";
     let shaped = "pisa-daemon: OLTP guaranteed, bulk besteffort";
+    let sql = |engine| Setup::Daemon(same_endpoint_claims(net, engine, link, false));
+    let same_fifo = "same endpoint, no QoS";
+    let same_sql = "same endpoint, pisa-daemon: SQL identity tells them apart";
     if options.demo {
         return vec![
             scenario(idle, Postgres, Setup::Plain, false, false),
             scenario(fifo, Postgres, Setup::Plain, true, false),
             scenario(shaped, Postgres, daemon(Postgres), true, false),
+            scenario(same_fifo, Postgres, Setup::Plain, true, true),
+            scenario(same_sql, Postgres, sql(Postgres), true, true),
         ];
     }
+    let by_client = Setup::Daemon(same_endpoint_claims(net, Postgres, link, true));
     let police = Setup::Daemon(claims(net, Postgres, link, "police"));
     let a = (net.endpoint_a.as_str(), Postgres.port());
     let one_claim = Setup::Daemon(db_claim("shared", a, "burstable", "htb", "20mbit", link));
@@ -166,11 +193,19 @@ fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
             true,
             false,
         ),
-        scenario("same endpoint, no QoS", Postgres, Setup::Plain, true, true),
+        scenario(same_fifo, Postgres, Setup::Plain, true, true),
         scenario(
             "same endpoint, pisa-daemon (one claim)",
             Postgres,
             one_claim,
+            true,
+            true,
+        ),
+        scenario(same_sql, Postgres, sql(Postgres), true, true),
+        scenario(
+            "same endpoint, pisa-daemon: client networks tell them apart",
+            Postgres,
+            by_client,
             true,
             true,
         ),
@@ -189,6 +224,20 @@ fn scenarios(net: &DbNet, options: &Options) -> Vec<Scenario> {
             false,
         ),
         scenario("MariaDB pisa-daemon", MariaDb, daemon(MariaDb), true, false),
+        scenario(
+            "MariaDB same endpoint, no QoS",
+            MariaDb,
+            Setup::Plain,
+            true,
+            true,
+        ),
+        scenario(
+            "MariaDB same endpoint, pisa-daemon: SQL identity",
+            MariaDb,
+            sql(MariaDb),
+            true,
+            true,
+        ),
     ]
 }
 
@@ -394,6 +443,9 @@ fn bench() -> bool {
         }
     }
     table(&rows, &options);
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        identity_figures(&net, &options);
+    }
     if !options.demo {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/db-latency.svg");
         match plot(&rows, &path) {
@@ -402,4 +454,68 @@ fn bench() -> bool {
         }
     }
     true
+}
+
+/// SQL identity's own figures: `CONNECTIONS` clear connections of the bulk
+/// user, one after another, each copying pgbench's accounts table, with no
+/// other traffic: start-to-tag latency from the daemon's state file, and
+/// the bytes of each connection counted in the endpoint's class (`orders`)
+/// rather than its own, i.e. what passed before the tag.
+fn identity_figures(net: &DbNet, options: &Options) {
+    const CONNECTIONS: usize = 30;
+    let root = BpffsRoot::new();
+    let dir = TempDir::new("pbid");
+    let claims = same_endpoint_claims(net, Engine::Postgres, &options.link_rate, false);
+    let mut daemon = start_daemon_on_link(net, root.as_str(), &dir.0, &claims, &options.link_rate);
+    let (orders, reports) = (
+        class_of(&dir.0, "db/orders"),
+        class_of(&dir.0, "db/reports"),
+    );
+    let bytes = |class: u32| {
+        pisa_daemon::kernel::pinned::class_stats(&root.layout(), [class].into_iter())
+            .expect("class counters")[&class]
+            .bytes
+    };
+    let (orders_before, reports_before) = (bytes(orders), bytes(reports));
+    let psql = pg_bin("psql");
+    let conninfo = format!(
+        "host={} user={BULK_USER} dbname=postgres sslmode=disable",
+        net.endpoint_a
+    );
+    for _ in 0..CONNECTIONS {
+        net.bulk.exec(&[
+            psql.to_str().expect("utf-8"),
+            "-X",
+            "-q",
+            "-o",
+            "/dev/null",
+            "-c",
+            "COPY pgbench_accounts TO STDOUT",
+            &conninfo,
+        ]);
+    }
+    let before_tag = (bytes(orders) - orders_before) as f64 / CONNECTIONS as f64;
+    let tagged = (bytes(reports) - reports_before) as f64 / CONNECTIONS as f64;
+    wait_until(
+        "the state file to count every connection",
+        std::time::Duration::from_secs(15),
+        || identity_count(&dir.0, "db/reports", "identified") >= CONNECTIONS as u64,
+    );
+    let latency = daemon_state(&dir.0)["identity"]["tag_latency_us"].clone();
+    daemon.signal_and_wait(libc::SIGTERM, std::time::Duration::from_secs(10));
+    println!("### SQL identity: from the start message to the tag ({CONNECTIONS} PostgreSQL connections)\n");
+    println!(
+        "Each connection: `psql` as `{BULK_USER}` (sslmode=disable), one `COPY pgbench_accounts \
+         TO STDOUT`, one after another, nothing else on the link. Latency: from the program \
+         seeing the StartupMessage (`bpf_ktime_get_ns`) to the tag written in both directions \
+         (the daemon's own clock, same source).\n"
+    );
+    println!("| start to tag, median | p99 | max | bytes per connection before the tag (endpoint class) | bytes per connection after (its own class) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {:.0} us | {:.0} us | {:.0} us | {before_tag:.0} | {tagged:.0} |\n",
+        latency["p50"].as_f64().unwrap_or(f64::NAN),
+        latency["p99"].as_f64().unwrap_or(f64::NAN),
+        latency["max"].as_f64().unwrap_or(f64::NAN),
+    );
 }

@@ -22,7 +22,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("source", &["kernel", "model", "spec"]),
     ("state", &["spec"]),
-    ("metrics", &["kernel", "reconcile", "spec"]),
+    ("metrics", &["identity", "kernel", "reconcile", "spec"]),
     ("api", &["kernel", "model", "reconcile", "spec", "tags"]),
     (
         "daemon",

@@ -149,7 +149,7 @@ pub fn openmetrics_to_classic(text: &str) -> String {
 }
 
 /// The counter reads a scrape makes, by the map they read.
-const READS: [&str; 3] = ["CLASS_STATS", "REASON_STATS", "IFACE_STATS"];
+const READS: [&str; 4] = ["CLASS_STATS", "REASON_STATS", "IFACE_STATS", "SQL_STATS"];
 
 /// Reads the kernel's counters through the agent at scrape time. A read
 /// that fails leaves its series out of that scrape (Prometheus then sees
@@ -157,7 +157,7 @@ const READS: [&str; 3] = ["CLASS_STATS", "REASON_STATS", "IFACE_STATS"];
 /// `pisa_metrics_read_errors_total{map}` and logged.
 pub struct KernelCollector<D: Dataplane + Send + 'static> {
     agent: Arc<Mutex<Agent<D>>>,
-    read_errors: [std::sync::atomic::AtomicU64; 3],
+    read_errors: [std::sync::atomic::AtomicU64; 4],
 }
 
 impl<D: Dataplane + Send + 'static> KernelCollector<D> {
@@ -199,7 +199,7 @@ struct ClassSample {
 impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Copy out under the lock; encode without it.
-        let (classes, reasons, ifaces, attached) = {
+        let (classes, reasons, ifaces, attached, identity, sql_kernel, prefixes) = {
             let Ok(agent) = self.agent.lock() else {
                 return Ok(());
             };
@@ -222,7 +222,16 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
             }
             let reasons = self.read(1, agent.dp.reason_stats()).unwrap_or_default();
             let ifaces = self.read(2, agent.dp.interface_stats()).unwrap_or_default();
-            (classes, reasons, ifaces, agent.dp.interfaces())
+            let sql_kernel = self.read(3, agent.dp.sql_stats());
+            (
+                classes,
+                reasons,
+                ifaces,
+                agent.dp.interfaces(),
+                agent.identity.clone(),
+                sql_kernel,
+                agent.plan.client_counts.clone(),
+            )
         };
 
         let gauges: [ClassMetric; 2] = [
@@ -331,6 +340,7 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
+        encode_identity(&mut encoder, &identity, sql_kernel.as_deref(), &prefixes)?;
         let mut family = encoder.encode_descriptor(
             "pisa_metrics_read_errors",
             "Scrapes whose read of a kernel map failed (its series were left out), by map",
@@ -344,6 +354,89 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
         }
         Ok(())
     }
+}
+
+/// SQL identity and client selectors: what became of connection starts
+/// (every outcome declared, so a rate of 0 is visible), per claim, the
+/// kernel's side, the start-to-tag latency, and client prefixes per claim.
+fn encode_identity(
+    encoder: &mut DescriptorEncoder,
+    identity: &crate::identity::IdentityStats,
+    kernel: Option<&[u64]>,
+    prefixes: &std::collections::BTreeMap<crate::spec::ClaimKey, usize>,
+) -> Result<(), std::fmt::Error> {
+    use crate::identity::Outcome;
+    let mut family = encoder.encode_descriptor(
+        "pisa_sql_identity_connections",
+        "Connection starts (and closes) SQL identity handled, by outcome",
+        None,
+        MetricType::Counter,
+    )?;
+    for outcome in Outcome::ALL {
+        let labels: Labels = vec![("outcome".into(), outcome.label().into())];
+        let count = identity.node.get(&outcome).copied().unwrap_or(0);
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "pisa_sql_identity_claim_connections",
+        "Connection starts to a claim's endpoints, by what SQL identity made of them",
+        None,
+        MetricType::Counter,
+    )?;
+    for (claim, counts) in &identity.claims {
+        for (outcome, count) in counts {
+            let labels: Labels = vec![
+                ("namespace".into(), claim.namespace.clone()),
+                ("claim".into(), claim.name.clone()),
+                ("outcome".into(), outcome.label().into()),
+            ];
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    if let Some(kernel) = kernel {
+        let mut family = encoder.encode_descriptor(
+            "pisa_sql_identity_kernel_events",
+            "What the program did with connection starts and closes (starts_sent, \
+             closes_sent) and those it let pass unread (throttled, ring_full, unreadable)",
+            None,
+            MetricType::Counter,
+        )?;
+        for (name, count) in pisa_daemon_common::sql_reason::NAMES.iter().zip(kernel) {
+            let labels: Labels = vec![("reason".into(), (*name).into())];
+            ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    if let Some(summary) = identity.latency_us() {
+        let mut family = encoder.encode_descriptor(
+            "pisa_sql_identity_tag_latency_seconds",
+            "From the program seeing a connection start to its tag being in place, over the \
+             last identified connections, by quantile",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (quantile, us) in [
+            ("0.5", summary.p50),
+            ("0.99", summary.p99),
+            ("1", summary.max),
+        ] {
+            let labels: Labels = vec![("quantile".into(), quantile.into())];
+            ConstGauge::new(us / 1e6).encode(family.encode_family(&labels)?)?;
+        }
+    }
+    let mut family = encoder.encode_descriptor(
+        "pisa_claim_client_prefixes",
+        "Client prefixes a claim's client selectors put in force on this node",
+        None,
+        MetricType::Gauge,
+    )?;
+    for (claim, count) in prefixes {
+        let labels: Labels = vec![
+            ("namespace".into(), claim.namespace.clone()),
+            ("claim".into(), claim.name.clone()),
+        ];
+        ConstGauge::new(*count as i64).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -44,6 +44,29 @@ struct Report {
     classes: Vec<Row>,
     invalid: Vec<(String, String)>,
     source_errors: Vec<String>,
+    /// Client selectors and SQL identity, from the daemon's state file
+    /// (absent when it cannot be read).
+    selectors: Option<Selectors>,
+}
+
+#[derive(Serialize)]
+struct Selectors {
+    /// Client prefixes in force, by claim (claims with client selectors).
+    client_prefixes: BTreeMap<String, usize>,
+    identity: state::PublishedIdentity,
+}
+
+fn selectors(state_file: &Path) -> Option<Selectors> {
+    let published = state::read(state_file).ok()?;
+    Some(Selectors {
+        client_prefixes: published
+            .claims
+            .iter()
+            .filter(|c| c.client_prefixes > 0)
+            .map(|c| (c.claim.clone(), c.client_prefixes))
+            .collect(),
+        identity: published.identity,
+    })
 }
 
 pub fn status(
@@ -54,13 +77,14 @@ pub fn status(
     json: bool,
     sample: Duration,
 ) -> Result<bool> {
-    let report = match runtime.block_on(connect(target)) {
+    let mut report = match runtime.block_on(connect(target)) {
         Ok(client) => runtime.block_on(from_api(client, target, sample))?,
         Err(unreachable) => {
             tracing::debug!(error = %unreachable, "no daemon answers; reading the pinned maps");
             from_pinned(bpffs, state_file, sample)?
         }
     };
+    report.selectors = selectors(state_file);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -143,6 +167,7 @@ async fn from_api(
             .map(|c| (claim_name(&c.claim), c.message.clone()))
             .collect(),
         source_errors: listed.source_errors,
+        selectors: None,
     })
 }
 
@@ -216,6 +241,7 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
         classes: rows,
         invalid,
         source_errors: published.map(|s| s.source_errors).unwrap_or_default(),
+        selectors: None,
     })
 }
 
@@ -260,10 +286,38 @@ fn print_table(report: &Report) {
             row.phase
         );
     }
+    if let Some(selectors) = &report.selectors {
+        print_selectors(selectors);
+    }
     for (claim, message) in &report.invalid {
         println!("INVALID {claim}: {message}");
     }
     for message in &report.source_errors {
         println!("SOURCE ERROR {message}");
+    }
+}
+
+/// Who is talking: client prefixes and SQL identity's counts per claim.
+fn print_selectors(selectors: &Selectors) {
+    for (claim, count) in &selectors.client_prefixes {
+        println!("CLIENTS {claim}: {count} client prefix(es)");
+    }
+    let identity = &selectors.identity;
+    for (claim, outcomes) in &identity.claims {
+        let counts: Vec<String> = outcomes.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        println!("SQL {claim}: {}", counts.join(", "));
+    }
+    if let Some(latency) = &identity.tag_latency_us {
+        println!(
+            "SQL start-to-tag: median {:.0} us, p99 {:.0} us over {} connections",
+            latency.p50, latency.p99, latency.samples
+        );
+    }
+    let unread: u64 = ["throttled", "ring_full", "unreadable"]
+        .iter()
+        .filter_map(|k| identity.kernel.get(*k))
+        .sum();
+    if unread > 0 {
+        println!("SQL starts the kernel could not hand up: {unread} (see pisa_sql_identity_kernel_events_total)");
     }
 }

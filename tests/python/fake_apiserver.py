@@ -6,6 +6,7 @@ the API the daemon uses, the way the real server does:
 
 - LIST and WATCH (chunked, one JSON event per line, resourceVersion
   ordering, `fieldSelector=spec.nodeName=...` on Pods) of QoSClaims,
+  Namespaces (cluster-scoped; PUT them under any namespace segment),
   VirtualDatabases and Pods, cluster-wide or per namespace;
 - server-side apply of `qosclaims/{name}/status`, merging `status.nodes`
   as the list-map keyed by `node` the CRD declares, and echoing the change
@@ -35,12 +36,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 GROUP = "core.database-mesh.io/v1alpha1"
 KINDS = {
     "pods": ("v1", "Pod"),
+    "namespaces": ("v1", "Namespace"),
     "qosclaims": (GROUP, "QoSClaim"),
     "virtualdatabases": (GROUP, "VirtualDatabase"),
 }
 COLLECTION = re.compile(
     r"^/(?:api/v1|apis/core\.database-mesh\.io/v1alpha1)"
-    r"(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>pods|qosclaims|virtualdatabases)$"
+    r"(?:(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>pods|qosclaims|virtualdatabases)"
+    r"|/(?P<cluster>namespaces))$"
 )
 STATUS = re.compile(
     r"^/apis/core\.database-mesh\.io/v1alpha1/namespaces/(?P<ns>[^/]+)"
@@ -68,7 +71,9 @@ class Store:
             obj["apiVersion"] = api_version
             obj["kind"] = type_name
             meta = obj.setdefault("metadata", {})
-            meta.update(name=name, namespace=ns, resourceVersion=str(self.version))
+            meta.update(name=name, resourceVersion=str(self.version))
+            if plural != "namespaces":  # cluster-scoped: no namespace
+                meta["namespace"] = ns
             meta.setdefault("uid", f"uid-{plural}-{ns}-{name}")
             meta.setdefault("creationTimestamp", "2026-11-21T04:00:00Z")
             if plural == "qosclaims":
@@ -171,7 +176,7 @@ class Handler(BaseHTTPRequestHandler):
         if not match:
             return self.reply(404, status_body(404, "NotFound", f"no route {url.path}"))
         query = dict(urllib.parse.parse_qsl(url.query))
-        plural, ns = match["plural"], match["ns"]
+        plural, ns = match["plural"] or match["cluster"], match["ns"]
         selector = query.get("fieldSelector")
         try:
             selector_matches(selector, {})

@@ -80,7 +80,33 @@ pub fn spawn_daemon(args: &[&str]) -> ChildGuard {
 
 /// `spawn_daemon` with extra environment variables.
 pub fn spawn_daemon_with_env(args: &[&str], env: &[(&str, &Path)]) -> ChildGuard {
-    let child = Command::new(daemon_bin())
+    spawn_binary(daemon_bin(), args, env)
+}
+
+/// The previous release's daemon (`cargo xtask previous` builds it; the
+/// test command does so first). A missing one fails the test that needs it.
+pub fn previous_daemon_bin() -> PathBuf {
+    let path = std::env::var_os("PISA_PREVIOUS_DAEMON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/previous/pisa-daemon")
+        });
+    assert!(
+        path.exists(),
+        "the previous release's daemon is not at {}: run `cargo xtask previous` (cargo xtask \
+         test does) or set PISA_PREVIOUS_DAEMON",
+        path.display()
+    );
+    path
+}
+
+/// Starts the daemon binary `bin` with `args`, stderr captured.
+pub fn spawn_binary(
+    bin: impl AsRef<std::ffi::OsStr>,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> ChildGuard {
+    let child = Command::new(bin)
         .args(args)
         .envs(env.iter().copied())
         .env("PISA_API_SOCKET", api_socket())

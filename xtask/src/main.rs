@@ -3,6 +3,7 @@
 
 mod bench;
 mod demo;
+mod previous;
 mod setup;
 mod shell;
 mod test;
@@ -21,6 +22,8 @@ struct Cli {
 enum Task {
     /// Install everything the build and the tests need (idempotent).
     Setup,
+    /// Build the previous release (for the upgrade test) into target/previous.
+    Previous,
     /// Build the eBPF object and the daemon (release) that embeds it.
     BuildEbpf,
     /// Setup, fmt, clippy, unit tests, then the root integration tests.
@@ -73,6 +76,7 @@ fn codegen() -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
+        Task::Previous => previous::build().map(|_| ()),
         Task::BuildEbpf => setup::build_release(),
         Task::Test {
             filter,

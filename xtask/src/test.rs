@@ -12,7 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
-    setup,
+    previous, setup,
     shell::{cmd, is_root, workspace},
 };
 
@@ -28,6 +28,8 @@ pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
     }
     if !no_setup {
         setup::run_setup_steps()?;
+        // The upgrade test runs the previous release before this one.
+        previous::build()?;
     }
     if repeat > 1 {
         return repeat_integration(filter, repeat);

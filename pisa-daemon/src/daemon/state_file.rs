@@ -92,22 +92,11 @@ fn published_identity<D: Dataplane>(agent: &Agent<D>) -> PublishedIdentity {
             .map(|(claim, counts)| (claim.to_string(), labelled(counts)))
             .collect(),
         kernel,
-        tag_latency_us: latency_summary(stats.latencies_ns.iter().copied()),
+        tag_latency_us: stats.latency_us().map(|l| LatencySummary {
+            samples: l.samples,
+            p50: l.p50,
+            p99: l.p99,
+            max: l.max,
+        }),
     }
-}
-
-/// Median, p99 and maximum in microseconds; `None` without samples.
-pub fn latency_summary(samples_ns: impl Iterator<Item = u64>) -> Option<LatencySummary> {
-    let mut sorted: Vec<u64> = samples_ns.collect();
-    if sorted.is_empty() {
-        return None;
-    }
-    sorted.sort_unstable();
-    let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
-    Some(LatencySummary {
-        samples: sorted.len(),
-        p50: at(0.5),
-        p99: at(0.99),
-        max: at(1.0),
-    })
 }

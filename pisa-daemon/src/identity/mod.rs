@@ -47,6 +47,8 @@ pub enum Outcome {
     NoClaim,
     /// The SQL proxy tagged the connection first; its tag stands.
     ProxyTagged,
+    /// Already tagged from this start (a node that sees it at two hooks).
+    AlreadyTagged,
     /// The flow-tag table is full; the connection stays in its endpoint's class.
     TableFull,
     /// The kernel refused the tag.
@@ -56,7 +58,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Self::Identified,
         Self::OtherIdentity,
         Self::Tls,
@@ -68,6 +70,7 @@ impl Outcome {
         Self::Unknown,
         Self::NoClaim,
         Self::ProxyTagged,
+        Self::AlreadyTagged,
         Self::TableFull,
         Self::TagError,
         Self::Closed,
@@ -86,6 +89,7 @@ impl Outcome {
             Self::Unknown => "unknown",
             Self::NoClaim => "no_claim",
             Self::ProxyTagged => "proxy_tagged",
+            Self::AlreadyTagged => "already_tagged",
             Self::TableFull => "table_full",
             Self::TagError => "tag_error",
             Self::Closed => "closed",
@@ -112,6 +116,15 @@ pub struct IdentityStats {
     pub latencies_ns: std::collections::VecDeque<u64>,
 }
 
+/// A latency summary in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Latency {
+    pub samples: usize,
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
 /// How many start-to-tag latencies are kept for reports.
 pub const LATENCY_SAMPLES: usize = 4096;
 
@@ -133,6 +146,23 @@ impl IdentityStats {
             self.latencies_ns.pop_front();
         }
         self.latencies_ns.push_back(ns);
+    }
+
+    /// Median, p99 and maximum start-to-tag latency in microseconds over
+    /// the kept samples; `None` before the first identified connection.
+    pub fn latency_us(&self) -> Option<Latency> {
+        let mut sorted: Vec<u64> = self.latencies_ns.iter().copied().collect();
+        if sorted.is_empty() {
+            return None;
+        }
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+        Some(Latency {
+            samples: sorted.len(),
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        })
     }
 
     /// Drops the counts of claims no longer in force.
@@ -226,13 +256,16 @@ fn start<D: Dataplane + ?Sized>(
         stats.count(Outcome::OtherIdentity, &claims);
         return Outcome::OtherIdentity;
     };
-    if sink
-        .tags
-        .get(flow)
-        .is_some_and(|tag| tag.origin != TAG_ORIGIN_SQL)
-    {
-        stats.count(Outcome::ProxyTagged, &[&route.claim]);
-        return Outcome::ProxyTagged;
+    match sink.tags.get(flow) {
+        Some(tag) if tag.origin != TAG_ORIGIN_SQL => {
+            stats.count(Outcome::ProxyTagged, &[&route.claim]);
+            return Outcome::ProxyTagged;
+        }
+        Some(tag) if tag.class_id == route.class_id => {
+            stats.count(Outcome::AlreadyTagged, &[]);
+            return Outcome::AlreadyTagged;
+        }
+        _ => {}
     }
     let now_ns = (sink.clock)();
     let tag = Tag {

@@ -198,17 +198,24 @@ fn share_rules(
             }
         }
     }
+    let mut in_force: BTreeMap<u32, std::collections::BTreeSet<Prefix>> = BTreeMap::new();
     for (index, (rule, by_prefix)) in prefixes.into_iter().take(MAX_SHARED_RULES).enumerate() {
         let rule_id = (index + 1) as u16;
         let target = shared(out, &plain, &rule);
         target.clients = true;
         target.rule_id = rule_id;
         for (client, class_id) in by_prefix {
-            *out.client_counts
-                .entry(out.classes[&class_id].claim.clone())
-                .or_default() += 1;
+            in_force.entry(class_id).or_default().insert(client);
             out.clients
                 .insert(ClientPrefix { rule_id, client }, class_id);
+        }
+    }
+    // Distinct prefixes a claim won on any of its rules (both directions
+    // of one endpoint hold the same prefix twice).
+    for (key, claim) in claims.iter().filter(|(_, c)| c.selects_clients()) {
+        if claim.sql.is_none() {
+            let won = in_force.get(&ids[key]).map_or(0, |p| p.len());
+            out.client_counts.insert(key.clone(), won);
         }
     }
 }
@@ -390,7 +397,11 @@ mod tests {
         assert_eq!(by_prefix[&prefix("10.1.7.0/24")], id("reports"));
         assert_eq!(by_prefix[&prefix("10.2.0.0/16")], id("reports"));
         assert_eq!(p.client_counts[&ClaimKey::new("db", "reports")], 2);
-        assert!(!p.client_counts.contains_key(&ClaimKey::new("db", "zed")));
+        assert_eq!(
+            p.client_counts[&ClaimKey::new("db", "zed")],
+            0,
+            "lost the tie"
+        );
     }
 
     #[test]

@@ -9,12 +9,14 @@
 //! with a precise message instead of breaking the whole list.
 
 mod binding;
+mod clients;
 mod node;
 mod status;
 
 use std::sync::Arc;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
     runtime::{reflector, watcher, WatchStreamExt},
@@ -45,6 +47,14 @@ pub fn claim_resource() -> ApiResource {
 pub struct KubeSource {
     claims: Vec<reflector::Store<DynamicObject>>,
     databases: Vec<reflector::Store<DynamicObject>>,
+    /// Every Pod and Namespace of the cluster, for client Pod selectors:
+    /// watched from the first claim that has one (a cluster without such
+    /// claims pays for no cluster-wide Pod watch on every node). Until
+    /// their first list, selectors resolve to no Pods (for about a second
+    /// the clients fall to the endpoint's class).
+    client_pods: std::sync::OnceLock<(reflector::Store<Pod>, reflector::Store<Namespace>)>,
+    client: Client,
+    changed: Arc<Notify>,
 }
 
 impl KubeSource {
@@ -77,7 +87,37 @@ impl KubeSource {
                 )
             })
             .collect();
-        Self { claims, databases }
+        Self {
+            claims,
+            databases,
+            client_pods: std::sync::OnceLock::new(),
+            client: client.clone(),
+            changed,
+        }
+    }
+
+    /// The cluster's Pods and Namespaces, watched from the first call on.
+    fn client_pods(&self) -> &(reflector::Store<Pod>, reflector::Store<Namespace>) {
+        self.client_pods.get_or_init(|| {
+            tracing::info!(
+                "a claim selects client Pods: watching the cluster's Pods and Namespaces"
+            );
+            let pods = spawn_reflector(
+                Api::<Pod>::all(self.client.clone()),
+                watcher::Config::default(),
+                reflector::store::Writer::default(),
+                self.changed.clone(),
+                "Pod (clients)",
+            );
+            let namespaces = spawn_reflector(
+                Api::<Namespace>::all(self.client.clone()),
+                watcher::Config::default(),
+                reflector::store::Writer::default(),
+                self.changed.clone(),
+                "Namespace",
+            );
+            (pods, namespaces)
+        })
     }
 
     /// Whether every watch has listed once (before that, an empty store
@@ -94,9 +134,24 @@ impl KubeSource {
         let mut claims: Vec<Arc<DynamicObject>> =
             self.claims.iter().flat_map(|s| s.state()).collect();
         claims.sort_by_key(|c| (c.metadata.namespace.clone(), c.metadata.name.clone()));
+        let selects_pods = claims.iter().any(|claim| {
+            claim.data["spec"]["trafficQoS"]["clients"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|s| !s["podSelector"].is_null()))
+        });
+        let (pods, namespaces) = if selects_pods {
+            let (pods, namespaces) = self.client_pods();
+            (pods.state(), namespaces.state())
+        } else {
+            (Vec::new(), Vec::new())
+        };
         claims
             .iter()
-            .map(|claim| claim_source(claim, &databases))
+            .map(|claim| {
+                let mut source = claim_source(claim, &databases);
+                clients::resolve_clients(&mut source, &pods, &namespaces);
+                source
+            })
             .collect()
     }
 }

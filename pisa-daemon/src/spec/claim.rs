@@ -210,6 +210,36 @@ pub struct ClientSelector {
     /// Namespaces of those Pods, by label; absent: the claim's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
+    /// The addresses of the selected Pods, filled in by the Kubernetes
+    /// source from its Pod and Namespace watches (never read from input).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub resolved: Option<Vec<std::net::IpAddr>>,
+}
+
+impl LabelSelector {
+    /// Whether `labels` satisfy every `matchLabels` entry and every
+    /// `matchExpressions` requirement (Kubernetes' semantics; validation
+    /// has rejected unknown operators).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let exact = self
+            .match_labels
+            .iter()
+            .flatten()
+            .all(|(k, v)| labels.get(k) == Some(v));
+        exact
+            && self.match_expressions.iter().flatten().all(|e| {
+                let values = e.values.as_deref().unwrap_or_default();
+                let value = labels.get(&e.key);
+                match e.operator.as_str() {
+                    "In" => value.is_some_and(|v| values.contains(v)),
+                    "NotIn" => value.is_none_or(|v| !values.contains(v)),
+                    "Exists" => value.is_some(),
+                    "DoesNotExist" => value.is_none(),
+                    _ => false,
+                }
+            })
+    }
 }
 
 /// A Kubernetes label selector: `matchLabels` and `matchExpressions` AND-ed;

@@ -498,6 +498,11 @@ fn client_selectors(
                     );
                     continue;
                 }
+                // The Kubernetes source resolved the Pods' addresses.
+                for addr in selector.resolved.iter().flatten() {
+                    let len = if addr.is_ipv4() { 32 } else { 128 };
+                    prefixes.push(Prefix { addr: *addr, len });
+                }
                 for (name, selector) in [
                     ("podSelector", Some(pods_selector)),
                     ("namespaceSelector", selector.namespace_selector.as_ref()),
