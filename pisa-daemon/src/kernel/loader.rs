@@ -108,7 +108,26 @@ impl Kernel {
             summary: pisa_daemon_common::Summary::default(),
         };
         kernel.load_caches()?;
+        kernel.refresh_attachments()?;
         Ok(kernel)
+    }
+
+    /// Brings the attachments an earlier run left up to this build: a
+    /// program of another build is swapped into each live link, and a hook
+    /// that build did not have (the ingress observer) is attached. Nothing
+    /// to do when this build pinned or adopted the same programs and every
+    /// hook is there. Interfaces that vanished are left to
+    /// `release_vanished_interfaces`.
+    fn refresh_attachments(&mut self) -> Result<(), KernelError> {
+        let upgraded = self.upgraded || self.ingress.upgraded;
+        for iface_name in self.ifaces.clone() {
+            let missing_hook = !self.layout.ingress_link(&iface_name).exists()
+                && super::attach::AttachMode::probe() == super::attach::AttachMode::Tcx;
+            if (upgraded || missing_hook) && super::iface::lookup(&iface_name).is_ok() {
+                self.attach_egress(&iface_name)?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets the capacity (bytes/s) of the HTB link class on every interface:
