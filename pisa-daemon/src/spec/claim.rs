@@ -247,8 +247,10 @@ impl LabelSelector {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
+    /// Labels that must all be present with exactly these values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_labels: Option<BTreeMap<String, String>>,
+    /// Requirements that must all hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub match_expressions: Option<Vec<LabelExpression>>,
 }
@@ -257,8 +259,11 @@ pub struct LabelSelector {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelExpression {
+    /// The label's key.
     pub key: String,
+    /// In, NotIn, Exists or DoesNotExist.
     pub operator: String,
+    /// The values for In and NotIn; none for Exists and DoesNotExist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values: Option<Vec<String>>,
 }
