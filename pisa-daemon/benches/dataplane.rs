@@ -157,6 +157,123 @@ fn ns_per_packet() {
     println!();
 }
 
+/// The previous release's program (its daemon run once to pin it, with the
+/// same rules as claims) against this build's, alternating run by run, on
+/// the paths both have: a miss and an HTB hit. This is the check that the
+/// selectors cost a packet of today's traffic nothing.
+fn versus_previous_release() {
+    const ROUNDS: usize = 11;
+    let previous = previous_daemon_bin();
+    let old_root = BpffsRoot::new();
+    let dir = TempDir::new("pbprev");
+    // An interface for it to attach to (this kernel has no dummy device).
+    let veth = VethToNs::new();
+    let dummy = veth.host.clone();
+    let mut claims = String::new();
+    let mut push = |name: &str, endpoints: Vec<String>| {
+        claims.push_str(&format!(
+            "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\nmetadata: {{name: {name}, \
+             namespace: bench}}\nspec:\n  trafficQoS:\n    name: {name}\n    qos_group: {{rate: 100mbit}}\n    \
+             direction: to\n    endpoints: [{}]\n---\n",
+            endpoints.join(", ")
+        ))
+    };
+    push("hit", vec!["{host: 10.1.0.1, port: 3306}".into()]);
+    for c in 0..4u32 {
+        push(
+            &format!("other{c}"),
+            (0..250u32)
+                .map(|i| format!("{{host: 10.200.{c}.{}, port: 5432}}", i + 1))
+                .collect(),
+        );
+    }
+    let config = dir.0.join("claims.yaml");
+    std::fs::write(&config, &claims).expect("writing claims");
+    let state = dir.0.join("state.json");
+    let mut old = spawn_binary(
+        &previous,
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &dummy,
+            "--bpffs",
+            old_root.as_str(),
+            "--state-file",
+            state.to_str().unwrap(),
+            "--api-socket",
+            "none",
+        ],
+        &[],
+    );
+    wait_until(
+        "the previous release to apply its claims",
+        Duration::from_secs(30),
+        || {
+            old.assert_running();
+            std::fs::read_to_string(&state).is_ok_and(|t| t.matches("\"Applied\"").count() == 5)
+        },
+    );
+    old.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    let old_program =
+        aya::programs::SchedClassifier::from_pin(old_root.layout().program("pisa_tc_egress"))
+            .expect("the previous release's pinned program");
+
+    let new_root = BpffsRoot::new();
+    let mut kernel = Kernel::open(new_root.layout()).expect("loading");
+    kernel
+        .put_class(&class(1, ShapingMode::Htb, 100 * MBIT))
+        .unwrap();
+    kernel
+        .put_rule(&rule("10.1.0.1", 3306), &RuleTarget::class(1))
+        .unwrap();
+    for i in 0..1000u32 {
+        let addr = format!("10.200.{}.{}", i / 250, i % 250 + 1);
+        kernel
+            .put_rule(&rule(&addr, 5432), &RuleTarget::class(1))
+            .unwrap();
+    }
+    let time = |program: &aya::programs::SchedClassifier, dst: &str| {
+        let frame = Packet::tcp("10.0.0.1", 40000, dst, 3306)
+            .payload(1000)
+            .bytes();
+        let result = program
+            .test_run(TestRunOptions {
+                data_in: Some(&frame),
+                repeat: 1_000_000,
+                ..TestRunOptions::default()
+            })
+            .expect("test run");
+        result.duration.as_nanos() as f64
+    };
+    println!(
+        "### This build against the previous release ({}), same run\n\n\
+         Both programs hold the same 1,001 rules; {ROUNDS} alternating rounds of 1,000,000 \
+         repeats each, medians.\n",
+        &previous_release_commit()[..7]
+    );
+    println!("| path | previous release, ns/packet | this build, ns/packet | difference |");
+    println!("|---|---|---|---|");
+    for (path, dst) in [("miss (unmatched)", "10.9.9.9"), ("htb hit", "10.1.0.1")] {
+        let (mut old_ns, mut new_ns) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            old_ns.push(time(&old_program, dst));
+            new_ns.push(time(kernel.program(), dst));
+        }
+        let (o, n) = (median(old_ns), median(new_ns));
+        println!("| {path} | {o:.1} | {n:.1} | {:+.1} |", n - o);
+    }
+    println!();
+    drop(kernel);
+}
+
+/// The commit `target/previous` was built from (written by `cargo xtask previous`).
+fn previous_release_commit() -> String {
+    std::fs::read_to_string(previous_daemon_bin().with_extension("commit"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Median ns per packet of a 1000-byte TCP segment from `src` to `dst`:3306
 /// (or :5432 for the 10.50/16 selector endpoints).
 fn time_path(kernel: &Kernel, src: &str, dst: &str) -> f64 {
@@ -390,6 +507,7 @@ fn main() {
     let wanted = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     if wanted("ns") {
         ns_per_packet();
+        versus_previous_release();
     }
     if wanted("throughput") {
         veth_throughput();

@@ -18,6 +18,10 @@ pub fn run(which: &str, args: &[String]) -> Result<()> {
     };
     // The database bench needs PostgreSQL; every bench needs the toolchain.
     crate::setup::run_setup_steps()?;
+    // The data-plane bench times the previous release's program beside this one.
+    if names.contains(&"dataplane") {
+        crate::previous::build()?;
+    }
     for name in names {
         eprintln!(
             "+ cargo bench --package pisa-daemon --bench {name} -- {}",
