@@ -1,7 +1,7 @@
 //! The real eBPF object run on crafted packets with BPF_PROG_TEST_RUN:
 //! verdicts, `skb->priority`, `skb->tstamp` and every counter.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use crate::support::{packet::*, *};
 use aya::programs::{TestRun, TestRunOptions};
@@ -488,5 +488,109 @@ fn deleting_a_class_stops_shaping_and_a_reused_slot_starts_clean() {
         h.stats(12).packets,
         0,
         "a new class in a reused slot starts at zero"
+    );
+}
+
+/// A StartupMessage as libpq sends it.
+fn pg_startup(user: &str) -> Vec<u8> {
+    let mut body = 0x0003_0000u32.to_be_bytes().to_vec();
+    body.extend_from_slice(b"user\0");
+    body.extend_from_slice(user.as_bytes());
+    body.extend_from_slice(b"\0database\0analytics\0\0");
+    let mut out = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    out.extend(body);
+    out
+}
+
+/// On an endpoint selected by SQL identity, connection starts reach
+/// userspace through the ring buffer and every packet (malformed,
+/// truncated, random payloads included) still passes and is shaped as
+/// before; the parser reads what came up without panicking.
+#[test]
+fn connection_starts_are_handed_up_and_every_packet_passes() {
+    use pisa_daemon::identity::startup::{parse, Start};
+    let mut h = Harness::new();
+    h.class(7, ShapingMode::Htb, 1_000_000, 65_536);
+    let endpoint = RuleMatch {
+        side: Side::Destination,
+        addr: "10.5.0.9".parse().unwrap(),
+        prefix_len: 32,
+        protocol: Protocol::Tcp,
+        port: 5432,
+    };
+    let target = RuleTarget {
+        class_id: 7,
+        clients: false,
+        sql: true,
+        rule_id: 0,
+    };
+    h.kernel.put_rule(&endpoint, &target).expect("put_rule");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let mut events = h.kernel.take_sql_events().expect("the ring buffer");
+    let sent_before = h.kernel.sql_stats().unwrap()[0];
+
+    let mut payloads: Vec<Vec<u8>> = vec![
+        pg_startup("reporter"),
+        vec![0, 0, 0, 8, 0x04, 0xD2, 0x16, 0x2F],
+        vec![0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03],
+        // Looks like a MySQL response, then is garbage.
+        [vec![60, 0, 0, 1, 0x00, 0x02, 0x00, 0x00], vec![0xff; 56]].concat(),
+        // A PostgreSQL header whose length lies.
+        [vec![0, 0, 0x27, 0x0f, 0, 3, 0, 0], vec![b'x'; 40]].concat(),
+        vec![0, 0, 0, 8],
+        vec![],
+    ];
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    for _ in 0..300 {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let len = (seed >> 33) as usize % 700;
+        payloads.push(
+            (0..len)
+                .map(|i| (seed.rotate_left(i as u32 % 64) >> 7) as u8)
+                .collect(),
+        );
+    }
+    for payload in &payloads {
+        let out = h.run(&Packet::tcp("10.6.0.2", 40000, "10.5.0.9", 5432).with_payload(payload));
+        assert_eq!(out.verdict, 0, "a start-check packet was not passed");
+        assert_eq!(
+            out.priority,
+            pisa_daemon::kernel::htb::htb_handle(7),
+            "shaping changed"
+        );
+    }
+    let sent = h.kernel.sql_stats().unwrap()[0] - sent_before;
+    assert!(sent >= 5, "the four starts and the lying header: {sent}");
+    let mut drained = Vec::new();
+    while (drained.len() as u64) < sent {
+        let mut batch = Vec::new();
+        runtime
+            .block_on(tokio::time::timeout(
+                Duration::from_secs(2),
+                events.next_batch(&mut batch),
+            ))
+            .expect("events the kernel counted must arrive")
+            .expect("reading the ring buffer");
+        drained.extend(batch);
+    }
+    let parsed: Vec<_> = drained
+        .iter()
+        .map(|e| parse(&e.bytes[..e.captured as usize]))
+        .collect();
+    assert!(
+        parsed.iter().any(
+            |p| matches!(p, Ok(Start::Identified(who)) if who.user.as_deref() == Some("reporter"))
+        ),
+        "{parsed:?}"
+    );
+    assert!(parsed.iter().any(|p| p == &Ok(Start::PostgresSslRequest)));
+    assert!(parsed.iter().any(|p| p == &Ok(Start::TlsClientHello)));
+    assert!(
+        parsed.iter().any(Result::is_err),
+        "the garbage was rejected"
     );
 }

@@ -29,6 +29,8 @@ pub struct Packet {
     /// IPv4 fragment offset in 8-byte units (non-zero = non-first fragment).
     pub frag_offset: u16,
     pub payload: usize,
+    /// The payload's bytes, when given (else `payload` bytes of 0xAB).
+    pub payload_bytes: Option<Vec<u8>>,
 }
 
 impl Packet {
@@ -45,6 +47,7 @@ impl Packet {
             ipv6_ext: vec![],
             frag_offset: 0,
             payload: 64,
+            payload_bytes: None,
         }
     }
 
@@ -67,6 +70,13 @@ impl Packet {
 
     pub fn payload(mut self, bytes: usize) -> Self {
         self.payload = bytes;
+        self
+    }
+
+    /// A payload of exactly these bytes.
+    pub fn with_payload(mut self, bytes: &[u8]) -> Self {
+        self.payload = bytes.len();
+        self.payload_bytes = Some(bytes.to_vec());
         self
     }
 
@@ -106,7 +116,10 @@ impl Packet {
             }
             _ => l4.extend_from_slice(&[0, 0, 0, 0]),
         }
-        l4.extend(std::iter::repeat_n(0xAB, self.payload));
+        match &self.payload_bytes {
+            Some(bytes) => l4.extend_from_slice(bytes),
+            None => l4.extend(std::iter::repeat_n(0xAB, self.payload)),
+        }
         l4
     }
 
