@@ -115,15 +115,19 @@ fn dispatch(command: Command) -> Result<bool> {
                 edt_available: features::probe().sch_fq,
                 pod_selectors: false,
             };
-            let (errors, valid) = file::check(&path, limits)?;
-            for error in &errors {
+            let checked = file::check(&path, limits)?;
+            for error in &checked.errors {
                 println!("{error}");
             }
-            match errors.len() {
+            for warning in &checked.warnings {
+                println!("warning: {warning}");
+            }
+            let valid = checked.valid;
+            match checked.errors.len() {
                 0 => println!("{valid} claim(s) valid"),
                 n => println!("{n} error(s); {valid} claim(s) valid"),
             }
-            Ok(errors.is_empty())
+            Ok(checked.errors.is_empty())
         }
         Command::Status {
             output,

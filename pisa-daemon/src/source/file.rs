@@ -118,7 +118,15 @@ pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
 
 /// Every claim file under `path` checked as the daemon would load it:
 /// the errors (YAML and validation), and how many claims are valid.
-pub fn check(path: &Path, limits: Limits) -> Result<(Vec<String>, usize), SourceError> {
+/// What `validate` reports: errors, the number of valid claims, and
+/// warnings (selectors of different claims that can match one connection).
+pub struct Checked {
+    pub errors: Vec<String>,
+    pub valid: usize,
+    pub warnings: Vec<String>,
+}
+
+pub fn check(path: &Path, limits: Limits) -> Result<Checked, SourceError> {
     let mut documents = Vec::new();
     let mut errors = Vec::new();
     for source in read(path)? {
@@ -129,7 +137,19 @@ pub fn check(path: &Path, limits: Limits) -> Result<(Vec<String>, usize), Source
     }
     let validated = validate(&documents, limits);
     errors.extend(validated.errors().iter().map(ToString::to_string));
-    Ok((errors, validated.valid.len()))
+    let warnings = crate::spec::overlaps(&validated.valid)
+        .into_iter()
+        .flat_map(|(claim, lines)| {
+            lines
+                .into_iter()
+                .map(move |l| format!("claim {claim}: {l}"))
+        })
+        .collect();
+    Ok(Checked {
+        errors,
+        valid: validated.valid.len(),
+        warnings,
+    })
 }
 
 /// A value that changes whenever a file is added, removed or edited: names,

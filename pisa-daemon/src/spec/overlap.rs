@@ -87,3 +87,57 @@ fn sql_can_overlap(a: &SqlMatch, b: &SqlMatch) -> bool {
         && field(&a.databases, &b.databases)
         && field(&a.applications, &b.applications)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{load_documents, validate, Limits};
+
+    fn claims(extra: &[(&str, &str)]) -> BTreeMap<ClaimKey, ValidClaim> {
+        let yaml: String = extra
+            .iter()
+            .map(|(name, selector)| {
+                format!(
+                    "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\n\
+                     metadata: {{name: {name}, namespace: db}}\nspec:\n  trafficQoS:\n    \
+                     name: {name}\n    qos_group: {{rate: 1mbit}}\n    \
+                     endpoints: [{{host: 10.0.0.5, port: 5432}}]\n    {selector}\n---\n"
+                )
+            })
+            .collect();
+        let limits = Limits {
+            max_classes: 10,
+            edt_available: false,
+            pod_selectors: false,
+        };
+        let validated = validate(&load_documents("t", &yaml).unwrap(), limits);
+        assert!(validated.invalid.is_empty(), "{:?}", validated.errors());
+        validated.valid
+    }
+
+    #[test]
+    fn overlapping_client_networks_and_sql_selectors_name_both_claims() {
+        let found = overlaps(&claims(&[
+            ("a", "clients: [{cidr: 10.1.0.0/16}]"),
+            ("b", "clients: [{cidr: 10.1.2.0/24}]"),
+            ("c", "clients: [{cidr: 10.9.0.0/16}]"),
+            ("d", "sql: {users: [reporter]}"),
+            ("e", "sql: {users: [reporter]}"),
+            ("f", "sql: {users: [orders]}"),
+        ]));
+        let named = |claim: &str| found.get(&ClaimKey::new("db", claim)).cloned();
+        let a = named("a").expect("a overlaps b");
+        assert!(
+            a[0].contains("db/b") && a[0].contains("10.1.0.0/16 and 10.1.2.0/24"),
+            "{a:?}"
+        );
+        assert!(named("b").unwrap()[0].contains("db/a"));
+        assert!(named("c").is_none(), "a disjoint network overlaps nothing");
+        let d = named("d").expect("d overlaps e");
+        assert!(
+            d[0].contains("the same SQL selector") && d[0].contains("db/d wins"),
+            "{d:?}"
+        );
+        assert!(named("f").is_none(), "another user overlaps nothing");
+    }
+}
