@@ -46,7 +46,18 @@ pub async fn run(agent: SharedAgent<Kernel>, mut events: SqlEvents) {
         };
         for event in &batch {
             let outcome = identity::handle(event, &agent.plan.sql, &mut sink);
-            debug!(?outcome, flow = ?event.flow, "connection event");
+            let head = &event.bytes[..(event.captured as usize).min(16)];
+            debug!(?outcome, flow = ?event.flow, payload_len = event.payload_len,
+                   head = %hex(head), "connection event");
         }
     }
+}
+
+/// `00 03 00 00 …`: the first bytes of a start, for debug logs.
+fn hex(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
