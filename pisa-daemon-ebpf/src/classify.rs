@@ -72,6 +72,13 @@ pub fn classify(ctx: &TcContext, packet: &Packet) -> Option<Matched> {
     active(class_id)
 }
 
+/// Whether any endpoint rule selects by SQL identity (the ingress hook's
+/// first and, usually, only question).
+#[inline(always)]
+pub fn sql_rules_exist() -> bool {
+    SUMMARY.get(0).is_some_and(|summary| summary.sql_rules != 0)
+}
+
 /// The ingress hook's part: no shaping, only what the SQL-identity path
 /// must see of requests that arrive here (their start, and the end of
 /// connections the daemon tagged). Free when no claim selects by SQL.

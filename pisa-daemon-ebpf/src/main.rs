@@ -37,7 +37,7 @@ mod shape;
 mod stats;
 
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use pisa_daemon_common::{reason, DIRECTION_EGRESS, DIRECTION_INGRESS};
+use pisa_daemon_common::{reason, DIRECTION_EGRESS};
 
 #[classifier]
 pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
@@ -69,12 +69,15 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
 /// start reaches a node through the ingress of the interface facing the
 /// client, and where that node has no egress toward the database (it only
 /// shapes the responses) this is the one hook that sees it. Never shapes,
-/// never drops; parse failures are counted at egress, not twice here.
+/// never drops, counts nothing (egress counts): while no claim selects by
+/// SQL identity it returns after one array read.
 #[classifier]
 pub fn pisa_tc_ingress(ctx: TcContext) -> i32 {
-    let iface_flags = stats::count_iface(&ctx, DIRECTION_INGRESS);
-    if let Ok(packet) = parse::parse(&ctx, iface_flags) {
-        classify::observe(&ctx, &packet);
+    if classify::sql_rules_exist() {
+        let iface_flags = stats::iface_flags(&ctx);
+        if let Ok(packet) = parse::parse(&ctx, iface_flags) {
+            classify::observe(&ctx, &packet);
+        }
     }
     TC_ACT_OK
 }

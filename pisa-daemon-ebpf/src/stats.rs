@@ -46,6 +46,23 @@ pub fn count_iface(ctx: &TcContext, direction: u32) -> u32 {
     0
 }
 
+/// The interface's flags (from its egress entry, where the agent writes
+/// them), without counting anything; 0 for an interface never configured.
+#[inline(always)]
+pub fn iface_flags(ctx: &TcContext) -> u32 {
+    // SAFETY: the skb pointer is the one the kernel handed to this program.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let key = IfaceKey {
+        ifindex,
+        direction: pisa_daemon_common::DIRECTION_EGRESS,
+    };
+    match IFACE_STATS.get_ptr(&key) {
+        // SAFETY: per-CPU value; a plain read.
+        Some(stats) => unsafe { (*stats).flags },
+        None => 0,
+    }
+}
+
 #[inline(always)]
 pub fn count_reason(reason: u32) {
     if let Some(stats) = REASON_STATS.get_ptr_mut(reason) {
