@@ -594,3 +594,96 @@ fn connection_starts_are_handed_up_and_every_packet_passes() {
         "the garbage was rejected"
     );
 }
+
+/// Client selectors in the kernel, IPv4 and IPv6: the longest client
+/// prefix of the endpoint's rule picks the class, requests by their source
+/// and responses by their destination; a client no prefix covers gets the
+/// rule's own class (here none: unshaped); a flow tag (SQL identity or the
+/// proxy) outranks every client prefix.
+#[test]
+fn client_prefixes_pick_the_class_by_the_clients_address_and_tags_outrank_them() {
+    use pisa_daemon::{kernel::ClientPrefix, model::Prefix};
+    let mut h = Harness::new();
+    for id in [11, 12, 13] {
+        h.class(id, ShapingMode::Htb, 1_000_000, 65_536);
+    }
+    for (rule_id, server, client_net, narrow) in [
+        (1u16, "10.5.0.9", "10.6.0.0/16", "10.6.7.0/24"),
+        (2u16, "fd00::9", "fd06::/32", "fd06:0:7::/48"),
+    ] {
+        let bits = if server.contains(':') { 128 } else { 32 };
+        for side in [Side::Destination, Side::Source] {
+            let rule = RuleMatch {
+                side,
+                addr: server.parse().unwrap(),
+                prefix_len: bits,
+                protocol: Protocol::Tcp,
+                port: 5432,
+            };
+            // One rule id per (endpoint, side), as the planner gives them.
+            let rule_id = rule_id * 2 + u16::from(side == Side::Source);
+            let target = RuleTarget {
+                class_id: 0,
+                clients: true,
+                sql: false,
+                rule_id,
+            };
+            h.kernel.put_rule(&rule, &target).expect("put_rule");
+            for (net, class_id) in [(client_net, 11), (narrow, 12)] {
+                let (addr, len) = net.split_once('/').unwrap();
+                let client = ClientPrefix {
+                    rule_id,
+                    client: Prefix {
+                        addr: addr.parse().unwrap(),
+                        len: len.parse().unwrap(),
+                    },
+                };
+                h.kernel.put_client(&client, class_id).expect("put_client");
+            }
+        }
+        let wide_client = if bits == 32 {
+            "10.6.1.1"
+        } else {
+            "fd06:0:1::1"
+        };
+        let narrow_client = if bits == 32 {
+            "10.6.7.1"
+        } else {
+            "fd06:0:7::1"
+        };
+        let stranger = if bits == 32 { "10.9.1.1" } else { "fd09::1" };
+        let request = |client: &str| Packet::tcp(client, 40000, server, 5432);
+        let response = |client: &str| Packet::tcp(server, 5432, client, 40000);
+        for (client, class) in [
+            (wide_client, htb_handle(11)),
+            (narrow_client, htb_handle(12)),
+        ] {
+            assert_eq!(
+                h.run(&request(client)).priority,
+                class,
+                "request from {client}"
+            );
+            assert_eq!(
+                h.run(&response(client)).priority,
+                class,
+                "response to {client}"
+            );
+        }
+        assert_eq!(
+            h.run(&request(stranger)).priority,
+            0,
+            "a client no prefix covers is not shaped here"
+        );
+        // A tag outranks the client prefix.
+        let tagged = request(narrow_client);
+        let tag = FlowTag {
+            class_id: 13,
+            origin: pisa_daemon_common::TAG_ORIGIN_SQL,
+            expires_ns: 0,
+        };
+        h.kernel
+            .put_flow_tag(&flow_key(&tagged), &tag)
+            .expect("tag");
+        assert_eq!(h.run(&tagged).priority, htb_handle(13), "the tag wins");
+    }
+}
