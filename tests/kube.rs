@@ -332,11 +332,14 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
 
     // The database Pod goes: its veth is let go of, HTB root and pin too.
     api.delete("pods", "db-0");
-    wait_for(&mut daemon, "the deleted Pod's veth detached", || {
-        !attached(net.to_server())
-    });
+    // Detaching unpins the links, then removes the HTB root: wait for both.
+    wait_for(
+        &mut daemon,
+        "the deleted Pod's veth detached and its HTB root removed",
+        || !attached(net.to_server()) && root_qdisc_kind(net.to_server()) != "htb",
+    );
     assert!(!root.layout().egress_link(net.to_server()).exists());
-    assert_ne!(root_qdisc_kind(net.to_server()), "htb");
+    assert!(!root.layout().ingress_link(net.to_server()).exists());
     assert!(attached(net.to_client()), "the other Pod's veth stays");
     let unshaped = iperf3_goodput(&net.client.ns, &server_ip, PORT, 2);
     eprintln!("goodput after the Pod left: {:.2} Mbit/s", unshaped / 1e6);
