@@ -116,18 +116,19 @@ fn dispatch(command: Command) -> Result<bool> {
                 pod_selectors: false,
             };
             let checked = file::check(&path, limits)?;
-            for error in &checked.errors {
+            let errors = checked.errors();
+            for error in &errors {
                 println!("{error}");
             }
-            for warning in &checked.warnings {
+            for warning in checked.warnings() {
                 println!("warning: {warning}");
             }
-            let valid = checked.valid;
-            match checked.errors.len() {
+            let valid = checked.valid_claims();
+            match errors.len() {
                 0 => println!("{valid} claim(s) valid"),
                 n => println!("{n} error(s); {valid} claim(s) valid"),
             }
-            Ok(checked.errors.is_empty())
+            Ok(errors.is_empty())
         }
         Command::Status {
             output,

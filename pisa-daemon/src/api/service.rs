@@ -20,7 +20,7 @@ use crate::{
     kernel::Dataplane,
     model::{LeafQueue, ShapingMode},
     reconcile::agent::Agent,
-    spec::{load_documents, validate, Phase},
+    spec::{check, load_documents, Phase, SourceSnapshot},
     tags::{monotonic_ns, Tag},
 };
 
@@ -382,25 +382,23 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
                 "empty; give one or more QoSClaim documents",
             ));
         }
-        let response = match load_documents("request", yaml) {
-            Err(error) => pb::ValidateResponse {
-                valid: false,
-                valid_claims: 0,
-                errors: vec![convert::validation_error(&error)],
-            },
-            Ok(documents) => {
-                let validated = validate(&documents, limits);
-                let errors: Vec<pb::ValidationError> = validated
-                    .errors()
-                    .into_iter()
-                    .map(convert::validation_error)
-                    .collect();
-                pb::ValidateResponse {
-                    valid: errors.is_empty(),
-                    valid_claims: validated.valid.len() as u32,
-                    errors,
-                }
-            }
+        let checked = check(
+            &[SourceSnapshot {
+                name: "request".into(),
+                documents: load_documents("request", yaml),
+            }],
+            limits,
+        );
+        let errors: Vec<pb::ValidationError> = checked
+            .errors()
+            .into_iter()
+            .map(convert::validation_error)
+            .collect();
+        let response = pb::ValidateResponse {
+            valid: errors.is_empty(),
+            valid_claims: checked.valid_claims() as u32,
+            errors,
+            warnings: checked.warnings(),
         };
         Ok(Response::new(response))
     }
@@ -559,6 +557,30 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(empty.code(), Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn validate_warns_of_claims_whose_selectors_overlap() {
+        let api = api(1);
+        let one = format!("{CLAIM}    direction: both\n    sql: {{users: [reporter]}}\n");
+        let two = one.replace("catalogue", "exports");
+        let response = api
+            .validate(Request::new(pb::ValidateRequest {
+                yaml: format!("{one}---\n{two}"),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(response.valid, "{:#?}", response.errors);
+        assert_eq!(response.valid_claims, 2);
+        assert!(
+            response
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("claim shop/catalogue:") && w.contains("exports")),
+            "{:#?}",
+            response.warnings
+        );
     }
 
     #[tokio::test]

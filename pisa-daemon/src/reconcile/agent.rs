@@ -13,7 +13,7 @@ use crate::{
     identity::IdentityStats,
     kernel::{Dataplane, KernelError},
     plan::{self, Plan},
-    spec::{validate, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
+    spec::{check, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
     tags::{TagTable, MAX_TAGS},
 };
 
@@ -64,21 +64,20 @@ impl<D: Dataplane> Agent<D> {
 
     /// Takes the sources as read now and works out the claims in force.
     pub fn update(&mut self, sources: &[SourceSnapshot]) {
-        let mut documents = Vec::new();
-        let mut broken = BTreeSet::new();
-        self.source_errors.clear();
-        for source in sources {
-            match &source.documents {
-                Ok(docs) => documents.extend(docs.iter().cloned()),
-                Err(e) => {
-                    broken.insert(source.name.clone());
-                    self.source_errors.push(e.to_string());
-                }
-            }
-        }
-        let validated = validate(&documents, self.limits);
-        self.source_errors
-            .extend(validated.unattributed.iter().map(ToString::to_string));
+        let checked = check(sources, self.limits);
+        let broken: BTreeSet<&str> = checked
+            .unreadable
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        self.source_errors = checked
+            .unreadable
+            .iter()
+            .map(|(_, error)| error)
+            .chain(&checked.validated.unattributed)
+            .map(ToString::to_string)
+            .collect();
+        let validated = &checked.validated;
 
         let mut effective = validated.valid.clone();
         let mut statuses = BTreeMap::new();
@@ -111,7 +110,12 @@ impl<D: Dataplane> Agent<D> {
             });
         }
         self.validity = (validated.valid.len(), validated.invalid.len());
-        self.overlaps = crate::spec::overlaps(&effective);
+        // Kept versions can overlap too; without any, the check's stand.
+        self.overlaps = if effective.len() == validated.valid.len() {
+            checked.overlaps
+        } else {
+            crate::spec::overlaps(&effective)
+        };
         self.effective = effective;
         self.statuses = statuses;
     }

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::ClaimSource;
-use crate::spec::{load_documents, validate, Limits, SourceSnapshot};
+use crate::spec::{load_documents, Checked, Limits, SourceSnapshot};
 
 /// How often the file is checked for changes, and how long it must stay
 /// unchanged before a reload (an editor writes in several steps).
@@ -116,40 +116,10 @@ pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
     Ok(snapshots)
 }
 
-/// Every claim file under `path` checked as the daemon would load it:
-/// the errors (YAML and validation), and how many claims are valid.
-/// What `validate` reports: errors, the number of valid claims, and
-/// warnings (selectors of different claims that can match one connection).
-pub struct Checked {
-    pub errors: Vec<String>,
-    pub valid: usize,
-    pub warnings: Vec<String>,
-}
-
+/// Every claim file under `path` checked as the daemon would check it
+/// (`spec::check`, the one batch front end).
 pub fn check(path: &Path, limits: Limits) -> Result<Checked, SourceError> {
-    let mut documents = Vec::new();
-    let mut errors = Vec::new();
-    for source in read(path)? {
-        match source.documents {
-            Ok(docs) => documents.extend(docs),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    let validated = validate(&documents, limits);
-    errors.extend(validated.errors().iter().map(ToString::to_string));
-    let warnings = crate::spec::overlaps(&validated.valid)
-        .into_iter()
-        .flat_map(|(claim, lines)| {
-            lines
-                .into_iter()
-                .map(move |l| format!("claim {claim}: {l}"))
-        })
-        .collect();
-    Ok(Checked {
-        errors,
-        valid: validated.valid.len(),
-        warnings,
-    })
+    Ok(crate::spec::check(&read(path)?, limits))
 }
 
 /// A value that changes whenever a file is added, removed or edited: names,

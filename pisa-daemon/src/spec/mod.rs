@@ -2,6 +2,7 @@
 //! loading from YAML, and validation. No I/O happens here: callers hand in
 //! text and get typed claims or precise errors back.
 
+mod batch;
 mod claim;
 mod load;
 mod overlap;
@@ -10,6 +11,7 @@ mod status;
 pub mod units;
 mod validate;
 
+pub use batch::{check, Checked};
 pub use claim::*;
 pub use load::{load_documents, Document};
 pub use overlap::overlaps;
