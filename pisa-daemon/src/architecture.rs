@@ -21,9 +21,19 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["identity", "kernel", "model", "plan", "spec", "tags"],
     ),
     ("source", &["kernel", "model", "spec"]),
+    (
+        "report",
+        &["identity", "kernel", "model", "reconcile", "spec"],
+    ),
     ("state", &["spec"]),
-    ("metrics", &["identity", "kernel", "reconcile", "spec"]),
-    ("api", &["kernel", "model", "reconcile", "spec", "tags"]),
+    (
+        "metrics",
+        &["identity", "kernel", "reconcile", "report", "spec"],
+    ),
+    (
+        "api",
+        &["kernel", "model", "reconcile", "report", "spec", "tags"],
+    ),
     (
         "daemon",
         &[
@@ -32,6 +42,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kernel",
             "metrics",
             "reconcile",
+            "report",
             "source",
             "spec",
             "state",

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod model;
 pub mod plan;
 pub mod reconcile;
+pub mod report;
 pub mod source;
 pub mod spec;
 pub mod state;

@@ -18,12 +18,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{kernel::Dataplane, reconcile::agent::Agent};
+use crate::{
+    kernel::Dataplane,
+    reconcile::agent::Agent,
+    report::{ClassReport, CounterMap, NodeReport, ReadErrors},
+};
 use pisa_daemon_common::reason;
 
 type Labels = Vec<(String, String)>;
 /// One class metric: name, help, and how to read it from a sample.
-type ClassMetric = (&'static str, &'static str, fn(&ClassSample) -> u64);
+type ClassMetric = (&'static str, &'static str, fn(&ClassReport) -> u64);
 /// One class counter: name, help, and how to read it from the counters.
 type CounterMetric = (
     &'static str,
@@ -148,37 +152,19 @@ pub fn openmetrics_to_classic(text: &str) -> String {
     out
 }
 
-/// The counter reads a scrape makes, by the map they read.
-const READS: [&str; 4] = ["CLASS_STATS", "REASON_STATS", "IFACE_STATS", "SQL_STATS"];
-
-/// Reads the kernel's counters through the agent at scrape time. A read
-/// that fails leaves its series out of that scrape (Prometheus then sees
-/// them stale, not a counter reset to zero) and is counted in
-/// `pisa_metrics_read_errors_total{map}` and logged.
+/// Renders a `NodeReport` (read at scrape time, under the agent's lock
+/// for the map reads only) as series. A counter read that failed leaves
+/// its series out of that scrape (Prometheus then sees them stale, not a
+/// counter reset to zero); the report counted it, and
+/// `pisa_metrics_read_errors_total{map}` shows the count.
 pub struct KernelCollector<D: Dataplane + Send + 'static> {
     agent: Arc<Mutex<Agent<D>>>,
-    read_errors: [std::sync::atomic::AtomicU64; 4],
+    read_errors: ReadErrors,
 }
 
 impl<D: Dataplane + Send + 'static> KernelCollector<D> {
-    pub fn new(agent: Arc<Mutex<Agent<D>>>) -> Self {
-        Self {
-            agent,
-            read_errors: Default::default(),
-        }
-    }
-
-    /// The value of a read, or `None` after counting and logging its error.
-    fn read<T>(&self, which: usize, result: Result<T, crate::kernel::KernelError>) -> Option<T> {
-        match result {
-            Ok(value) => Some(value),
-            Err(error) => {
-                self.read_errors[which].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(map = READS[which], %error,
-                    "reading counters for /metrics failed; their series are left out of this scrape");
-                None
-            }
-        }
+    pub fn new(agent: Arc<Mutex<Agent<D>>>, read_errors: ReadErrors) -> Self {
+        Self { agent, read_errors }
     }
 }
 
@@ -188,69 +174,41 @@ impl<D: Dataplane + Send + 'static> std::fmt::Debug for KernelCollector<D> {
     }
 }
 
-struct ClassSample {
-    labels: Labels,
-    rate: u64,
-    ceil: u64,
-    /// `None` when the counters could not be read.
-    stats: Option<pisa_daemon_common::ClassStats>,
+fn class_labels(class: &ClassReport) -> Labels {
+    vec![
+        ("namespace".into(), class.claim.namespace.clone()),
+        ("claim".into(), class.claim.name.clone()),
+        ("class".into(), class.class_id.to_string()),
+        ("mode".into(), class.mode.name().into()),
+    ]
 }
 
 impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        // Copy out under the lock; encode without it.
-        let (classes, reasons, ifaces, attached, identity, sql_kernel, prefixes) = {
+        let report = {
             let Ok(agent) = self.agent.lock() else {
                 return Ok(());
             };
-            let stats = self.read(0, agent.dp.class_stats());
-            let mut classes = Vec::new();
-            for (id, planned) in &agent.plan.classes {
-                classes.push(ClassSample {
-                    labels: vec![
-                        ("namespace".into(), planned.claim.namespace.clone()),
-                        ("claim".into(), planned.claim.name.clone()),
-                        ("class".into(), id.to_string()),
-                        ("mode".into(), planned.spec.mode.name().into()),
-                    ],
-                    rate: planned.spec.rate_bytes,
-                    ceil: planned.spec.ceil_bytes,
-                    stats: stats
-                        .as_ref()
-                        .map(|stats| stats.get(id).copied().unwrap_or_default()),
-                });
-            }
-            let reasons = self.read(1, agent.dp.reason_stats()).unwrap_or_default();
-            let ifaces = self.read(2, agent.dp.interface_stats()).unwrap_or_default();
-            let sql_kernel = self.read(3, agent.dp.sql_stats());
-            (
-                classes,
-                reasons,
-                ifaces,
-                agent.dp.interfaces(),
-                agent.identity.clone(),
-                sql_kernel,
-                agent.plan.client_counts.clone(),
-            )
+            NodeReport::read(&agent, &CounterMap::ALL, &self.read_errors)
         };
 
         let gauges: [ClassMetric; 2] = [
             (
                 "pisa_class_rate_bytes_per_second",
                 "Configured guaranteed rate of the class, bytes per second on the wire",
-                |c| c.rate,
+                |c| c.rate_bytes,
             ),
             (
                 "pisa_class_ceil_bytes_per_second",
                 "Configured ceiling of the class, bytes per second on the wire",
-                |c| c.ceil,
+                |c| c.ceil_bytes,
             ),
         ];
         for (name, help, value) in gauges {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
-            for class in &classes {
+            for class in &report.classes {
                 ConstGauge::new(value(class) as i64)
-                    .encode(family.encode_family(&class.labels)?)?;
+                    .encode(family.encode_family(&class_labels(class))?)?;
             }
         }
         let counters: [CounterMetric; 4] = [
@@ -276,14 +234,16 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
         ];
         for (name, help, value) in counters {
             let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for class in &classes {
-                let Some(stats) = &class.stats else {
+            for class in &report.classes {
+                let Some(stats) = &class.counters else {
                     continue;
                 };
-                ConstCounter::new(value(stats)).encode(family.encode_family(&class.labels)?)?;
+                ConstCounter::new(value(stats))
+                    .encode(family.encode_family(&class_labels(class))?)?;
             }
         }
 
+        let reasons = report.counters.reasons.as_deref().unwrap_or_default();
         for (name, help, fail_open) in [
             (
                 "pisa_dataplane_unmatched_packets",
@@ -313,11 +273,12 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 None,
                 MetricType::Gauge,
             )?;
-            for name in &attached {
+            for name in &report.interfaces {
                 let labels: Labels = vec![("interface".into(), name.clone())];
                 ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        let ifaces = report.counters.interfaces.clone().unwrap_or_default();
         for (name, help, bytes) in [
             (
                 "pisa_interface_packets",
@@ -340,17 +301,16 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
             }
         }
-        encode_identity(&mut encoder, &identity, sql_kernel.as_deref(), &prefixes)?;
+        encode_identity(&mut encoder, &report)?;
         let mut family = encoder.encode_descriptor(
             "pisa_metrics_read_errors",
-            "Scrapes whose read of a kernel map failed (its series were left out), by map",
+            "Reads of a kernel counter map that failed (their series were left out), by map",
             None,
             MetricType::Counter,
         )?;
-        for (map, errors) in READS.iter().zip(&self.read_errors) {
-            let labels: Labels = vec![("map".into(), (*map).into())];
-            ConstCounter::new(errors.load(std::sync::atomic::Ordering::Relaxed))
-                .encode(family.encode_family(&labels)?)?;
+        for (map, errors) in self.read_errors.counts() {
+            let labels: Labels = vec![("map".into(), map.name().into())];
+            ConstCounter::new(errors).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }
@@ -361,11 +321,10 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
 /// kernel's side, the start-to-tag latency, and client prefixes per claim.
 fn encode_identity(
     encoder: &mut DescriptorEncoder,
-    identity: &crate::identity::IdentityStats,
-    kernel: Option<&[u64]>,
-    prefixes: &std::collections::BTreeMap<crate::spec::ClaimKey, usize>,
+    report: &NodeReport,
 ) -> Result<(), std::fmt::Error> {
     use crate::identity::Outcome;
+    let identity = &report.identity;
     let mut family = encoder.encode_descriptor(
         "pisa_sql_identity_connections",
         "Connection starts (and closes) SQL identity handled, by outcome",
@@ -393,7 +352,7 @@ fn encode_identity(
             ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
         }
     }
-    if let Some(kernel) = kernel {
+    if let Some(kernel) = &report.counters.sql {
         let mut family = encoder.encode_descriptor(
             "pisa_sql_identity_kernel_events",
             "What the program did with connection starts and closes (starts_sent, \
@@ -406,7 +365,7 @@ fn encode_identity(
             ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
         }
     }
-    if let Some(summary) = identity.latency_us() {
+    if let Some(summary) = &identity.latency_us {
         let mut family = encoder.encode_descriptor(
             "pisa_sql_identity_tag_latency_seconds",
             "From the program seeing a connection start to its tag being in place, over the \
@@ -429,7 +388,7 @@ fn encode_identity(
         None,
         MetricType::Gauge,
     )?;
-    for (claim, count) in prefixes {
+    for (claim, count) in &report.client_prefixes {
         let labels: Labels = vec![
             ("namespace".into(), claim.namespace.clone()),
             ("claim".into(), claim.name.clone()),
@@ -462,7 +421,10 @@ mod tests {
             }]);
             agent.reconcile().unwrap();
         }
-        let metrics = Metrics::new(Box::new(KernelCollector::new(agent.clone())));
+        let metrics = Metrics::new(Box::new(KernelCollector::new(
+            agent.clone(),
+            ReadErrors::default(),
+        )));
         (metrics, agent)
     }
 

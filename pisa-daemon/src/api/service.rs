@@ -18,8 +18,8 @@ use super::{
 };
 use crate::{
     kernel::Dataplane,
-    model::{LeafQueue, ShapingMode},
     reconcile::agent::Agent,
+    report::{CounterMap, Counters, NodeReport, ReadErrors},
     spec::{check, load_documents, Phase, SourceSnapshot},
     tags::{monotonic_ns, Tag},
 };
@@ -32,6 +32,7 @@ pub struct PisaApi<D: Dataplane> {
     generation: u64,
     /// The last two counter samples (for GetStats' achieved rates).
     samples: Arc<Mutex<RateWindow>>,
+    read_errors: ReadErrors,
 }
 
 impl<D: Dataplane> Clone for PisaApi<D> {
@@ -40,6 +41,7 @@ impl<D: Dataplane> Clone for PisaApi<D> {
             agent: self.agent.clone(),
             generation: self.generation,
             samples: self.samples.clone(),
+            read_errors: self.read_errors.clone(),
         }
     }
 }
@@ -79,11 +81,12 @@ fn unix_ms(at: SystemTime) -> u64 {
 impl<D: Dataplane + Send + 'static> PisaApi<D> {
     /// `generation` must differ on every daemon start (the proxy compares
     /// it to detect that its tags are gone).
-    pub fn new(agent: Arc<Mutex<Agent<D>>>, generation: u64) -> Self {
+    pub fn new(agent: Arc<Mutex<Agent<D>>>, generation: u64, read_errors: ReadErrors) -> Self {
         Self {
             agent,
             generation,
             samples: Arc::default(),
+            read_errors,
         }
     }
 
@@ -103,32 +106,39 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
         &self,
         achieved: impl FnOnce(&BTreeMap<u32, ClassStats>) -> BTreeMap<u32, f64>,
     ) -> Result<pb::GetStatsResponse, Status> {
-        let agent = self.lock()?;
-        let stats = agent
-            .dp
-            .class_stats()
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let achieved = achieved(&stats);
-        let reasons = agent
-            .dp
-            .reason_stats()
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let classes = agent
-            .plan
+        let report = NodeReport::read(
+            &*self.lock()?,
+            &[CounterMap::ClassStats, CounterMap::ReasonStats],
+            &self.read_errors,
+        );
+        let (Some(stats), Some(reasons)) = (&report.counters.classes, &report.counters.reasons)
+        else {
+            let failed: Vec<&str> = report.counters.failed.iter().map(|m| m.name()).collect();
+            return Err(Status::unavailable(format!(
+                "reading the kernel's counters ({}) failed; see the daemon's log and \
+                 pisa_metrics_read_errors_total",
+                failed.join(", ")
+            )));
+        };
+        let achieved = achieved(stats);
+        let classes = report
             .classes
             .iter()
-            .map(|(id, planned)| {
-                let counters = stats.get(id).copied().unwrap_or_default();
+            .map(|class| {
+                let counters = class.counters.unwrap_or_default();
                 pb::ClassStats {
-                    class_id: *id,
-                    claim: Some(convert::claim_ref(&planned.claim)),
-                    rate_bytes_per_second: planned.spec.rate_bytes,
-                    ceil_bytes_per_second: planned.spec.ceil_bytes,
+                    class_id: class.class_id,
+                    claim: Some(convert::claim_ref(&class.claim)),
+                    rate_bytes_per_second: class.rate_bytes,
+                    ceil_bytes_per_second: class.ceil_bytes,
                     packets: counters.packets,
                     bytes: counters.bytes,
                     drops: counters.drops,
                     delayed: counters.delayed,
-                    achieved_bytes_per_second: achieved.get(id).copied().unwrap_or(0.0),
+                    achieved_bytes_per_second: achieved
+                        .get(&class.class_id)
+                        .copied()
+                        .unwrap_or(0.0),
                 }
             })
             .collect();
@@ -142,7 +152,7 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
                     packets: *packets,
                 })
                 .collect(),
-            active_tags: agent.tags.len() as u32,
+            active_tags: report.active_tags as u32,
             generation: self.generation,
             sampled_unix_ms: unix_ms(SystemTime::now()),
         })
@@ -153,7 +163,8 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
         let Ok(agent) = self.agent.lock() else {
             return;
         };
-        if let (Ok(stats), Ok(mut window)) = (agent.dp.class_stats(), self.samples.lock()) {
+        let counters = Counters::read(&agent.dp, &[CounterMap::ClassStats], &self.read_errors);
+        if let (Some(stats), Ok(mut window)) = (counters.classes, self.samples.lock()) {
             window.push(Instant::now(), &stats);
         }
     }
@@ -264,44 +275,27 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         &self,
         _request: Request<pb::ListClassesRequest>,
     ) -> Result<Response<pb::ListClassesResponse>, Status> {
-        let agent = self.lock()?;
-        let interfaces: Vec<String> = agent.dp.interfaces().into_iter().collect();
-        let fq_codel = agent.dp.features().fq_codel;
-        let classes = agent
-            .plan
+        let report = NodeReport::read(&*self.lock()?, &[], &self.read_errors);
+        let interfaces: Vec<String> = report.interfaces.iter().cloned().collect();
+        let classes = report
             .classes
             .iter()
-            .map(|(id, planned)| {
-                let claim = agent.effective.get(&planned.claim);
-                let endpoints = claim
-                    .map(|c| c.rules.iter().map(convert::rule_text).collect())
-                    .unwrap_or_default();
-                pb::ClassInfo {
-                    class_id: *id,
-                    claim: Some(convert::claim_ref(&planned.claim)),
-                    mode: convert::mode(planned.spec.mode) as i32,
-                    rate_bytes_per_second: planned.spec.rate_bytes,
-                    ceil_bytes_per_second: planned.spec.ceil_bytes,
-                    burst_bytes: planned.spec.burst_bytes,
-                    priority: claim
-                        .map(|c| c.priority.name().to_string())
-                        .unwrap_or_default(),
-                    direction: claim
-                        .map(|c| format!("{:?}", c.direction).to_lowercase())
-                        .unwrap_or_default(),
-                    endpoints,
-                    interfaces: interfaces.clone(),
-                    queue: match planned.spec.mode {
-                        ShapingMode::Htb => {
-                            LeafQueue::for_class(planned.spec.ceil_bytes, fq_codel).describe()
-                        }
-                        ShapingMode::Edt | ShapingMode::Police => String::new(),
-                    },
-                }
+            .map(|class| pb::ClassInfo {
+                class_id: class.class_id,
+                claim: Some(convert::claim_ref(&class.claim)),
+                mode: convert::mode(class.mode) as i32,
+                rate_bytes_per_second: class.rate_bytes,
+                ceil_bytes_per_second: class.ceil_bytes,
+                burst_bytes: class.burst_bytes,
+                priority: class.priority_name.clone(),
+                direction: class.direction.clone(),
+                endpoints: class.rules.iter().map(convert::rule_text).collect(),
+                interfaces: interfaces.clone(),
+                queue: class.queue.clone(),
             })
             .collect();
-        let claims = agent
-            .statuses
+        let claims = report
+            .claims
             .iter()
             .map(|(key, status)| pb::ClaimState {
                 claim: Some(convert::claim_ref(key)),
@@ -314,7 +308,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
             classes,
             generation: self.generation,
             claims,
-            source_errors: agent.source_errors.clone(),
+            source_errors: report.source_errors,
         }))
     }
 
@@ -432,7 +426,7 @@ mod tests {
             documents: load_documents("claims.yaml", CLAIM),
         }]);
         agent.reconcile().unwrap();
-        PisaApi::new(Arc::new(Mutex::new(agent)), 42)
+        PisaApi::new(Arc::new(Mutex::new(agent)), 42, ReadErrors::default())
     }
 
     fn tag_request(src_port: u32, target: pb::tag_flow_request::Target) -> pb::TagFlowRequest {

@@ -38,6 +38,7 @@ use crate::{
     kernel::Dataplane,
     metrics::Metrics,
     reconcile::agent::Agent,
+    report::{NodeReport, ReadErrors},
     source::ClaimSource,
     spec::{ClaimKey, ClaimStatus, Phase},
 };
@@ -244,10 +245,16 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             .as_ref()
             .err()
             .map(|e| (e.to_string(), e.reason().label().to_owned()));
-        if let Some(state_file) = &self.state_file {
-            state_file.publish(&agent, result.as_ref().err());
-        }
-        Some(agent.statuses.clone())
+        // One report for the state file and the claims' statuses.
+        let report = match &self.state_file {
+            Some(state_file) => {
+                let report = state_file.report(&agent);
+                state_file.write(&report, self.last_error.clone());
+                report
+            }
+            None => NodeReport::read(&agent, &[], &ReadErrors::default()),
+        };
+        Some(report.claims)
     }
 }
 
@@ -256,7 +263,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
         let (Some(state_file), Ok(agent)) = (&self.state_file, self.agent.lock()) else {
             return;
         };
-        state_file.publish_error(&agent, self.last_error.clone());
+        state_file.publish(&agent, self.last_error.clone());
     }
 }
 

@@ -22,6 +22,7 @@ use crate::{
     kernel::{self, sql_events::SqlEvents, Dataplane, Kernel, KernelError, PinLayout},
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
+    report::ReadErrors,
     source::{
         kube::{KubeArgs, KubeClaimSource, KubeConnectError},
         ClaimSource, FileSource, NoSource,
@@ -94,8 +95,13 @@ pub async fn run_node(
     }
     let (agent, sql_events) = open_agent(&config)?;
     tokio::spawn(identity_task::run(agent.clone(), sql_events));
-    let (stop_api, api_tasks) = start_api(&config.api, &agent).await?;
-    let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(agent.clone()))));
+    // One count of failed counter reads for every report of the process.
+    let read_errors = ReadErrors::default();
+    let (stop_api, api_tasks) = start_api(&config.api, &agent, &read_errors).await?;
+    let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(
+        agent.clone(),
+        read_errors.clone(),
+    ))));
     // Every reason shows at 0 before anyone can scrape; /healthz answers
     // while the kube source waits for its first list.
     metrics.declare_reconcile_error_reasons(Reason::ALL.iter().map(|r| r.label()));
@@ -103,6 +109,7 @@ pub async fn run_node(
     let state_file = StateFile {
         path: config.state_file.clone(),
         bpffs: config.bpffs.clone(),
+        read_errors,
     };
     match (&config.config, &config.kube) {
         (Some(path), _) => {
@@ -213,9 +220,10 @@ fn new_generation() -> u64 {
 async fn start_api<D: Dataplane + Send + 'static>(
     config: &ApiConfig,
     agent: &SharedAgent<D>,
+    read_errors: &ReadErrors,
 ) -> Result<(watch::Sender<bool>, Vec<tokio::task::JoinHandle<()>>), NodeError> {
     let (stop, stopped) = watch::channel(false);
-    let api = PisaApi::new(agent.clone(), new_generation());
+    let api = PisaApi::new(agent.clone(), new_generation(), read_errors.clone());
     info!(generation = api.generation(), "API generation");
     let shutdown = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.changed().await;

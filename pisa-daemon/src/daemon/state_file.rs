@@ -1,14 +1,17 @@
 //! The state file `pisa-daemon status` reads when the API does not answer:
 //! rewritten after every reconcile.
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
+
+use pisa_daemon_common::sql_reason;
 
 use tracing::warn;
 
-use super::ReconcileError;
 use crate::{
+    identity::Outcome,
     kernel::Dataplane,
     reconcile::agent::Agent,
+    report::{CounterMap, NodeReport, ReadErrors},
     state::{
         self, LatencySummary, PublishedClaim, PublishedClass, PublishedIdentity, PublishedState,
     },
@@ -19,80 +22,82 @@ use crate::{
 pub struct StateFile {
     pub path: PathBuf,
     pub bpffs: PathBuf,
+    pub read_errors: ReadErrors,
 }
 
 impl StateFile {
-    /// Writes the agent's state and the last reconcile's error. A failed
-    /// write is logged: the state file is a convenience, never a reason to
-    /// stop shaping.
-    pub fn publish<D: Dataplane>(&self, agent: &Agent<D>, error: Option<&ReconcileError>) {
-        self.publish_error(
-            agent,
-            error.map(|e| (e.to_string(), e.reason().label().to_owned())),
-        );
+    /// Writes the agent's state and the last reconcile's error (text,
+    /// reason label). A failed write is logged: the state file is a
+    /// convenience, never a reason to stop shaping.
+    pub fn publish<D: Dataplane>(&self, agent: &Agent<D>, error: Option<(String, String)>) {
+        self.write(&self.report(agent), error);
     }
 
-    /// As `publish`, with the error already rendered (text, reason label):
-    /// the periodic refresh republishes the last one.
-    pub fn publish_error<D: Dataplane>(&self, agent: &Agent<D>, error: Option<(String, String)>) {
-        let state = PublishedState {
-            pid: std::process::id(),
-            bpffs: self.bpffs.clone(),
-            interfaces: agent.ifaces.iter().cloned().collect(),
-            classes: agent
-                .plan
-                .classes
-                .values()
-                .map(|p| PublishedClass {
-                    claim: p.claim.to_string(),
-                    class_id: p.spec.class_id,
-                    mode: p.spec.mode.name().into(),
-                    rate_bytes: p.spec.rate_bytes,
-                    ceil_bytes: p.spec.ceil_bytes,
-                    priority: p.spec.priority,
-                })
-                .collect(),
-            claims: agent.statuses.values().map(PublishedClaim::from).collect(),
-            source_errors: agent.source_errors.clone(),
-            last_error: error.as_ref().map(|(text, _)| text.clone()),
-            last_error_reason: error.map(|(_, reason)| reason),
-            identity: published_identity(agent),
-        };
+    /// The report the state file renders: the agent's state and the SQL
+    /// identity counters.
+    pub fn report<D: Dataplane>(&self, agent: &Agent<D>) -> NodeReport {
+        NodeReport::read(agent, &[CounterMap::SqlStats], &self.read_errors)
+    }
+
+    /// Writes `report` with the last reconcile's error (text, reason).
+    pub fn write(&self, report: &NodeReport, error: Option<(String, String)>) {
+        let state = self.render(report, error);
         if let Err(error) = state::write(&self.path, &state) {
             warn!(%error, "could not publish state for `pisa-daemon status`");
         }
     }
+
+    /// The report in the state file's form.
+    fn render(&self, report: &NodeReport, error: Option<(String, String)>) -> PublishedState {
+        PublishedState {
+            pid: std::process::id(),
+            bpffs: self.bpffs.clone(),
+            interfaces: report.interfaces.iter().cloned().collect(),
+            classes: report
+                .classes
+                .iter()
+                .map(|class| PublishedClass {
+                    claim: class.claim.to_string(),
+                    class_id: class.class_id,
+                    mode: class.mode.name().into(),
+                    rate_bytes: class.rate_bytes,
+                    ceil_bytes: class.ceil_bytes,
+                    priority: class.priority,
+                })
+                .collect(),
+            claims: report.claims.values().map(PublishedClaim::from).collect(),
+            source_errors: report.source_errors.clone(),
+            last_error: error.as_ref().map(|(text, _)| text.clone()),
+            last_error_reason: error.map(|(_, reason)| reason),
+            identity: published_identity(report),
+        }
+    }
 }
 
-fn published_identity<D: Dataplane>(agent: &Agent<D>) -> PublishedIdentity {
-    let stats = &agent.identity;
-    let labelled = |counts: &std::collections::BTreeMap<crate::identity::Outcome, u64>| {
+fn published_identity(report: &NodeReport) -> PublishedIdentity {
+    let identity = &report.identity;
+    let labelled = |counts: &BTreeMap<Outcome, u64>| {
         counts
             .iter()
             .map(|(outcome, n)| (outcome.label().to_owned(), *n))
             .collect()
     };
-    let kernel = match agent.dp.sql_stats() {
-        Ok(values) => pisa_daemon_common::sql_reason::NAMES
-            .iter()
-            .zip(values)
-            .map(|(name, n)| ((*name).to_owned(), n))
-            .collect(),
-        Err(error) => {
-            // Left out rather than shown as zeros.
-            warn!(%error, "could not read the SQL-identity counters");
-            Default::default()
-        }
-    };
     PublishedIdentity {
-        outcomes: labelled(&stats.node),
-        claims: stats
+        outcomes: labelled(&identity.node),
+        claims: identity
             .claims
             .iter()
             .map(|(claim, counts)| (claim.to_string(), labelled(counts)))
             .collect(),
-        kernel,
-        tag_latency_us: stats.latency_us().map(|l| LatencySummary {
+        // Left out rather than shown as zeros when the read failed.
+        kernel: report
+            .counters
+            .sql
+            .iter()
+            .flat_map(|values| sql_reason::NAMES.iter().zip(values))
+            .map(|(name, n)| ((*name).to_owned(), *n))
+            .collect(),
+        tag_latency_us: identity.latency_us.map(|l| LatencySummary {
             samples: l.samples,
             p50: l.p50,
             p99: l.p99,

@@ -127,7 +127,10 @@ impl Harness {
             ["eth0".to_owned()].into(),
             LIMITS,
         )));
-        let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(agent.clone()))));
+        let metrics = Arc::new(Metrics::new(Box::new(KernelCollector::new(
+            agent.clone(),
+            crate::report::ReadErrors::default(),
+        ))));
         let (control, commands) = mpsc::channel(4);
         let daemon = Daemon::new(agent.clone(), source.clone(), metrics.clone());
         let task = tokio::spawn(daemon.run(commands));

@@ -1,0 +1,134 @@
+//! The one read model. What the agent decided (claims, classes, their
+//! statuses), what SQL identity made of connection starts, and the
+//! kernel's counters read once: every report renders a `NodeReport`. The
+//! state file, `/metrics`, the gRPC replies and the Kubernetes status are
+//! renderings of it (`pisa-daemon status` renders the gRPC replies or,
+//! with the daemon down, the state file).
+//!
+//! Building one takes the agent's lock for the map reads it asks for and
+//! nothing more; renderers format it after the lock is gone.
+
+mod counters;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use counters::{CounterMap, Counters, ReadErrors};
+use pisa_daemon_common::ClassStats;
+
+use crate::{
+    identity::{Latency, Outcome},
+    kernel::{Dataplane, RuleMatch},
+    model::{LeafQueue, ShapingMode},
+    reconcile::agent::Agent,
+    spec::{ClaimKey, ClaimStatus},
+};
+
+/// One class in force on this node.
+#[derive(Clone, Debug)]
+pub struct ClassReport {
+    pub class_id: u32,
+    pub claim: ClaimKey,
+    pub mode: ShapingMode,
+    pub rate_bytes: u64,
+    pub ceil_bytes: u64,
+    pub burst_bytes: u32,
+    /// The HTB priority the class was given (0 first).
+    pub priority: u8,
+    /// The claim's priority class (`guaranteed`, `burstable`, ...); empty
+    /// when the claim is gone from the agent's memory.
+    pub priority_name: String,
+    pub direction: String,
+    /// The claim's endpoint rules, expanded by direction.
+    pub rules: Vec<RuleMatch>,
+    /// The queue inside the class (htb); empty for modes without one.
+    pub queue: String,
+    /// `None`: not read for this report, or the read failed.
+    pub counters: Option<ClassStats>,
+}
+
+/// What SQL identity made of connection starts.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityReport {
+    pub node: BTreeMap<Outcome, u64>,
+    pub claims: BTreeMap<ClaimKey, BTreeMap<Outcome, u64>>,
+    /// Start-to-tag latency over the last identified connections (µs).
+    pub latency_us: Option<Latency>,
+}
+
+/// This node's state, as every report shows it.
+#[derive(Clone, Debug)]
+pub struct NodeReport {
+    /// Interfaces the classifier is attached to.
+    pub interfaces: BTreeSet<String>,
+    pub classes: Vec<ClassReport>,
+    /// Every claim the node knows, with its phase and message.
+    pub claims: BTreeMap<ClaimKey, ClaimStatus>,
+    /// Errors no claim can be blamed for (a broken YAML stream).
+    pub source_errors: Vec<String>,
+    pub identity: IdentityReport,
+    /// Client prefixes in force, for each claim with client selectors.
+    pub client_prefixes: BTreeMap<ClaimKey, usize>,
+    /// Flow tags in force (proxy and SQL identity).
+    pub active_tags: usize,
+    /// The counters read for this report (classes' are also in `classes`).
+    pub counters: Counters,
+}
+
+impl NodeReport {
+    /// The agent's state with the counter maps in `reads`, read now.
+    pub fn read<D: Dataplane>(agent: &Agent<D>, reads: &[CounterMap], errors: &ReadErrors) -> Self {
+        let counters = Counters::read(&agent.dp, reads, errors);
+        let fq_codel = agent.dp.features().fq_codel;
+        let classes = agent
+            .plan
+            .classes
+            .iter()
+            .map(|(id, planned)| {
+                let claim = agent.effective.get(&planned.claim);
+                ClassReport {
+                    class_id: *id,
+                    claim: planned.claim.clone(),
+                    mode: planned.spec.mode,
+                    rate_bytes: planned.spec.rate_bytes,
+                    ceil_bytes: planned.spec.ceil_bytes,
+                    burst_bytes: planned.spec.burst_bytes,
+                    priority: planned.spec.priority,
+                    priority_name: claim
+                        .map(|c| c.priority.name().to_owned())
+                        .unwrap_or_default(),
+                    direction: claim
+                        .map(|c| format!("{:?}", c.direction).to_lowercase())
+                        .unwrap_or_default(),
+                    rules: claim.map(|c| c.rules.clone()).unwrap_or_default(),
+                    queue: match planned.spec.mode {
+                        ShapingMode::Htb => {
+                            LeafQueue::for_class(planned.spec.ceil_bytes, fq_codel).describe()
+                        }
+                        ShapingMode::Edt | ShapingMode::Police => String::new(),
+                    },
+                    counters: counters
+                        .classes
+                        .as_ref()
+                        .map(|stats| stats.get(id).copied().unwrap_or_default()),
+                }
+            })
+            .collect();
+        Self {
+            interfaces: agent.dp.interfaces(),
+            classes,
+            claims: agent.statuses.clone(),
+            source_errors: agent.source_errors.clone(),
+            identity: IdentityReport {
+                node: agent.identity.node.clone(),
+                claims: agent.identity.claims.clone(),
+                latency_us: agent.identity.latency_us(),
+            },
+            client_prefixes: agent.plan.client_counts.clone(),
+            active_tags: agent.tags.len(),
+            counters,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
