@@ -85,6 +85,12 @@ fn build_ebpf(workspace: &Path) -> Result<PathBuf> {
         )
         .args([
             "build",
+            // The program calls aya-ebpf's memcpy (aya-log copies records
+            // of variable length). Without debug info it would be a BPF
+            // subprogram without BTF function info, which the verifier
+            // rejects ("number of funcs in func_info doesn't match").
+            "--config",
+            "profile.release.package.aya-ebpf.debug=2",
             "--package",
             "pisa-daemon-ebpf",
             "-Z",

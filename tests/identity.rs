@@ -112,6 +112,11 @@ fn protected_on_one_endpoint(engine: Engine, selector: Selector) {
         );
     }
     daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+    assert!(
+        !daemon.stderr_text().contains("pisa_kernel"),
+        "kernel debug events are off unless --kernel-log debug:\n{}",
+        daemon.stderr_text()
+    );
 
     let bytes = |class: u32| after[&class].bytes - before[&class].bytes;
     let (orders_bytes, reports_bytes) = (bytes(orders), bytes(reports));
@@ -172,7 +177,15 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
             LINK,
             &format!("sql: {{users: [{BULK_USER}]}}"),
         );
-    let mut daemon = start_daemon_on_link(&net, root.as_str(), &dir.0, &claims, LINK);
+    // With the kernel's debug events on: each start handed up is logged.
+    let mut daemon = start_daemon_on_link_with(
+        &net,
+        root.as_str(),
+        &dir.0,
+        &claims,
+        LINK,
+        &["--kernel-log", "debug"],
+    );
     let (orders, reports) = (
         class_of(&dir.0, "db/orders"),
         class_of(&dir.0, "db/reports"),
@@ -199,6 +212,17 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
         "TLS copy: orders {tls_orders} B, reports {tls_reports} B; clear copy: orders \
          {clear_orders} B, reports {clear_reports} B; identity {}",
         daemon_state(&dir.0)["identity"]
+    );
+    let handed_up = format!("sql identity: start handed up {}:", net.bulk_ip);
+    wait_for_log(&mut daemon, &handed_up, Duration::from_secs(10));
+    let logged = daemon.stderr_text();
+    let line = logged
+        .lines()
+        .find(|l| l.contains(&handed_up))
+        .unwrap_or_default();
+    assert!(
+        line.contains("DEBUG pisa_kernel") && line.contains(&format!("-> {host}:5432")),
+        "the kernel's event, as a log line: {line}"
     );
     daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
     assert!(

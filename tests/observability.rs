@@ -366,7 +366,9 @@ fn bpftool_shows_every_map_with_btf_field_names_and_the_configured_values() {
     for name in pisa_daemon_common::names::ALL_MAPS {
         let path = layout.map(name);
         let info = bpftool_json(&["map", "show", "pinned", path.to_str().unwrap()]);
-        if name == pisa_daemon_common::names::MAP_SQL_EVENTS {
+        if name == pisa_daemon_common::names::MAP_SQL_EVENTS
+            || name == pisa_daemon_common::names::MAP_AYA_LOGS
+        {
             assert_eq!(info["type"], "ringbuf", "{info}");
             continue;
         }

@@ -595,6 +595,131 @@ fn connection_starts_are_handed_up_and_every_packet_passes() {
     );
 }
 
+/// Log lines written through `tracing` while the guard lives, as text.
+#[derive(Clone, Default)]
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl CapturedLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// The program's debug events: none while `KERNEL_LOG` is off (the
+/// default), and when it is on, a packet that fails open and a connection
+/// start each write one event, which the reader turns into a log line of
+/// the target `pisa_kernel`.
+#[test]
+fn kernel_debug_events_are_off_by_default_and_reach_the_log_when_switched_on() {
+    let mut h = Harness::new();
+    h.class(7, ShapingMode::Htb, 1_000_000, 65_536);
+    let endpoint = RuleMatch {
+        side: Side::Destination,
+        addr: "10.5.0.9".parse().unwrap(),
+        prefix_len: 32,
+        protocol: Protocol::Tcp,
+        port: 5432,
+    };
+    let target = RuleTarget {
+        class_id: 7,
+        clients: false,
+        sql: true,
+        rule_id: 0,
+    };
+    h.kernel.put_rule(&endpoint, &target).expect("put_rule");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let mut kernel_log = h.kernel.take_kernel_log().expect("the log ring");
+    let captured = CapturedLog::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .with_max_level(tracing::Level::TRACE)
+        .finish();
+    let _log = tracing::subscriber::set_default(subscriber);
+
+    let tagged = Packet::tcp("10.1.0.1", 1000, "10.2.0.1", 3306)
+        .vlan(5)
+        .bytes();
+    let truncated = tagged[..18 + 12].to_vec();
+    let start =
+        Packet::tcp("10.6.0.2", 40000, "10.5.0.9", 5432).with_payload(&pg_startup("reporter"));
+    let send_both = |h: &Harness| {
+        assert_eq!(h.run_on(&truncated, LOOPBACK).verdict, TC_ACT_OK);
+        assert_eq!(h.run(&start).verdict, TC_ACT_OK);
+    };
+    let drain = |log: &mut pisa_daemon::kernel::kernel_log::KernelLog, wait: Duration| {
+        runtime.block_on(tokio::time::timeout(wait, log.drain()))
+    };
+
+    send_both(&h);
+    assert!(
+        drain(&mut kernel_log, Duration::from_millis(300)).is_err(),
+        "events were written while switched off: {}",
+        captured.text()
+    );
+    assert!(
+        !captured.text().contains("pisa_kernel"),
+        "{}",
+        captured.text()
+    );
+
+    h.kernel.set_kernel_log(true).expect("switching events on");
+    send_both(&h);
+    let want = [
+        format!("fail open: reason {} on ifindex", reason::TRUNCATED),
+        "sql identity: start handed up 10.6.0.2:40000 -> 10.5.0.9:5432".to_owned(),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !want.iter().all(|w| captured.text().contains(w.as_str())) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "missing events; the log so far:\n{}",
+            captured.text()
+        );
+        if let Ok(read) = drain(&mut kernel_log, Duration::from_millis(500)) {
+            read.expect("reading the log ring");
+        }
+    }
+    let text = captured.text();
+    for line in text
+        .lines()
+        .filter(|l| l.contains("sql identity") || l.contains("fail open"))
+    {
+        assert!(
+            line.contains("DEBUG pisa_kernel"),
+            "level and target: {line}"
+        );
+    }
+
+    h.kernel
+        .set_kernel_log(false)
+        .expect("switching events off");
+    let lines_before = captured.text().lines().count();
+    send_both(&h);
+    assert!(drain(&mut kernel_log, Duration::from_millis(300)).is_err());
+    assert_eq!(
+        captured.text().lines().count(),
+        lines_before,
+        "{}",
+        captured.text()
+    );
+}
+
 /// Client selectors in the kernel, IPv4 and IPv6: the longest client
 /// prefix of the endpoint's rule picks the class, requests by their source
 /// and responses by their destination; a client no prefix covers gets the

@@ -440,3 +440,11 @@ const _: () = {
     assert!(align_of::<ClassConfig>() == 8);
     assert!(reason::NAMES.len() == reason::COUNT as usize);
 };
+
+/// Value of `KERNEL_LOG[0]`: the program writes no debug events (the
+/// default; each rare path then pays one array read).
+pub const KERNEL_LOG_OFF: u32 = 0;
+/// Value of `KERNEL_LOG[0]`: the program writes debug events on its rare
+/// paths (fail open, connection starts and closes handed up or not), which
+/// the daemon drains into its log.
+pub const KERNEL_LOG_DEBUG: u32 = 1;

@@ -36,8 +36,14 @@ pub const MAP_SQL_BUDGET: &str = "SQL_BUDGET";
 /// Per-CPU counters of the SQL-identity path (`sql_reason`).
 pub const MAP_SQL_STATS: &str = "SQL_STATS";
 
+/// Whether the program writes debug events (`KERNEL_LOG_*`): off unless
+/// the daemon runs with `--kernel-log debug`.
+pub const MAP_KERNEL_LOG: &str = "KERNEL_LOG";
+/// aya-log's ring buffer of those events (aya-log names it).
+pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
+
 /// Every map the program defines, in a stable order (used for pinning and cleanup).
-pub const ALL_MAPS: [&str; 13] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_IFACE_STATS,
     MAP_IFACE_CONFIG,
     MAP_CLASS_CONFIG,
@@ -51,6 +57,8 @@ pub const ALL_MAPS: [&str; 13] = [
     MAP_SQL_EVENTS,
     MAP_SQL_BUDGET,
     MAP_SQL_STATS,
+    MAP_KERNEL_LOG,
+    MAP_AYA_LOGS,
 ];
 
 const _: () = {

@@ -28,7 +28,14 @@ pub struct Matched {
 /// looks at a packet: a start on an endpoint selected by SQL identity, or
 /// the end of a connection the daemon tagged.
 #[inline(always)]
-pub fn classify(ctx: &TcContext, packet: &Packet) -> Option<Matched> {
+///
+/// `sql_outcome` is set when the SQL-identity path handled the packet
+/// (`sql_reason`), for the caller's one debug event.
+pub fn classify(
+    ctx: &TcContext,
+    packet: &Packet,
+    sql_outcome: &mut Option<u32>,
+) -> Option<Matched> {
     // Array lookups are inlined by the verifier: this read is nearly free
     // and saves up to one hash and four LPM lookups per packet.
     let summary = match SUMMARY.get(0) {
@@ -39,7 +46,7 @@ pub fn classify(ctx: &TcContext, packet: &Packet) -> Option<Matched> {
     if summary.flow_tags != 0 {
         if let Some(tag) = live_tag(flow) {
             if tag.origin == TAG_ORIGIN_SQL {
-                identity::watch_close(ctx, packet);
+                *sql_outcome = identity::watch_close(ctx, packet);
             }
             return active(tag.class_id);
         }
@@ -52,7 +59,7 @@ pub fn classify(ctx: &TcContext, packet: &Packet) -> Option<Matched> {
         && rule.side == u32::from(SIDE_DST)
         && flow.protocol == PROTO_TCP
     {
-        identity::inspect_start(ctx, packet);
+        *sql_outcome = identity::inspect_start(ctx, packet);
     }
     let mut class_id = rule.class_id;
     if rule.flags & u32::from(RULE_FLAG_CLIENTS) != 0 {
@@ -82,27 +89,27 @@ pub fn sql_rules_exist() -> bool {
 /// The ingress hook's part: no shaping, only what the SQL-identity path
 /// must see of requests that arrive here (their start, and the end of
 /// connections the daemon tagged). Free when no claim selects by SQL.
+/// What the SQL-identity path made of the packet (`sql_reason`), if it
+/// handled it.
 #[inline(always)]
-pub fn observe(ctx: &TcContext, packet: &Packet) {
-    let summary = match SUMMARY.get(0) {
-        Some(summary) => *summary,
-        None => return,
-    };
+pub fn observe(ctx: &TcContext, packet: &Packet) -> Option<u32> {
+    let summary = SUMMARY.get(0).copied()?;
     if summary.sql_rules == 0 || packet.flow.protocol != PROTO_TCP {
-        return;
+        return None;
     }
     if summary.flow_tags != 0 {
         if let Some(tag) = live_tag(&packet.flow) {
             if tag.origin == TAG_ORIGIN_SQL {
-                identity::watch_close(ctx, packet);
+                return identity::watch_close(ctx, packet);
             }
-            return;
+            return None;
         }
     }
     let rule = endpoint_rule(&packet.flow, &summary, false);
     if rule.rank != 0 && rule.flags & u32::from(RULE_FLAG_SQL) != 0 {
-        identity::inspect_start(ctx, packet);
+        return identity::inspect_start(ctx, packet);
     }
+    None
 }
 
 /// The live flow tag of a connection direction, if any.

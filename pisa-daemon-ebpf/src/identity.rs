@@ -75,45 +75,47 @@ fn looks_like_start(head: &[u8; 8]) -> bool {
     head[0] == 0x16 && head[1] == 0x03 && head[5] == 0x01
 }
 
-/// Hands a connection start to userspace, if this packet is one.
+/// Hands a connection start to userspace, if this packet is one; what
+/// became of it (`sql_reason`), or `None` for a packet that is no start.
 #[inline(always)]
-pub fn inspect_start(ctx: &TcContext, packet: &Packet) {
-    let Some((start, len)) = payload(ctx, packet) else {
-        return;
-    };
+pub fn inspect_start(ctx: &TcContext, packet: &Packet) -> Option<u32> {
+    let (start, len) = payload(ctx, packet)?;
     if len < 8 {
-        return;
+        return None;
     }
-    let Ok(head) = ctx.load::<[u8; 8]>(start) else {
-        return;
-    };
+    let head = ctx.load::<[u8; 8]>(start).ok()?;
     if !looks_like_start(&head) {
-        return;
+        return None;
     }
-    send(ctx, packet, SQL_EVENT_START, start, len);
+    Some(send(ctx, packet, SQL_EVENT_START, start, len))
 }
 
-/// Reports a FIN or RST of a connection the daemon tagged.
+/// Reports a FIN or RST of a connection the daemon tagged; what became of
+/// the report (`sql_reason`), or `None` for any other packet.
 #[inline(always)]
-pub fn watch_close(ctx: &TcContext, packet: &Packet) {
-    let Ok(flags) = ctx.load::<u8>(packet.l4_offset + 13) else {
-        return;
-    };
+pub fn watch_close(ctx: &TcContext, packet: &Packet) -> Option<u32> {
+    let flags = ctx.load::<u8>(packet.l4_offset + 13).ok()?;
     if flags & (TCP_FLAG_FIN | TCP_FLAG_RST) == 0 {
-        return;
+        return None;
     }
-    send(ctx, packet, SQL_EVENT_CLOSE, 0, 0);
+    Some(send(ctx, packet, SQL_EVENT_CLOSE, 0, 0))
+}
+
+/// Hands an event up; returns its `sql_reason`, counted.
+#[inline(always)]
+fn send(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) -> u32 {
+    let outcome = hand_up(ctx, packet, kind, start, len);
+    count(outcome);
+    outcome
 }
 
 #[inline(always)]
-fn send(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) {
+fn hand_up(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) -> u32 {
     if !spend_budget() {
-        count(sql_reason::THROTTLED);
-        return;
+        return sql_reason::THROTTLED;
     }
     let Some(mut entry) = SQL_EVENTS.reserve(0) else {
-        count(sql_reason::RING_FULL);
-        return;
+        return sql_reason::RING_FULL;
     };
     let event = entry.as_mut_ptr();
     let captured = if len as usize > SQL_CAPTURE_BYTES {
@@ -136,8 +138,7 @@ fn send(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) {
         let n = captured & (SQL_CAPTURE_BYTES as u32 * 2 - 1);
         if n == 0 || n as usize > SQL_CAPTURE_BYTES {
             entry.discard(0);
-            count(sql_reason::UNREADABLE);
-            return;
+            return sql_reason::UNREADABLE;
         }
         // SAFETY: `bytes` holds SQL_CAPTURE_BYTES and n is at most that.
         let read = unsafe {
@@ -150,18 +151,17 @@ fn send(ctx: &TcContext, packet: &Packet, kind: u32, start: usize, len: u32) {
         };
         if read != 0 {
             entry.discard(0);
-            count(sql_reason::UNREADABLE);
-            return;
+            return sql_reason::UNREADABLE;
         }
         // SAFETY: as above.
         unsafe { (*event).captured = n };
     }
     entry.submit(0);
-    count(if kind == SQL_EVENT_START {
+    if kind == SQL_EVENT_START {
         sql_reason::STARTS_SENT
     } else {
         sql_reason::CLOSES_SENT
-    });
+    }
 }
 
 /// Takes one event from this CPU's budget for the current window.

@@ -30,6 +30,7 @@
 #![feature(core_intrinsics)]
 
 mod classify;
+mod debug_events;
 mod identity;
 mod maps;
 mod parse;
@@ -55,10 +56,18 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
         Ok(packet) => packet,
         Err(why) => {
             stats::count_reason(why);
+            if reason::is_fail_open(why) {
+                debug_events::fail_open(ctx, why);
+            }
             return Err(TC_ACT_OK);
         }
     };
-    let Some(matched) = classify::classify(ctx, &packet) else {
+    let mut sql_outcome = None;
+    let matched = classify::classify(ctx, &packet, &mut sql_outcome);
+    if let Some(outcome) = sql_outcome {
+        debug_events::sql::<{ debug_events::EGRESS }>(ctx, &packet.flow, outcome);
+    }
+    let Some(matched) = matched else {
         stats::count_reason(reason::UNMATCHED);
         return Ok(TC_ACT_OK);
     };
@@ -76,7 +85,9 @@ pub fn pisa_tc_ingress(ctx: TcContext) -> i32 {
     if classify::sql_rules_exist() {
         let iface_flags = stats::iface_flags(&ctx);
         if let Ok(packet) = parse::parse(&ctx, iface_flags) {
-            classify::observe(&ctx, &packet);
+            if let Some(outcome) = classify::observe(&ctx, &packet) {
+                debug_events::sql::<{ debug_events::INGRESS }>(&ctx, &packet.flow, outcome);
+            }
         }
     }
     TC_ACT_OK

@@ -53,3 +53,7 @@ pub static SQL_BUDGET: PerCpuArray<SqlBudget, 1> = PerCpuArray::new();
 
 #[btf_map]
 pub static SQL_STATS: PerCpuArray<ReasonStats, { sql_reason::COUNT as usize }> = PerCpuArray::new();
+
+/// `KERNEL_LOG_OFF` or `KERNEL_LOG_DEBUG`, written by the daemon.
+#[btf_map]
+pub static KERNEL_LOG: Array<u32, 1> = Array::new();

@@ -38,6 +38,13 @@ pub enum Output {
     Json,
 }
 
+/// `--kernel-log`: whether the kernel program writes debug events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KernelLog {
+    Off,
+    Debug,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Attach at egress of the interfaces and enforce the claims in --config,
@@ -105,6 +112,13 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = MAX_TAGS,
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_TAGS as u64))]
         max_flow_tags: usize,
+        /// Debug events from the kernel program (a packet it could not
+        /// parse; a connection start or close handed up, or not, with its
+        /// addresses), logged under the target `pisa_kernel`. `off` costs
+        /// one array read on those rare paths only.
+        #[arg(long, value_enum, value_name = "LEVEL", default_value_t = KernelLog::Off,
+              env = "PISA_KERNEL_LOG")]
+        kernel_log: KernelLog,
     },
     /// Tag a connection with a class through the running daemon (as the
     /// SQL proxy does), e.g.

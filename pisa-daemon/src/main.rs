@@ -9,7 +9,7 @@ mod tag;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use args::{Cli, Command, LogFormat, Output};
+use args::{Cli, Command, KernelLog, LogFormat, Output};
 use clap::Parser;
 use pisa_daemon::{
     daemon::{ApiConfig, NodeConfig},
@@ -27,9 +27,16 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// `kernel_events`: `--kernel-log debug` asked for the program's events,
+/// so they are shown whatever the rest of the filter says.
+fn init_logging(format: LogFormat, kernel_events: bool) {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if kernel_events {
+        if let Ok(directive) = "pisa_kernel=debug".parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         // Colours only for a person at a terminal, never in log files.
@@ -46,7 +53,14 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let kernel_events = matches!(
+        cli.command,
+        Command::Run {
+            kernel_log: KernelLog::Debug,
+            ..
+        }
+    );
+    init_logging(cli.log_format, kernel_events);
     match dispatch(cli.command) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
@@ -75,6 +89,7 @@ fn dispatch(command: Command) -> Result<bool> {
             api_socket_group,
             api_tcp,
             max_flow_tags,
+            kernel_log,
         } => {
             let link_rate_bytes = units::parse_rate_bytes(&link_rate)
                 .with_context(|| format!("--link-rate `{link_rate}`"))?;
@@ -97,6 +112,7 @@ fn dispatch(command: Command) -> Result<bool> {
                 link_rate_bytes,
                 max_classes,
                 state_file,
+                kernel_log: kernel_log == KernelLog::Debug,
             };
             runtime()?.block_on(run::run(config))?;
             Ok(true)

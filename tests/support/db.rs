@@ -765,11 +765,23 @@ pub fn start_daemon_on_link(
     claims: &str,
     link_rate: &str,
 ) -> ChildGuard {
+    start_daemon_on_link_with(net, bpffs, dir, claims, link_rate, &[])
+}
+
+/// As `start_daemon_on_link`, with more arguments for `run`.
+pub fn start_daemon_on_link_with(
+    net: &DbNet,
+    bpffs: &str,
+    dir: &Path,
+    claims: &str,
+    link_rate: &str,
+    extra: &[&str],
+) -> ChildGuard {
     let config = dir.join("claims.yaml");
     std::fs::write(&config, claims).expect("writing claims");
     let state = dir.join("state.json");
     let _ = std::fs::remove_file(&state);
-    let mut guard = spawn_daemon(&[
+    let mut args = vec![
         "run",
         "--config",
         config.to_str().expect("utf-8"),
@@ -781,7 +793,9 @@ pub fn start_daemon_on_link(
         bpffs,
         "--state-file",
         state.to_str().expect("utf-8"),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let mut guard = spawn_daemon(&args);
     let expected = claims.matches("kind: QoSClaim").count();
     wait_until("every claim applied", Duration::from_secs(30), || {
         guard.assert_running();

@@ -19,7 +19,10 @@ use crate::{
         server::{self as api_server, ApiError},
         service::PisaApi,
     },
-    kernel::{self, sql_events::SqlEvents, Dataplane, Kernel, KernelError, PinLayout},
+    kernel::{
+        self, kernel_log::KernelLog, sql_events::SqlEvents, Dataplane, Kernel, KernelError,
+        PinLayout,
+    },
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
     report::ReadErrors,
@@ -46,6 +49,8 @@ pub struct NodeConfig {
     pub link_rate_bytes: u64,
     pub max_classes: usize,
     pub state_file: PathBuf,
+    /// The kernel program writes debug events, drained into the log.
+    pub kernel_log: bool,
 }
 
 /// Where the gRPC API listens.
@@ -93,8 +98,9 @@ pub async fn run_node(
     for iface in &config.ifaces {
         kernel::iface::lookup(iface)?;
     }
-    let (agent, sql_events) = open_agent(&config)?;
+    let (agent, sql_events, kernel_log) = open_agent(&config)?;
     tokio::spawn(identity_task::run(agent.clone(), sql_events));
+    tokio::spawn(drain_kernel_log(kernel_log));
     // One count of failed counter reads for every report of the process.
     let read_errors = ReadErrors::default();
     let (stop_api, api_tasks) = start_api(&config.api, &agent, &read_errors).await?;
@@ -147,9 +153,18 @@ async fn run_loop<S: ClaimSource>(
 
 /// Opens (or adopts) the kernel side and builds the agent over it; the
 /// SQL-identity channel is taken out for its own task.
-fn open_agent(config: &NodeConfig) -> Result<(SharedAgent<Kernel>, SqlEvents), NodeError> {
+type Opened = (SharedAgent<Kernel>, SqlEvents, KernelLog);
+
+fn open_agent(config: &NodeConfig) -> Result<Opened, NodeError> {
     let mut kernel = Kernel::open(PinLayout::new(&config.bpffs))?;
     let sql_events = kernel.take_sql_events()?;
+    // Always drained: a daemon started without --kernel-log after one with
+    // it finds (and logs) what was left; the switch is set here either way.
+    let kernel_log = kernel.take_kernel_log()?;
+    kernel.set_kernel_log(config.kernel_log)?;
+    if config.kernel_log {
+        info!("kernel debug events on (--kernel-log debug): logged under target pisa_kernel");
+    }
     kernel.set_link_rate(config.link_rate_bytes);
     let features = kernel.features();
     info!(
@@ -188,7 +203,17 @@ fn open_agent(config: &NodeConfig) -> Result<(SharedAgent<Kernel>, SqlEvents), N
     let ifaces: BTreeSet<String> = config.ifaces.iter().cloned().collect();
     let mut agent = Agent::new(kernel, ifaces, limits);
     agent.tags = tags;
-    Ok((Arc::new(Mutex::new(agent)), sql_events))
+    Ok((Arc::new(Mutex::new(agent)), sql_events, kernel_log))
+}
+
+/// Writes the program's debug events to the log until the daemon stops.
+async fn drain_kernel_log(mut kernel_log: KernelLog) {
+    loop {
+        if let Err(error) = kernel_log.drain().await {
+            error!(%error, "reading the kernel's debug events failed; retrying in 1 s");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 async fn serve_metrics<D: Dataplane + Send + 'static>(

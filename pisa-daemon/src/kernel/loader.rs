@@ -300,7 +300,18 @@ fn ensure_program_uses_pinned_maps(
         .filter_map(|(_, map)| map_data(map).and_then(|data| data.info().ok()))
         .map(|info| info.id())
         .collect();
-    if let Some(stray) = program_maps.iter().find(|id| !pinned.contains(id)) {
+    // The program's read-only data (aya-log's level, its strings) is a
+    // frozen map the program owns: it is never written, so it needs no pin.
+    let read_only_data = |id: &u32| {
+        aya::maps::MapInfo::from_id(*id)
+            .ok()
+            .and_then(|info| info.name_as_str().map(|name| name.ends_with(".rodata")))
+            .unwrap_or(false)
+    };
+    if let Some(stray) = program_maps
+        .iter()
+        .find(|id| !pinned.contains(id) && !read_only_data(id))
+    {
         return Err(KernelError::io(
             "adopting pinned state under",
             layout.root(),

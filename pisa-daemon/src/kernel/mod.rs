@@ -13,6 +13,7 @@ mod fake;
 pub mod features;
 pub mod htb;
 pub mod iface;
+pub mod kernel_log;
 mod loader;
 mod maps;
 mod netlink;
