@@ -38,6 +38,13 @@ pub enum Output {
     Json,
 }
 
+/// `--config-watch`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConfigWatch {
+    Inotify,
+    Poll,
+}
+
 /// `--kernel-log`: whether the kernel program writes debug events.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum KernelLog {
@@ -61,6 +68,13 @@ pub enum Command {
             conflicts_with = "kube"
         )]
         config: Option<PathBuf>,
+        /// How --config changes are seen: `inotify` (within tens of
+        /// milliseconds; polls where inotify cannot be had) or `poll`
+        /// (every 100 ms: for network file systems written from elsewhere,
+        /// whose changes inotify never sees).
+        #[arg(long, value_enum, value_name = "HOW", default_value_t = ConfigWatch::Inotify,
+              requires = "config")]
+        config_watch: ConfigWatch,
         /// Take claims from the Kubernetes API (in-cluster, or kubeconfig):
         /// QoSClaims and Pisanix VirtualDatabases, with this node's status
         /// written back to each claim.

@@ -9,12 +9,12 @@ mod tag;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use args::{Cli, Command, KernelLog, LogFormat, Output};
+use args::{Cli, Command, ConfigWatch, KernelLog, LogFormat, Output};
 use clap::Parser;
 use pisa_daemon::{
     daemon::{ApiConfig, NodeConfig},
     kernel::{self, features, PinLayout},
-    source::{file, kube::KubeArgs},
+    source::{file, kube::KubeArgs, Watch},
     spec::{units, Limits},
 };
 use tracing::info;
@@ -75,6 +75,7 @@ fn dispatch(command: Command) -> Result<bool> {
     match command {
         Command::Run {
             config,
+            config_watch,
             kube,
             namespaces,
             node_name,
@@ -95,6 +96,10 @@ fn dispatch(command: Command) -> Result<bool> {
                 .with_context(|| format!("--link-rate `{link_rate}`"))?;
             let config = NodeConfig {
                 config,
+                config_watch: match config_watch {
+                    ConfigWatch::Inotify => Watch::Inotify,
+                    ConfigWatch::Poll => Watch::Poll,
+                },
                 kube: kube.then(|| KubeArgs {
                     namespaces,
                     node: node_name.unwrap_or_default(),

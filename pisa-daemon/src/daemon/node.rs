@@ -28,7 +28,7 @@ use crate::{
     report::ReadErrors,
     source::{
         kube::{KubeArgs, KubeClaimSource, KubeConnectError},
-        ClaimSource, FileSource, NoSource,
+        ClaimSource, FileSource, NoSource, Watch,
     },
     spec::Limits,
     tags::TagTable,
@@ -39,6 +39,8 @@ use crate::{
 pub struct NodeConfig {
     /// Claims from this file or directory.
     pub config: Option<PathBuf>,
+    /// How changes to `config` are seen.
+    pub config_watch: Watch,
     /// Claims from the Kubernetes API instead.
     pub kube: Option<KubeArgs>,
     pub api: ApiConfig,
@@ -119,7 +121,7 @@ pub async fn run_node(
     };
     match (&config.config, &config.kube) {
         (Some(path), _) => {
-            let source = FileSource::new(path.clone());
+            let source = FileSource::new(path.clone(), config.config_watch);
             run_loop(&agent, source, &metrics, &state_file, control).await;
         }
         (None, Some(kube)) => {

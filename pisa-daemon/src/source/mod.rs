@@ -16,7 +16,7 @@ use std::{
     future::Future,
 };
 
-pub use file::{FileSource, SourceError};
+pub use file::{FileSource, SourceError, Watch};
 
 use crate::spec::{ClaimKey, ClaimStatus, SourceSnapshot};
 
