@@ -6,6 +6,7 @@
 //!    the same run, with polling (`--config-watch poll`).
 //! 2. Apply time and daemon RSS with 1 claim (baseline) and 10,000 claims.
 //! 3. Start time: cold (empty bpffs root) vs adopting 10,000 pinned classes.
+//! 4. CPU at rest with 10,000 claims, this build beside the previous release.
 
 // The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
@@ -275,5 +276,68 @@ fn main() {
             warm.as_secs_f64()
         );
     }
+    // 4. CPU at rest: 10,000 claims applied, then 30 s of nothing.
+    write_atomically(&config, &claims(10_000));
+    let mut rest = Vec::new();
+    for (label, bin) in [
+        ("previous release", previous_daemon_bin()),
+        ("this build", PathBuf::from(daemon_bin())),
+    ] {
+        let root = BpffsRoot::new();
+        let _ = std::fs::remove_file(&state);
+        let args = [
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            &veth.host,
+            "--bpffs",
+            root.as_str(),
+            "--max-classes",
+            "10000",
+            "--state-file",
+            state.to_str().unwrap(),
+        ];
+        let mut run = Run {
+            guard: spawn_binary(&bin, &args, &[]),
+            state: state.clone(),
+            started: Instant::now(),
+        };
+        wait_ready(&mut run);
+        std::thread::sleep(Duration::from_secs(2));
+        let pid = pid_of(&run.guard);
+        let (cpu_before, wall_before) = (cpu_seconds(pid), Instant::now());
+        std::thread::sleep(REST);
+        let used = cpu_seconds(pid) - cpu_before;
+        let share = used / wall_before.elapsed().as_secs_f64() * 100.0;
+        rest.push((label, used, share));
+        drop(run);
+        drop(root);
+    }
+    println!(
+        "### Agent: CPU at rest with 10,000 claims ({} s after the apply, same run)\n",
+        REST.as_secs()
+    );
+    println!("| build | CPU seconds | share of one core |\n|---|---|---|");
+    for (label, used, share) in rest {
+        println!("| {label} | {used:.2} | {share:.2}% |");
+    }
+    println!(
+        "\n(the API socket is on in both; nobody calls it, so GetStats' rate sampler, which now runs \
+         only while clients ask, reads nothing; the state file is rewritten only when SQL identity's \
+         counts move)\n"
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+const REST: Duration = Duration::from_secs(30);
+
+/// User plus system CPU time of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command (which may hold spaces) start after ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

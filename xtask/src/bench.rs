@@ -18,8 +18,9 @@ pub fn run(which: &str, args: &[String]) -> Result<()> {
     };
     // The database bench needs PostgreSQL; every bench needs the toolchain.
     crate::setup::run_setup_steps()?;
-    // The data-plane bench times the previous release's program beside this one.
-    if names.contains(&"dataplane") {
+    // The data-plane bench times the previous release's program beside this
+    // one; the agent bench its CPU at rest.
+    if names.contains(&"dataplane") || names.contains(&"agent") {
         crate::previous::build()?;
     }
     for name in names {

@@ -46,14 +46,37 @@ impl<D: Dataplane> Clone for PisaApi<D> {
     }
 }
 
+/// GetStats' rates are sampled in the background only while clients ask:
+/// for this long after the last GetStats. A node nobody asks reads no
+/// counters (10,000 classes are 10,000 per-CPU reads a second).
+pub const SAMPLE_DEMAND: Duration = Duration::from_secs(60);
+/// With no recent sample, GetStats measures over this window itself, so its
+/// first answer after a quiet spell is a measured rate, not a zero.
+pub const FIRST_WINDOW: Duration = Duration::from_millis(250);
+
 /// Class byte counters at two instants; the rate is their difference.
 #[derive(Default)]
 struct RateWindow {
     previous: Option<(Instant, BTreeMap<u32, u64>)>,
     rates: BTreeMap<u32, f64>,
+    /// When `rates` were last computed (two samples apart).
+    rated_at: Option<Instant>,
+    /// When GetStats last asked.
+    demanded_at: Option<Instant>,
 }
 
 impl RateWindow {
+    fn wanted(&self, now: Instant) -> bool {
+        self.demanded_at
+            .is_some_and(|at| now.duration_since(at) < SAMPLE_DEMAND)
+    }
+
+    /// Whether `rates` were computed within two intervals.
+    fn fresh(&self, now: Instant) -> bool {
+        self.rated_at
+            .is_some_and(|at| now.duration_since(at) <= 2 * SAMPLE_INTERVAL)
+    }
+
     fn push(&mut self, at: Instant, stats: &BTreeMap<u32, ClassStats>) {
         let bytes: BTreeMap<u32, u64> = stats.iter().map(|(id, s)| (*id, s.bytes)).collect();
         if let Some((then, before)) = &self.previous {
@@ -66,6 +89,7 @@ impl RateWindow {
                         (*id, delta as f64 / seconds)
                     })
                     .collect();
+                self.rated_at = Some(at);
             }
         }
         self.previous = Some((at, bytes));
@@ -158,15 +182,55 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
         })
     }
 
-    /// Takes one counter sample for GetStats' rates.
+    /// The background tick: one counter sample for GetStats' rates, while
+    /// clients ask (`SAMPLE_DEMAND`); otherwise nothing is read.
     pub fn sample_rates(&self) {
+        let now = Instant::now();
+        match self.samples.lock() {
+            Ok(mut window) if !window.wanted(now) => {
+                window.previous = None;
+                window.rated_at = None;
+                return;
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        self.take_sample();
+    }
+
+    /// Reads the class counters once into the rate window.
+    fn take_sample(&self) {
         let Ok(agent) = self.agent.lock() else {
             return;
         };
         let counters = Counters::read(&agent.dp, &[CounterMap::ClassStats], &self.read_errors);
+        drop(agent);
         if let (Some(stats), Ok(mut window)) = (counters.classes, self.samples.lock()) {
             window.push(Instant::now(), &stats);
         }
+    }
+
+    /// GetStats' achieved rates: from the background window when it is
+    /// fresh; else measured now over `FIRST_WINDOW`.
+    async fn achieved_rates(&self) -> BTreeMap<u32, f64> {
+        let now = Instant::now();
+        let fresh = match self.samples.lock() {
+            Ok(mut window) => {
+                window.demanded_at = Some(now);
+                window.fresh(now).then(|| window.rates.clone())
+            }
+            Err(_) => Some(BTreeMap::new()),
+        };
+        if let Some(rates) = fresh {
+            return rates;
+        }
+        self.take_sample();
+        tokio::time::sleep(FIRST_WINDOW).await;
+        self.take_sample();
+        self.samples
+            .lock()
+            .map(|w| w.rates.clone())
+            .unwrap_or_default()
     }
 
     /// Removes expired tags from the kernel; returns how many.
@@ -316,11 +380,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         &self,
         _request: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
-        let achieved = self
-            .samples
-            .lock()
-            .map(|w| w.rates.clone())
-            .unwrap_or_default();
+        let achieved = self.achieved_rates().await;
         Ok(Response::new(self.snapshot(|_| achieved)?))
     }
 
@@ -574,6 +634,48 @@ mod tests {
                 .any(|w| w.starts_with("claim shop/catalogue:") && w.contains("exports")),
             "{:#?}",
             response.warnings
+        );
+    }
+
+    /// Nobody asking: the background tick reads nothing. The first
+    /// GetStats measures its own window (a real rate, not a zero), and the
+    /// tick samples from then on.
+    #[tokio::test]
+    async fn rates_are_sampled_only_while_clients_ask_and_never_start_at_zero() {
+        let api = api(1);
+        api.sample_rates();
+        api.sample_rates();
+        assert!(
+            api.samples.lock().unwrap().previous.is_none(),
+            "sampled with no client asking"
+        );
+        let id = *api
+            .agent
+            .lock()
+            .unwrap()
+            .plan
+            .classes
+            .keys()
+            .next()
+            .unwrap();
+        let bump = async {
+            tokio::time::sleep(FIRST_WINDOW / 2).await;
+            let mut agent = api.agent.lock().unwrap();
+            agent.dp.stats.entry(id).or_default().bytes += 125_000;
+        };
+        let (stats, ()) = tokio::join!(api.get_stats(Request::new(pb::GetStatsRequest {})), bump);
+        let class = &stats.unwrap().into_inner().classes[0];
+        // 125,000 bytes in a window of at least FIRST_WINDOW (250 ms).
+        assert!(
+            class.achieved_bytes_per_second > 100_000.0
+                && class.achieved_bytes_per_second <= 500_000.0,
+            "{}",
+            class.achieved_bytes_per_second
+        );
+        api.sample_rates();
+        assert!(
+            api.samples.lock().unwrap().previous.is_some(),
+            "a client asked: the tick samples"
         );
     }
 
