@@ -276,6 +276,8 @@ fn main() {
             warm.as_secs_f64()
         );
     }
+    println!();
+
     // 4. CPU at rest: 10,000 claims applied, then 30 s of nothing.
     write_atomically(&config, &claims(10_000));
     let mut rest = Vec::new();
