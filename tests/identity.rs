@@ -237,18 +237,13 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
 
 /// One COPY of pgbench's accounts table as the bulk user, with `sslmode`.
 fn psql_copy(ns: &Netns, host: &str, sslmode: &str) {
-    let conninfo = format!("host={host} user={BULK_USER} dbname=postgres sslmode={sslmode}");
-    let psql = pg_bin("psql");
-    ns.exec(&[
-        psql.to_str().expect("utf-8"),
-        "-X",
-        "-q",
-        "-o",
-        "/dev/null",
-        "-c",
+    psql_as(
+        ns,
+        host,
+        BULK_USER,
+        sslmode,
         "COPY pgbench_accounts TO STDOUT",
-        &conninfo,
-    ]);
+    );
 }
 
 /// A restarted daemon takes over SQL identity's tags (their connections'

@@ -478,22 +478,14 @@ fn identity_figures(net: &DbNet, options: &Options) {
             .bytes
     };
     let (orders_before, reports_before) = (bytes(orders), bytes(reports));
-    let psql = pg_bin("psql");
-    let conninfo = format!(
-        "host={} user={BULK_USER} dbname=postgres sslmode=disable",
-        net.endpoint_a
-    );
     for _ in 0..CONNECTIONS {
-        net.bulk.exec(&[
-            psql.to_str().expect("utf-8"),
-            "-X",
-            "-q",
-            "-o",
-            "/dev/null",
-            "-c",
+        psql_as(
+            &net.bulk,
+            &net.endpoint_a,
+            BULK_USER,
+            "disable",
             "COPY (SELECT * FROM pgbench_accounts LIMIT 2000) TO STDOUT",
-            &conninfo,
-        ]);
+        );
     }
     let before_tag = (bytes(orders) - orders_before) as f64 / CONNECTIONS as f64;
     let tagged = (bytes(reports) - reports_before) as f64 / CONNECTIONS as f64;

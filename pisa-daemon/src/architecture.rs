@@ -32,7 +32,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "api",
-        &["kernel", "model", "reconcile", "report", "spec", "tags"],
+        &[
+            "identity",
+            "kernel",
+            "model",
+            "reconcile",
+            "report",
+            "spec",
+            "tags",
+        ],
     ),
     (
         "daemon",

@@ -25,6 +25,23 @@ use super::{
     wait::wait_until,
 };
 
+/// Runs one statement through psql in `ns`, as `user` on `host`'s
+/// `postgres` database with `sslmode`; its output is discarded.
+pub fn psql_as(ns: &Netns, host: &str, user: &str, sslmode: &str, sql: &str) {
+    let conninfo = format!("host={host} user={user} dbname=postgres sslmode={sslmode}");
+    let psql = pg_bin("psql");
+    ns.exec(&[
+        psql.to_str().expect("utf-8"),
+        "-X",
+        "-q",
+        "-o",
+        "/dev/null",
+        "-c",
+        sql,
+        &conninfo,
+    ]);
+}
+
 /// The PostgreSQL server binaries (Debian installs them per major version).
 pub fn pg_bin(tool: &str) -> PathBuf {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 
 use super::pb;
 use crate::{
+    identity::Outcome,
     kernel::{Protocol, RuleMatch, ShapingMode, Side},
     spec::{ClaimError, ClaimKey},
     tags::{Flow, TagError, MAX_TTL_SECONDS},
@@ -15,6 +16,16 @@ use crate::{
 
 /// Bounds of `WatchStatsRequest.interval_ms`.
 pub const WATCH_INTERVAL_MS: std::ops::RangeInclusive<u32> = 100..=60_000;
+
+/// SQL identity's counts of one claim, by outcome label.
+pub fn outcome_counts(
+    counts: &std::collections::BTreeMap<Outcome, u64>,
+) -> std::collections::HashMap<String, u64> {
+    counts
+        .iter()
+        .map(|(outcome, n)| (outcome.label().to_owned(), *n))
+        .collect()
+}
 
 /// `INVALID_ARGUMENT` for `field` = `value`.
 pub fn invalid(field: &str, value: impl std::fmt::Display, reason: &str) -> Status {

@@ -17,6 +17,7 @@ use super::{
     pb::{self, pisa_daemon_server::PisaDaemon},
 };
 use crate::{
+    identity::Outcome,
     kernel::Dataplane,
     reconcile::agent::Agent,
     report::{CounterMap, Counters, NodeReport, ReadErrors},
@@ -366,6 +367,20 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
                 phase: format!("{:?}", status.phase),
                 message: status.message.clone(),
                 class_id: status.class_id.unwrap_or(0),
+                client_prefixes: status.client_prefixes as u32,
+                sql_identity: report
+                    .identity
+                    .claims
+                    .get(key)
+                    .map(convert::outcome_counts)
+                    .unwrap_or_default(),
+            })
+            .collect();
+        let sql_identity = Outcome::ALL
+            .iter()
+            .map(|outcome| {
+                let count = report.identity.node.get(outcome).copied().unwrap_or(0);
+                (outcome.label().to_owned(), count)
             })
             .collect();
         Ok(Response::new(pb::ListClassesResponse {
@@ -373,6 +388,7 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
             generation: self.generation,
             claims,
             source_errors: report.source_errors,
+            sql_identity,
         }))
     }
 
@@ -677,6 +693,42 @@ mod tests {
             api.samples.lock().unwrap().previous.is_some(),
             "a client asked: the tick samples"
         );
+    }
+
+    #[tokio::test]
+    async fn list_classes_carries_sql_identity_counts_for_the_node_and_each_claim() {
+        let api = api(1);
+        let key = crate::spec::ClaimKey::new("shop", "catalogue");
+        {
+            let mut agent = api.agent.lock().unwrap();
+            agent.identity.node.insert(Outcome::Identified, 3);
+            agent.identity.node.insert(Outcome::Tls, 1);
+            agent
+                .identity
+                .claims
+                .entry(key.clone())
+                .or_default()
+                .insert(Outcome::Identified, 3);
+        }
+        let reply = api
+            .list_classes(Request::new(pb::ListClassesRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(reply.sql_identity["identified"], 3);
+        assert_eq!(reply.sql_identity["tls"], 1);
+        assert_eq!(
+            reply.sql_identity.len(),
+            Outcome::ALL.len(),
+            "every outcome is listed, zeros included"
+        );
+        let claim = reply
+            .claims
+            .iter()
+            .find(|c| c.claim.as_ref().is_some_and(|r| r.name == "catalogue"))
+            .unwrap();
+        assert_eq!(claim.sql_identity["identified"], 3);
+        assert_eq!(claim.client_prefixes, 0);
     }
 
     #[tokio::test]

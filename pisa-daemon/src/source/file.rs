@@ -69,6 +69,9 @@ pub struct FileSource {
     /// `None`: inotify could not be had (or not yet: it needs the runtime);
     /// retried at every safety check.
     watch: Option<EventStream<[u8; 4096]>>,
+    /// The directory `watch` watches: a claims directory that did not exist
+    /// yet is watched through its parent until it does.
+    watching: PathBuf,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -89,6 +92,7 @@ impl FileSource {
             mode,
             fingerprint,
             watch: None,
+            watching: PathBuf::new(),
         }
     }
 
@@ -107,10 +111,13 @@ impl FileSource {
 
     /// Sets up the watch if there is none; logs why not once per failure.
     fn ensure_watch(&mut self) {
+        let dir = self.watched_dir();
+        if self.watch.is_some() && self.watching != dir {
+            self.watch = None;
+        }
         if self.watch.is_some() || self.mode == Watch::Poll {
             return;
         }
-        let dir = self.watched_dir();
         let started = Inotify::init().and_then(|inotify| {
             inotify.watches().add(&dir, watch_mask())?;
             inotify.into_event_stream([0u8; 4096])
@@ -119,6 +126,7 @@ impl FileSource {
             Ok(stream) => {
                 tracing::debug!(dir = %dir.display(), "watching claims with inotify");
                 self.watch = Some(stream);
+                self.watching = dir;
             }
             Err(error) => tracing::warn!(dir = %dir.display(), %error,
                 "cannot watch the claims with inotify; checking every 100 ms instead"),
@@ -409,6 +417,23 @@ mod tests {
             .await
         );
         assert!(source.watch.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_claims_directory_made_after_the_start_is_watched_once_it_exists() {
+        let dir = Dir::new("watch-late-dir");
+        let claims = dir.0.join("claims.d");
+        let mut source = FileSource::new(claims.clone(), Watch::Inotify);
+        let made = claims.clone();
+        assert!(resolves(&mut source, SEEN, || std::fs::create_dir(&made).unwrap()).await);
+        let added = claims.join("a.yaml");
+        assert!(
+            resolves(&mut source, SEEN, || std::fs::write(&added, "a: 1\n")
+                .unwrap())
+            .await,
+            "a file in the new directory was not seen"
+        );
+        assert_eq!(source.watching, claims);
     }
 
     #[tokio::test]
