@@ -139,10 +139,25 @@ fn protected_on_one_endpoint(engine: Engine, selector: Selector) {
         orders_bytes > 0,
         "the OLTP responses must be in the orders class"
     );
+    // Protection, in absolute terms and against the FIFO. A FIFO run whose
+    // queue never filled (p99 under 50 ms: seen once in CI, 40 ms against
+    // the usual 100-2,000 ms) shows no problem to be far below, so the
+    // relative check needs a baseline that showed one.
     assert!(
-        shaped_p99 * 5.0 < fifo_p99,
-        "OLTP p99 {shaped_p99:.1} ms with the daemon is not far below {fifo_p99:.1} ms without"
+        shaped_p99 <= SHAPED_P99_MAX_MS,
+        "OLTP p99 {shaped_p99:.1} ms with the daemon (at most {SHAPED_P99_MAX_MS} ms)"
     );
+    if fifo_p99 >= FIFO_CONGESTED_MS {
+        assert!(
+            shaped_p99 * 5.0 < fifo_p99,
+            "OLTP p99 {shaped_p99:.1} ms with the daemon is not far below {fifo_p99:.1} ms without"
+        );
+    } else {
+        eprintln!(
+            "the FIFO baseline did not congest this run (p99 {fifo_p99:.1} ms): only the \
+             absolute bound applies"
+        );
+    }
     assert!(
         shaped.bulk_mbit >= 0.6 * fifo.bulk_mbit,
         "bulk got {:.1} Mbit/s with the daemon, {:.1} without: it must keep most of the link",
@@ -234,6 +249,11 @@ fn a_tls_connection_stays_in_the_endpoint_class_and_is_counted_as_tls() {
         "the identified copy must be in the reports class"
     );
 }
+
+/// OLTP p99 with the daemon: the runs recorded give 0.9-8.4 ms.
+const SHAPED_P99_MAX_MS: f64 = 20.0;
+/// A FIFO baseline at or above this showed the problem the daemon solves.
+const FIFO_CONGESTED_MS: f64 = 50.0;
 
 /// One COPY of pgbench's accounts table as the bulk user, with `sslmode`.
 fn psql_copy(ns: &Netns, host: &str, sslmode: &str) {
