@@ -404,7 +404,10 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
         sch_fq: true,
         ..h.kernel.features()
     });
-    let rate = 1_000_000; // bytes/s: 1000-byte frames cost 1 ms
+    // bytes/s: 1000-byte frames cost 100 ms, so the time the three runs
+    // take (a busy CI machine once took over 0.5 ms) cannot move the
+    // backlog across the horizon.
+    let rate = 10_000;
     h.kernel
         .put_class(&ClassSpec {
             class_id: 9,
@@ -413,7 +416,7 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
             ceil_bytes: rate,
             burst_bytes: 0,
             priority: 3,
-            horizon_ns: 2_500_000,
+            horizon_ns: 250_000_000,
             claim_hash: 0,
         })
         .expect("edt class");
@@ -431,12 +434,12 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
     assert!(first.tstamp > start, "first departure is in the future");
     assert_eq!(
         second.tstamp - first.tstamp,
-        1_000_000,
+        100_000_000,
         "departures are spaced by exactly bytes/rate"
     );
     assert_eq!(
         third.verdict, TC_ACT_SHOT,
-        "3 ms of backlog exceeds the 2.5 ms horizon"
+        "300 ms of backlog exceeds the 250 ms horizon"
     );
     let stats = h.stats(9);
     assert_eq!((stats.packets, stats.delayed, stats.drops), (2, 2, 1));
