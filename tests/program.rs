@@ -505,14 +505,9 @@ fn pg_startup(user: &str) -> Vec<u8> {
     out
 }
 
-/// On an endpoint selected by SQL identity, connection starts reach
-/// userspace through the ring buffer and every packet (malformed,
-/// truncated, random payloads included) still passes and is shaped as
-/// before; the parser reads what came up without panicking.
-#[test]
-fn connection_starts_are_handed_up_and_every_packet_passes() {
-    use pisa_daemon::identity::startup::{parse, Start};
-    let mut h = Harness::new();
+/// Class 7 (HTB) on 10.5.0.9:5432/tcp, selected by SQL identity; and a
+/// runtime for the ring readers (enter it before taking one).
+fn sql_endpoint(h: &mut Harness) -> tokio::runtime::Runtime {
     h.class(7, ShapingMode::Htb, 1_000_000, 65_536);
     let endpoint = RuleMatch {
         side: Side::Destination,
@@ -528,10 +523,21 @@ fn connection_starts_are_handed_up_and_every_packet_passes() {
         rule_id: 0,
     };
     h.kernel.put_rule(&endpoint, &target).expect("put_rule");
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+/// On an endpoint selected by SQL identity, connection starts reach
+/// userspace through the ring buffer and every packet (malformed,
+/// truncated, random payloads included) still passes and is shaped as
+/// before; the parser reads what came up without panicking.
+#[test]
+fn connection_starts_are_handed_up_and_every_packet_passes() {
+    use pisa_daemon::identity::startup::{parse, Start};
+    let mut h = Harness::new();
+    let runtime = sql_endpoint(&mut h);
     let _entered = runtime.enter();
     let mut events = h.kernel.take_sql_events().expect("the ring buffer");
     let sent_before = h.kernel.sql_stats().unwrap()[0];
@@ -625,25 +631,7 @@ impl CapturedLog {
 #[test]
 fn kernel_debug_events_are_off_by_default_and_reach_the_log_when_switched_on() {
     let mut h = Harness::new();
-    h.class(7, ShapingMode::Htb, 1_000_000, 65_536);
-    let endpoint = RuleMatch {
-        side: Side::Destination,
-        addr: "10.5.0.9".parse().unwrap(),
-        prefix_len: 32,
-        protocol: Protocol::Tcp,
-        port: 5432,
-    };
-    let target = RuleTarget {
-        class_id: 7,
-        clients: false,
-        sql: true,
-        rule_id: 0,
-    };
-    h.kernel.put_rule(&endpoint, &target).expect("put_rule");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = sql_endpoint(&mut h);
     let _entered = runtime.enter();
     let mut kernel_log = h.kernel.take_kernel_log().expect("the log ring");
     let captured = CapturedLog::default();

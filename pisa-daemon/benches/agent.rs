@@ -59,13 +59,31 @@ fn start(config: &Path, iface: &str, root: &BpffsRoot, state: &Path) -> Run {
 }
 
 fn start_watching(config: &Path, iface: &str, root: &BpffsRoot, state: &Path, watch: &str) -> Run {
+    start_binary(
+        Path::new(daemon_bin()),
+        config,
+        iface,
+        root,
+        state,
+        &["--config-watch", watch],
+    )
+}
+
+/// Starts `bin` (this build or the previous release) on `config`, with
+/// `extra` arguments the build understands.
+fn start_binary(
+    bin: &Path,
+    config: &Path,
+    iface: &str,
+    root: &BpffsRoot,
+    state: &Path,
+    extra: &[&str],
+) -> Run {
     let started = Instant::now();
-    let guard = spawn_daemon(&[
+    let mut args = vec![
         "run",
         "--config",
         config.to_str().unwrap(),
-        "--config-watch",
-        watch,
         "--iface",
         iface,
         "--bpffs",
@@ -74,9 +92,10 @@ fn start_watching(config: &Path, iface: &str, root: &BpffsRoot, state: &Path, wa
         "10000",
         "--state-file",
         state.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
     Run {
-        guard,
+        guard: spawn_binary(bin, &args, &[]),
         state: state.to_path_buf(),
         started,
     }
@@ -287,24 +306,7 @@ fn main() {
     ] {
         let root = BpffsRoot::new();
         let _ = std::fs::remove_file(&state);
-        let args = [
-            "run",
-            "--config",
-            config.to_str().unwrap(),
-            "--iface",
-            &veth.host,
-            "--bpffs",
-            root.as_str(),
-            "--max-classes",
-            "10000",
-            "--state-file",
-            state.to_str().unwrap(),
-        ];
-        let mut run = Run {
-            guard: spawn_binary(&bin, &args, &[]),
-            state: state.clone(),
-            started: Instant::now(),
-        };
+        let mut run = start_binary(&bin, &config, &veth.host, &root, &state, &[]);
         wait_ready(&mut run);
         std::thread::sleep(Duration::from_secs(2));
         let pid = pid_of(&run.guard);
