@@ -5,8 +5,21 @@
 pub const MAX_CLASSES: u32 = 16384;
 /// Capacity of the endpoint-rule LPM trie.
 pub const MAX_ENDPOINT_RULES: u32 = 65536;
-/// Capacity of the flow-tag hash. Full means the agent refuses new tags.
-pub const MAX_FLOW_TAGS: u32 = 65536;
+/// Connections the flow-tag table holds unless `--max-flow-tags` says
+/// otherwise. Each connection takes two `FLOW_TAGS` entries, one per
+/// direction.
+pub const DEFAULT_FLOW_TAG_CONNECTIONS: u32 = 65536;
+/// The most connections `--max-flow-tags` may ask for: 2^22, that is
+/// 8,388,608 map entries (about 1 GiB of kernel memory when all are used).
+pub const MAX_FLOW_TAG_CONNECTIONS: u32 = 4_194_304;
+/// Entries of `FLOW_TAGS` in the object; the daemon sizes the map at load
+/// to twice `--max-flow-tags`.
+pub const MAX_FLOW_TAGS: u32 = 2 * DEFAULT_FLOW_TAG_CONNECTIONS;
+/// `FLOW_TAGS` map flags: `BPF_F_NO_PREALLOC`. Entries are allocated as
+/// tags arrive, so a node sized for a million connections pays only for
+/// the ones it tags (the bucket array, 16 bytes per entry rounded up to a
+/// power of two, is allocated at creation either way).
+pub const FLOW_TAGS_MAP_FLAGS: u32 = 1;
 /// Capacity of the per-interface maps.
 pub const MAX_IFACES: u32 = 4096;
 

@@ -8,8 +8,8 @@ use aya_ebpf::{
 use pisa_daemon_common::{
     reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule, EndpointMatch,
     EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats, ReasonStats, SqlBudget,
-    SqlEvent, Summary, MAX_CLASSES, MAX_CLIENT_RULES, MAX_ENDPOINT_RULES, MAX_FLOW_TAGS,
-    MAX_IFACES, SQL_EVENTS_BYTES,
+    SqlEvent, Summary, FLOW_TAGS_MAP_FLAGS, MAX_CLASSES, MAX_CLIENT_RULES, MAX_ENDPOINT_RULES,
+    MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
 };
 
 #[btf_map]
@@ -33,7 +33,12 @@ pub static ENDPOINTS: LpmTrie<EndpointMatch, EndpointRule, { MAX_ENDPOINT_RULES 
     LpmTrie::new();
 
 #[btf_map]
-pub static FLOW_TAGS: HashMap<FlowKey, FlowTag, { MAX_FLOW_TAGS as usize }> = HashMap::new();
+pub static FLOW_TAGS: HashMap<
+    FlowKey,
+    FlowTag,
+    { MAX_FLOW_TAGS as usize },
+    { FLOW_TAGS_MAP_FLAGS as usize },
+> = HashMap::new();
 
 #[btf_map]
 pub static REASON_STATS: PerCpuArray<ReasonStats, { reason::COUNT as usize }> = PerCpuArray::new();

@@ -23,7 +23,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("source", &["kernel", "model", "spec"]),
     (
         "report",
-        &["identity", "kernel", "model", "reconcile", "spec"],
+        &["identity", "kernel", "model", "reconcile", "spec", "tags"],
     ),
     ("state", &["spec"]),
     (

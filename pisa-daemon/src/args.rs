@@ -7,7 +7,7 @@ use pisa_daemon::{
     api::{client::ApiTarget, DEFAULT_SOCKET},
     kernel::bpffs::DEFAULT_ROOT,
     state::DEFAULT_STATE_FILE,
-    tags::MAX_TAGS,
+    tags::{DEFAULT_TAGS, MAX_TAGS},
 };
 
 use crate::tag;
@@ -122,8 +122,11 @@ pub enum Command {
         /// ADDR:PORT. Off unless given.
         #[arg(long, value_name = "[ADDR:]PORT", value_parser = parse_api_tcp)]
         api_tcp: Option<SocketAddr>,
-        /// Most connections tagged at once (a full table refuses new tags).
-        #[arg(long, value_name = "N", default_value_t = MAX_TAGS,
+        /// Most connections tagged at once (up to 4194304). A full table
+        /// evicts the tag that would lapse soonest and counts it
+        /// (`pisa_flow_tags_evicted_total`). Each connection takes two
+        /// kernel map entries, allocated as tags arrive.
+        #[arg(long, value_name = "N", default_value_t = DEFAULT_TAGS, env = "PISA_MAX_FLOW_TAGS",
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_TAGS as u64))]
         max_flow_tags: usize,
         /// Debug events from the kernel program (a packet it could not

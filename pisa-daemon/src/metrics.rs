@@ -302,6 +302,7 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
             }
         }
         encode_identity(&mut encoder, &report)?;
+        encode_flow_tags(&mut encoder, &report)?;
         let mut family = encoder.encode_descriptor(
             "pisa_metrics_read_errors",
             "Reads of a kernel counter map that failed (their series were left out), by map",
@@ -314,6 +315,40 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
         }
         Ok(())
     }
+}
+
+/// The flow-tag table: how full it is, and live tags evicted to make room.
+fn encode_flow_tags(
+    encoder: &mut DescriptorEncoder,
+    report: &NodeReport,
+) -> Result<(), std::fmt::Error> {
+    for (name, help, value) in [
+        (
+            "pisa_flow_tags",
+            "Connections tagged (by the proxy or SQL identity) and in force",
+            report.active_tags,
+        ),
+        (
+            "pisa_flow_tags_capacity",
+            "Connections the flow-tag table holds (--max-flow-tags)",
+            report.tag_capacity,
+        ),
+    ] {
+        let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+        ConstGauge::new(value as i64).encode(family)?;
+    }
+    let mut family = encoder.encode_descriptor(
+        "pisa_flow_tags_evicted",
+        "Live flow tags evicted to make room in a full table, by who had tagged them",
+        None,
+        MetricType::Counter,
+    )?;
+    let evictions = report.tag_evictions;
+    for (origin, count) in [("proxy", evictions.proxy), ("sql", evictions.sql)] {
+        let labels: Labels = vec![("origin".into(), origin.into())];
+        ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
 }
 
 /// SQL identity and client selectors: what became of connection starts

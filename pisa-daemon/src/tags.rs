@@ -1,7 +1,8 @@
 //! Flow tags from the SQL proxy: which connection carries which class, and
 //! until when. This table is the userspace side of `FLOW_TAGS`: it bounds
-//! the number of tags (a full table refuses, it never evicts), sweeps
-//! expired tags out of the kernel, and drops tags whose class went away.
+//! the number of tags (a full table evicts the tag that would lapse
+//! soonest, and counts it), sweeps expired tags out of the kernel, and
+//! drops tags whose class went away.
 //!
 //! A connection is tagged in both directions, so requests and responses
 //! are both shaped whichever way the proxy names the tuple. Tags live only
@@ -13,12 +14,16 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
+use indexmap::IndexMap;
 use pisa_daemon_common::{FlowKey, FlowTag, FAMILY_V4, FAMILY_V6};
 
-use crate::kernel::{Dataplane, KernelError, Protocol};
+use crate::kernel::{Dataplane, FlowTagWrite, KernelError, Protocol};
 
-/// The most tags the kernel map can hold: each tag takes two entries.
-pub const MAX_TAGS: usize = pisa_daemon_common::MAX_FLOW_TAGS as usize / 2;
+/// Connections tagged at once unless `--max-flow-tags` says otherwise.
+pub const DEFAULT_TAGS: usize = pisa_daemon_common::DEFAULT_FLOW_TAG_CONNECTIONS as usize;
+/// The most `--max-flow-tags` may ask for; each connection takes two
+/// kernel entries.
+pub const MAX_TAGS: usize = pisa_daemon_common::MAX_FLOW_TAG_CONNECTIONS as usize;
 /// The longest TTL a tag may have (a day): a proxy that forgets to untag
 /// must not pin a class onto a reused 5-tuple forever.
 pub const MAX_TTL_SECONDS: u32 = 86_400;
@@ -93,10 +98,6 @@ impl Flow {
             dst: SocketAddr::new(addr(&key.dst_addr)?, u16::from_be(key.dst_port_be)),
         })
     }
-
-    fn keys(&self) -> [FlowKey; 2] {
-        [self.key(), self.reversed().key()]
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,10 +113,10 @@ pub struct Tag {
 #[derive(Debug, thiserror::Error)]
 pub enum TagError {
     #[error(
-        "the flow-tag table is full ({capacity} connections); untag connections or \
-         wait for tags to expire (nothing is evicted)"
+        "{connections} connections in one request are more than the flow-tag table holds \
+         ({capacity}, --max-flow-tags); send at most {capacity}"
     )]
-    Full { capacity: usize },
+    Full { connections: usize, capacity: usize },
     #[error("the kernel refused the flow tag: {source}")]
     Kernel {
         #[source]
@@ -129,18 +130,53 @@ pub enum TagError {
     },
 }
 
-/// The tags in force, keyed by canonical flow.
+/// How many tags sampled at random the eviction compares when the table
+/// is full (a table this small or smaller is compared whole).
+const EVICTION_SAMPLE: usize = 16;
+
+/// Live tags displaced to make room, by who had tagged them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evictions {
+    pub proxy: u64,
+    pub sql: u64,
+}
+
+/// The tags in force, keyed by the canonical direction's map key (40 bytes
+/// a connection, where a `Flow` takes 68).
+///
+/// A full table never refuses: the tag that would lapse soonest among
+/// `EVICTION_SAMPLE` sampled at random (an expired one if the sample holds
+/// any) makes room, and a live one displaced so is counted in `Evictions`.
+/// Proxies re-tag live connections, so the soonest to lapse is
+/// approximately the least recently tagged: an LRU by tag time, without
+/// the ordered index an exact LRU would need for a million entries.
 #[derive(Debug)]
 pub struct TagTable {
     capacity: usize,
-    tags: BTreeMap<Flow, Tag>,
+    tags: IndexMap<FlowKey, Tag>,
+    /// No tag lapses before this (a lower bound): a sweep before it has
+    /// nothing to do and does not walk the table.
+    earliest_expiry: u64,
+    evictions: Evictions,
+    /// xorshift64 state for sampling victims.
+    sample_state: u64,
+}
+
+/// What one tagging call did besides tagging.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tagged {
+    /// Live tags of other connections displaced to make room.
+    pub evicted: usize,
 }
 
 impl TagTable {
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity: capacity.min(MAX_TAGS),
-            tags: BTreeMap::new(),
+            capacity: capacity.max(1),
+            tags: IndexMap::new(),
+            earliest_expiry: u64::MAX,
+            evictions: Evictions::default(),
+            sample_state: 0x9E37_79B9_7F4A_7C15,
         }
     }
 
@@ -156,43 +192,146 @@ impl TagTable {
         self.tags.is_empty()
     }
 
-    pub fn get(&self, flow: &Flow) -> Option<&Tag> {
-        self.tags.get(&flow.canonical())
+    pub fn evictions(&self) -> Evictions {
+        self.evictions
     }
 
-    /// Tags (or re-tags) a connection. When the table is full, expired
-    /// tags are swept first; if it is still full the call fails.
+    pub fn get(&self, flow: &Flow) -> Option<&Tag> {
+        self.tags.get(&flow.canonical().key())
+    }
+
+    /// Tags (or re-tags) a connection, evicting another if the table is
+    /// full.
     pub fn tag<D: Dataplane + ?Sized>(
         &mut self,
         dp: &mut D,
         flow: &Flow,
         tag: Tag,
         now_ns: u64,
-    ) -> Result<(), TagError> {
-        let flow = flow.canonical();
-        if !self.tags.contains_key(&flow) && self.tags.len() >= self.capacity {
-            self.sweep(dp, now_ns)
-                .map_err(|source| TagError::Kernel { source })?;
-            if self.tags.len() >= self.capacity {
-                return Err(TagError::Full {
-                    capacity: self.capacity,
-                });
-            }
+    ) -> Result<Tagged, TagError> {
+        self.tag_all(dp, &[(*flow, tag)], now_ns)
+    }
+
+    /// Tags many connections in one kernel write, all or none (a later
+    /// entry for the same connection wins). Room for the new ones is made
+    /// first by eviction; tags evicted stay evicted if the write then
+    /// fails.
+    pub fn tag_all<D: Dataplane + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        batch: &[(Flow, Tag)],
+        now_ns: u64,
+    ) -> Result<Tagged, TagError> {
+        let mut wanted: IndexMap<FlowKey, Tag> = IndexMap::with_capacity(batch.len());
+        for (flow, tag) in batch {
+            wanted.insert(flow.canonical().key(), *tag);
         }
-        let value = FlowTag {
-            class_id: tag.class_id,
-            origin: tag.origin,
-            expires_ns: tag.expires_ns,
-        };
-        let entries = flow.keys().map(|key| (key, value));
-        dp.put_flow_tags(&entries).map_err(|source| match source {
-            KernelError::FlowTagsFull { .. } => TagError::Full {
+        let new = wanted
+            .keys()
+            .filter(|key| !self.tags.contains_key(*key))
+            .count();
+        if new > self.capacity {
+            return Err(TagError::Full {
+                connections: new,
                 capacity: self.capacity,
-            },
-            source => TagError::Kernel { source },
-        })?;
-        self.tags.insert(flow, tag);
-        Ok(())
+            });
+        }
+        let room = self.capacity - self.tags.len();
+        let evicted = if new > room {
+            self.evict(dp, new - room, &wanted, now_ns)
+                .map_err(|source| TagError::Kernel { source })?
+        } else {
+            0
+        };
+        let mut writes = Vec::with_capacity(wanted.len() * 2);
+        for (key, tag) in &wanted {
+            let value = kernel_value(tag);
+            let previous = self.tags.get(key).map(kernel_value);
+            writes.push(FlowTagWrite {
+                key: *key,
+                tag: value,
+                previous,
+            });
+            writes.push(FlowTagWrite {
+                key: reversed(key),
+                tag: value,
+                previous,
+            });
+        }
+        dp.put_flow_tags(&writes)
+            .map_err(|source| TagError::Kernel { source })?;
+        for (key, tag) in wanted {
+            self.earliest_expiry = self.earliest_expiry.min(lapse(&tag));
+            self.tags.insert(key, tag);
+        }
+        Ok(Tagged { evicted })
+    }
+
+    /// Removes `count` tags not in `keep`: expired ones if the samples
+    /// find them, else live ones (counted).
+    fn evict<D: Dataplane + ?Sized>(
+        &mut self,
+        dp: &mut D,
+        count: usize,
+        keep: &IndexMap<FlowKey, Tag>,
+        now_ns: u64,
+    ) -> Result<usize, KernelError> {
+        let mut victims: Vec<FlowKey> = Vec::with_capacity(count);
+        let mut live = Evictions::default();
+        for _ in 0..count {
+            let Some(index) = self.pick_victim(keep) else {
+                break;
+            };
+            let Some((key, tag)) = self.tags.swap_remove_index(index) else {
+                break;
+            };
+            if lapse(&tag) > now_ns {
+                match tag.origin {
+                    pisa_daemon_common::TAG_ORIGIN_SQL => live.sql += 1,
+                    _ => live.proxy += 1,
+                }
+            }
+            victims.push(key);
+            victims.push(reversed(&key));
+        }
+        // The victims are gone from the table whatever the kernel says: a
+        // key the kernel failed to delete is retried by no one, but it
+        // lapses there on its own (every tag has an expiry).
+        dp.delete_flow_tags(&victims)?;
+        self.evictions.proxy += live.proxy;
+        self.evictions.sql += live.sql;
+        Ok((live.proxy + live.sql) as usize)
+    }
+
+    /// The index of the sampled tag that lapses soonest, skipping `keep`.
+    fn pick_victim(&mut self, keep: &IndexMap<FlowKey, Tag>) -> Option<usize> {
+        let len = self.tags.len();
+        let candidates: Vec<usize> = if len <= EVICTION_SAMPLE {
+            (0..len).collect()
+        } else {
+            (0..EVICTION_SAMPLE)
+                .map(|_| (self.next_random() % len as u64) as usize)
+                .collect()
+        };
+        candidates
+            .into_iter()
+            .filter_map(|i| self.tags.get_index(i).map(|(key, tag)| (i, key, tag)))
+            .filter(|(_, key, _)| !keep.contains_key(*key))
+            .min_by_key(|(_, _, tag)| lapse(tag))
+            .map(|(i, _, _)| i)
+            .or_else(|| {
+                // Every sampled tag is being re-tagged: take any other.
+                self.tags.keys().position(|key| !keep.contains_key(key))
+            })
+    }
+
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.sample_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.sample_state = x;
+        x
     }
 
     /// Takes over tags already in the kernel (a restarted daemon's own
@@ -216,14 +355,13 @@ impl TagTable {
                 continue;
             }
             let tag = pair[0].1;
-            self.tags.insert(
-                flow,
-                Tag {
-                    class_id: tag.class_id,
-                    origin: tag.origin,
-                    expires_ns: tag.expires_ns,
-                },
-            );
+            let tag = Tag {
+                class_id: tag.class_id,
+                origin: tag.origin,
+                expires_ns: tag.expires_ns,
+            };
+            self.earliest_expiry = self.earliest_expiry.min(lapse(&tag));
+            self.tags.insert(flow.key(), tag);
         }
         orphans
     }
@@ -234,22 +372,28 @@ impl TagTable {
         dp: &mut D,
         flow: &Flow,
     ) -> Result<bool, KernelError> {
-        let flow = flow.canonical();
-        if !self.tags.contains_key(&flow) {
+        let key = flow.canonical().key();
+        if !self.tags.contains_key(&key) {
             return Ok(false);
         }
-        dp.delete_flow_tags(&flow.keys())?;
-        self.tags.remove(&flow);
+        dp.delete_flow_tags(&[key, reversed(&key)])?;
+        self.tags.swap_remove(&key);
         Ok(true)
     }
 
-    /// Removes tags that expired by `now_ns`; returns how many.
+    /// Removes tags that expired by `now_ns`; returns how many. Walks the
+    /// table only when some tag may have lapsed.
     pub fn sweep<D: Dataplane + ?Sized>(
         &mut self,
         dp: &mut D,
         now_ns: u64,
     ) -> Result<usize, KernelError> {
-        self.remove_where(dp, |tag| tag.expires_ns <= now_ns)
+        if self.earliest_expiry > now_ns {
+            return Ok(0);
+        }
+        let removed = self.remove_where(dp, |tag| lapse(tag) <= now_ns)?;
+        self.earliest_expiry = self.tags.values().map(lapse).min().unwrap_or(u64::MAX);
+        Ok(removed)
     }
 
     /// Removes tags whose class is no longer in force (its claim was
@@ -276,17 +420,46 @@ impl TagTable {
         dp: &mut D,
         doomed: impl Fn(&Tag) -> bool,
     ) -> Result<usize, KernelError> {
-        let flows: Vec<Flow> = self
+        let keys: Vec<FlowKey> = self
             .tags
             .iter()
             .filter(|(_, tag)| doomed(tag))
-            .map(|(flow, _)| *flow)
+            .map(|(key, _)| *key)
             .collect();
-        for flow in &flows {
-            dp.delete_flow_tags(&flow.keys())?;
-            self.tags.remove(flow);
+        if keys.is_empty() {
+            return Ok(0);
         }
-        Ok(flows.len())
+        let both: Vec<FlowKey> = keys.iter().flat_map(|key| [*key, reversed(key)]).collect();
+        dp.delete_flow_tags(&both)?;
+        self.tags.retain(|_, tag| !doomed(tag));
+        Ok(keys.len())
+    }
+}
+
+/// When a tag stops counting; a tag without expiry (0) never does.
+fn lapse(tag: &Tag) -> u64 {
+    match tag.expires_ns {
+        0 => u64::MAX,
+        at => at,
+    }
+}
+
+fn kernel_value(tag: &Tag) -> FlowTag {
+    FlowTag {
+        class_id: tag.class_id,
+        origin: tag.origin,
+        expires_ns: tag.expires_ns,
+    }
+}
+
+/// The key of the other direction of the same connection.
+fn reversed(key: &FlowKey) -> FlowKey {
+    FlowKey {
+        src_port_be: key.dst_port_be,
+        dst_port_be: key.src_port_be,
+        src_addr: key.dst_addr,
+        dst_addr: key.src_addr,
+        ..*key
     }
 }
 
@@ -342,41 +515,92 @@ mod tests {
         assert_eq!(v6.dst_addr[15], 2);
     }
 
+    fn tag_at(class_id: u32, expires_ns: u64) -> Tag {
+        Tag {
+            class_id,
+            origin: 0,
+            expires_ns,
+        }
+    }
+
     #[test]
-    fn a_full_table_refuses_after_sweeping_and_never_evicts_live_tags() {
+    fn a_full_table_evicts_the_tag_that_lapses_soonest_and_counts_it_if_live() {
         let mut dp = FakeDataplane::default();
         let mut table = TagTable::new(2);
-        let live = Tag {
-            class_id: 1,
-            origin: 0,
-            expires_ns: 1_000,
-        };
-        let soon = Tag {
-            class_id: 1,
-            origin: 0,
-            expires_ns: 10,
-        };
-        table
-            .tag(&mut dp, &flow("10.0.0.1:1", "10.0.0.2:2"), live, 0)
-            .unwrap();
-        table
-            .tag(&mut dp, &flow("10.0.0.1:3", "10.0.0.2:2"), soon, 0)
-            .unwrap();
-        let third = flow("10.0.0.1:5", "10.0.0.2:2");
-        assert!(matches!(
-            table.tag(&mut dp, &third, live, 5),
-            Err(TagError::Full { capacity: 2 })
-        ));
-        assert_eq!(table.len(), 2);
+        let (a, b, c, d) = (
+            flow("10.0.0.1:1", "10.0.0.2:2"),
+            flow("10.0.0.1:3", "10.0.0.2:2"),
+            flow("10.0.0.1:5", "10.0.0.2:2"),
+            flow("10.0.0.1:7", "10.0.0.2:2"),
+        );
+        table.tag(&mut dp, &a, tag_at(1, 1_000), 0).unwrap();
+        table.tag(&mut dp, &b, tag_at(1, 10), 0).unwrap();
         // Re-tagging a held connection is not growth.
-        table
-            .tag(&mut dp, &flow("10.0.0.2:2", "10.0.0.1:1"), live, 5)
+        let retag = table
+            .tag(&mut dp, &a.reversed(), tag_at(1, 1_000), 5)
             .unwrap();
-        // Once `soon` lapses, its slot is reclaimed by the sweep.
-        table.tag(&mut dp, &third, live, 20).unwrap();
-        assert_eq!(table.len(), 2);
-        assert!(table.get(&flow("10.0.0.1:3", "10.0.0.2:2")).is_none());
+        assert_eq!(retag, Tagged { evicted: 0 });
+        // `b` lapses first, and is still live at 5: evicted and counted.
+        let tagged = table.tag(&mut dp, &c, tag_at(2, 3_000), 5).unwrap();
+        assert_eq!(tagged, Tagged { evicted: 1 });
+        assert_eq!(table.evictions(), Evictions { proxy: 1, sql: 0 });
+        assert!(table.get(&b).is_none());
         assert_eq!(dp.flow_tags.len(), 4);
+        assert!(!dp.flow_tags.contains_key(&b.key()));
+        // At 2000 `a` has expired: making room with it evicts nothing live.
+        let tagged = table.tag(&mut dp, &d, tag_at(2, 3_000), 2_000).unwrap();
+        assert_eq!(tagged, Tagged { evicted: 0 });
+        assert!(table.get(&a).is_none());
+        assert_eq!(table.evictions(), Evictions { proxy: 1, sql: 0 });
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_is_written_once_and_the_later_tag_of_a_connection_wins() {
+        let mut dp = FakeDataplane::default();
+        let mut table = TagTable::new(10);
+        let (a, b) = (
+            flow("10.0.0.1:1", "10.0.0.2:2"),
+            flow("10.0.0.1:3", "10.0.0.2:2"),
+        );
+        let batch = [
+            (a, tag_at(1, 100)),
+            (b, tag_at(1, 100)),
+            (a.reversed(), tag_at(3, 100)),
+        ];
+        table.tag_all(&mut dp, &batch, 0).unwrap();
+        assert_eq!(dp.log, vec!["put_flow_tags 4".to_string()]);
+        assert_eq!(table.get(&a).unwrap().class_id, 3);
+        assert_eq!(dp.flow_tags[&a.reversed().key()].class_id, 3);
+        assert_eq!(table.len(), 2);
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_table_is_refused_whole() {
+        let mut dp = FakeDataplane::default();
+        let mut table = TagTable::new(2);
+        let held = flow("10.0.0.1:1", "10.0.0.2:2");
+        table.tag(&mut dp, &held, tag_at(1, 100), 0).unwrap();
+        let batch: Vec<(Flow, Tag)> = (10..13)
+            .map(|port| {
+                (
+                    flow(&format!("10.0.0.1:{port}"), "10.0.0.2:2"),
+                    tag_at(1, 100),
+                )
+            })
+            .collect();
+        let error = table.tag_all(&mut dp, &batch, 0).unwrap_err();
+        assert!(matches!(
+            error,
+            TagError::Full {
+                connections: 3,
+                capacity: 2
+            }
+        ));
+        assert!(error.to_string().contains("--max-flow-tags"), "{error}");
+        assert!(table.get(&held).is_some());
+        assert_eq!(dp.flow_tags.len(), 2);
+        assert_eq!(table.evictions(), Evictions::default());
     }
 
     #[test]
@@ -386,21 +610,36 @@ mod tests {
             ..Default::default()
         };
         let mut table = TagTable::new(10);
-        let tag = Tag {
-            class_id: 1,
-            origin: 0,
-            expires_ns: 0,
-        };
         table
-            .tag(&mut dp, &flow("10.0.0.1:1", "10.0.0.2:2"), tag, 0)
+            .tag(&mut dp, &flow("10.0.0.1:1", "10.0.0.2:2"), tag_at(1, 0), 0)
             .unwrap();
         let second = flow("10.0.0.1:3", "10.0.0.2:2");
         assert!(matches!(
-            table.tag(&mut dp, &second, tag, 0),
-            Err(TagError::Full { .. })
+            table.tag(&mut dp, &second, tag_at(1, 0), 0),
+            Err(TagError::Kernel { .. })
         ));
         assert!(table.get(&second).is_none());
         assert_eq!(dp.flow_tags.len(), 2);
+    }
+
+    #[test]
+    fn a_sweep_before_the_earliest_expiry_touches_nothing() {
+        let mut dp = FakeDataplane::default();
+        let mut table = TagTable::new(10);
+        table
+            .tag(
+                &mut dp,
+                &flow("10.0.0.1:1", "10.0.0.2:2"),
+                tag_at(1, 100),
+                0,
+            )
+            .unwrap();
+        dp.log.clear();
+        assert_eq!(table.sweep(&mut dp, 99).unwrap(), 0);
+        assert!(dp.log.is_empty(), "{:?}", dp.log);
+        assert_eq!(table.sweep(&mut dp, 100).unwrap(), 1);
+        assert_eq!(dp.log, vec!["delete_flow_tags 2".to_string()]);
+        assert!(table.is_empty());
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub fn invalid(field: &str, value: impl std::fmt::Display, reason: &str) -> Stat
     Status::invalid_argument(format!("{field} `{value}`: {reason}"))
 }
 
+/// The same error, its field named inside `prefix`: every message here
+/// starts with the field (`flow.src_port `70000`: …`), so an entry of a
+/// batch reads `tags[3].flow.src_port `70000`: …`.
+pub fn within(prefix: &str, status: Status) -> Status {
+    Status::new(status.code(), format!("{prefix}.{}", status.message()))
+}
+
 /// What a TagFlow request names as the class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -273,6 +280,8 @@ mod tests {
             active_tags: 2,
             generation: u64::MAX,
             sampled_unix_ms: 1,
+            tag_capacity: 3,
+            tags_evicted: 4,
         };
         let decoded = pb::GetStatsResponse::decode(stats.encode_to_vec().as_slice()).unwrap();
         assert_eq!(decoded, stats);

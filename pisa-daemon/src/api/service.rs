@@ -180,6 +180,8 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
             active_tags: report.active_tags as u32,
             generation: self.generation,
             sampled_unix_ms: unix_ms(SystemTime::now()),
+            tag_capacity: report.tag_capacity as u32,
+            tags_evicted: report.tag_evictions.proxy + report.tag_evictions.sql,
         })
     }
 
@@ -253,6 +255,48 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
             })
     }
 
+    /// Tags every request's connection in one kernel write, all or none.
+    fn tag_all(&self, requests: &[convert::TagRequest]) -> Result<pb::TagFlowsResponse, Status> {
+        let mut guard = self.lock()?;
+        let agent = &mut *guard;
+        let now_ns = monotonic_ns().map_err(convert::tag_error)?;
+        let now_wall = SystemTime::now();
+        let single = requests.len() == 1;
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut tags = Vec::with_capacity(requests.len());
+        for (i, request) in requests.iter().enumerate() {
+            let class_id = Self::resolve(agent, &request.target).map_err(|status| {
+                if single {
+                    status
+                } else {
+                    convert::within(&format!("tags[{i}]"), status)
+                }
+            })?;
+            let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
+            let tag = Tag {
+                class_id,
+                origin: pisa_daemon_common::TAG_ORIGIN_PROXY,
+                expires_ns: now_ns + ttl.as_nanos() as u64,
+            };
+            batch.push((request.flow, tag));
+            tags.push(pb::TagFlowResponse {
+                class_id,
+                expires_unix_ms: unix_ms(now_wall + ttl),
+                generation: self.generation,
+                evicted: 0,
+            });
+        }
+        let tagged = agent
+            .tags
+            .tag_all(&mut agent.dp, &batch, now_ns)
+            .map_err(convert::tag_error)?;
+        Ok(pb::TagFlowsResponse {
+            tags,
+            evicted: tagged.evicted as u32,
+            generation: self.generation,
+        })
+    }
+
     /// The class a TagFlow request names, if it is in force here.
     fn resolve(agent: &Agent<D>, target: &Target) -> Result<u32, Status> {
         match target {
@@ -288,6 +332,10 @@ impl<D: Dataplane + Send + 'static> PisaApi<D> {
     }
 }
 
+/// Most entries one TagFlows call may carry: about 0.6 MB of request,
+/// well inside gRPC's default 4 MB message limit.
+pub const MAX_TAGS_PER_CALL: usize = 10_000;
+
 type StatsStream = Pin<Box<dyn Stream<Item = Result<pb::GetStatsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -297,26 +345,37 @@ impl<D: Dataplane + Send + 'static> PisaDaemon for PisaApi<D> {
         request: Request<pb::TagFlowRequest>,
     ) -> Result<Response<pb::TagFlowResponse>, Status> {
         let request = convert::tag_request(request.get_ref())?;
-        let mut guard = self.lock()?;
-        let agent = &mut *guard;
-        let class_id = Self::resolve(agent, &request.target)?;
-        let ttl = Duration::from_secs(u64::from(request.ttl_seconds));
-        let now_ns = monotonic_ns().map_err(convert::tag_error)?;
-        let tag = Tag {
-            class_id,
-            origin: pisa_daemon_common::TAG_ORIGIN_PROXY,
-            expires_ns: now_ns + ttl.as_nanos() as u64,
-        };
-        agent
+        let mut response = self.tag_all(std::slice::from_ref(&request))?;
+        tracing::debug!(flow = ?request.flow, ttl_s = request.ttl_seconds, "tagged");
+        let mut tagged = response
             .tags
-            .tag(&mut agent.dp, &request.flow, tag, now_ns)
-            .map_err(convert::tag_error)?;
-        tracing::debug!(flow = ?request.flow, class_id, ttl_s = request.ttl_seconds, "tagged");
-        Ok(Response::new(pb::TagFlowResponse {
-            class_id,
-            expires_unix_ms: unix_ms(SystemTime::now() + ttl),
-            generation: self.generation,
-        }))
+            .pop()
+            .ok_or_else(|| Status::internal("no tag"))?;
+        tagged.evicted = response.evicted;
+        Ok(Response::new(tagged))
+    }
+
+    async fn tag_flows(
+        &self,
+        request: Request<pb::TagFlowsRequest>,
+    ) -> Result<Response<pb::TagFlowsResponse>, Status> {
+        let entries = &request.get_ref().tags;
+        if entries.len() > MAX_TAGS_PER_CALL {
+            return Err(convert::invalid(
+                "tags",
+                format!("{} entries", entries.len()),
+                &format!("at most {MAX_TAGS_PER_CALL} per call; split the batch"),
+            ));
+        }
+        let requests = entries
+            .iter()
+            .enumerate()
+            .map(|(i, entry)| {
+                convert::tag_request(entry)
+                    .map_err(|status| convert::within(&format!("tags[{i}]"), status))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(self.tag_all(&requests)?))
     }
 
     async fn untag_flow(
@@ -588,19 +647,91 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_table_is_resource_exhausted_and_keeps_its_tags() {
+    async fn a_full_table_evicts_and_says_so_in_the_reply_and_the_stats() {
         let api = api(1);
         let target = || claim("shop", "catalogue");
-        api.tag_flow(Request::new(tag_request(40000, target())))
+        let first = api
+            .tag_flow(Request::new(tag_request(40000, target())))
             .await
-            .unwrap();
-        let status = api
+            .unwrap()
+            .into_inner();
+        assert_eq!(first.evicted, 0);
+        let second = api
             .tag_flow(Request::new(tag_request(40001, target())))
             .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::ResourceExhausted);
-        assert!(status.message().contains("full (1 connections)"));
+            .unwrap()
+            .into_inner();
+        assert_eq!(second.evicted, 1);
         assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 2);
+        let stats = api
+            .get_stats(Request::new(pb::GetStatsRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((stats.active_tags, stats.tag_capacity), (1, 1));
+        assert_eq!(stats.tags_evicted, 1);
+    }
+
+    #[tokio::test]
+    async fn tag_flows_tags_a_batch_in_order_and_refuses_it_whole_naming_the_entry() {
+        let api = api(100);
+        let batch = |ports: &[u32]| pb::TagFlowsRequest {
+            tags: ports
+                .iter()
+                .map(|port| tag_request(*port, claim("shop", "catalogue")))
+                .collect(),
+        };
+        let response = api
+            .tag_flows(Request::new(batch(&[40000, 40001, 40002])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.tags.len(), 3);
+        assert_eq!(response.generation, 42);
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 6);
+
+        let mut bad = batch(&[40003, 40004, 40005]);
+        bad.tags[2].flow.as_mut().unwrap().src_port = 70000;
+        let status = api.tag_flows(Request::new(bad)).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .starts_with("tags[2].flow.src_port `70000`"),
+            "{}",
+            status.message()
+        );
+        let mut unknown = batch(&[40003, 40004]);
+        unknown.tags[1].target = Some(claim("shop", "nope"));
+        let status = api.tag_flows(Request::new(unknown)).await.unwrap_err();
+        assert_eq!(status.code(), Code::NotFound);
+        assert!(status.message().starts_with("tags[1].claim `shop/nope`"));
+        // Neither bad batch tagged anything.
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 6);
+
+        let too_many: Vec<u32> = (0..=MAX_TAGS_PER_CALL as u32)
+            .map(|i| 1 + i % 60000)
+            .collect();
+        let status = api
+            .tag_flows(Request::new(batch(&too_many)))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("at most 10000 per call"));
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_more_new_connections_than_the_table_is_resource_exhausted() {
+        let api = api(2);
+        let request = pb::TagFlowsRequest {
+            tags: (40000..40003)
+                .map(|port| tag_request(port, claim("shop", "catalogue")))
+                .collect(),
+        };
+        let status = api.tag_flows(Request::new(request)).await.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(status.message().contains("3 connections in one request"));
+        assert!(api.agent.lock().unwrap().dp.flow_tags.is_empty());
     }
 
     #[tokio::test]

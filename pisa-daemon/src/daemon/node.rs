@@ -158,7 +158,10 @@ async fn run_loop<S: ClaimSource>(
 type Opened = (SharedAgent<Kernel>, SqlEvents, KernelLog);
 
 fn open_agent(config: &NodeConfig) -> Result<Opened, NodeError> {
-    let mut kernel = Kernel::open(PinLayout::new(&config.bpffs))?;
+    let mut kernel = Kernel::open_with(
+        PinLayout::new(&config.bpffs),
+        config.api.max_flow_tags as u32,
+    )?;
     let sql_events = kernel.take_sql_events()?;
     // Always drained: a daemon started without --kernel-log after one with
     // it finds (and logs) what was left; the switch is set here either way.

@@ -21,7 +21,7 @@ use crate::{
     kernel::Dataplane,
     plan::SqlRoute,
     spec::ClaimKey,
-    tags::{Flow, Tag, TagError, TagTable, MAX_TTL_SECONDS},
+    tags::{Flow, Tag, TagTable, MAX_TTL_SECONDS},
 };
 use startup::Start;
 
@@ -49,8 +49,6 @@ pub enum Outcome {
     ProxyTagged,
     /// Already tagged from this start (a node that sees it at two hooks).
     AlreadyTagged,
-    /// The flow-tag table is full; the connection stays in its endpoint's class.
-    TableFull,
     /// The kernel refused the tag.
     TagError,
     /// The connection ended; its tag was removed.
@@ -58,7 +56,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 14] = [
         Self::Identified,
         Self::OtherIdentity,
         Self::Tls,
@@ -71,7 +69,6 @@ impl Outcome {
         Self::NoClaim,
         Self::ProxyTagged,
         Self::AlreadyTagged,
-        Self::TableFull,
         Self::TagError,
         Self::Closed,
     ];
@@ -90,7 +87,6 @@ impl Outcome {
             Self::NoClaim => "no_claim",
             Self::ProxyTagged => "proxy_tagged",
             Self::AlreadyTagged => "already_tagged",
-            Self::TableFull => "table_full",
             Self::TagError => "tag_error",
             Self::Closed => "closed",
         }
@@ -274,12 +270,13 @@ fn start<D: Dataplane + ?Sized>(
         expires_ns: now_ns + u64::from(MAX_TTL_SECONDS) * 1_000_000_000,
     };
     let outcome = match sink.tags.tag(sink.dp, flow, tag, now_ns) {
-        Ok(()) => {
+        // A full table made room by evicting the tag that lapses soonest;
+        // the table counts that, by origin.
+        Ok(_) => {
             let tagged_ns = (sink.clock)();
             stats.latency(tagged_ns.saturating_sub(event.seen_ns));
             Outcome::Identified
         }
-        Err(TagError::Full { .. }) => Outcome::TableFull,
         Err(error) => {
             tracing::warn!(%error, ?flow, "could not tag an identified connection");
             Outcome::TagError

@@ -186,7 +186,7 @@ fn client_networks_narrow_a_route_and_a_proxy_tag_is_never_replaced() {
 }
 
 #[test]
-fn a_full_table_leaves_the_connection_in_its_endpoint_class() {
+fn a_full_table_makes_room_by_evicting_the_tag_that_lapses_soonest() {
     let routes = [route("reports", 7, &["reporter"], &[])];
     let mut w = World::new();
     w.tags = TagTable::new(1);
@@ -204,7 +204,10 @@ fn a_full_table_leaves_the_connection_in_its_endpoint_class() {
             &event(SQL_EVENT_START, &second, &startup("reporter")),
             &routes
         ),
-        Some(Outcome::TableFull)
+        Some(Outcome::Identified)
     );
-    assert_eq!(w.stats.node[&Outcome::TableFull], 1);
+    assert!(w.tags.get(&first).is_none());
+    assert_eq!(w.tags.get(&second).map(|t| t.class_id), Some(7));
+    assert_eq!(w.tags.evictions().sql, 1);
+    assert_eq!(w.dp.flow_tags.len(), 2);
 }

@@ -177,16 +177,16 @@ impl Dataplane for Kernel {
 
     fn put_flow_tags(
         &mut self,
-        entries: &[(pisa_daemon_common::FlowKey, pisa_daemon_common::FlowTag)],
+        writes: &[super::dataplane::FlowTagWrite],
     ) -> Result<(), KernelError> {
-        self.put_flow_tags_atomically(entries)
+        self.put_flow_tags_atomically(writes)
     }
 
     fn delete_flow_tags(
         &mut self,
         keys: &[pisa_daemon_common::FlowKey],
     ) -> Result<(), KernelError> {
-        keys.iter().try_for_each(|key| self.delete_flow_tag(key))
+        self.delete_flow_tags_counted(keys)
     }
 
     fn clear_flow_tags(&mut self) -> Result<usize, KernelError> {

@@ -22,6 +22,16 @@ pub struct Features {
     pub btf: bool,
 }
 
+/// One direction of a flow tag to write, with what the caller's table
+/// knows the key held before, so a failed batch is undone without reading
+/// the map back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowTagWrite {
+    pub key: FlowKey,
+    pub tag: FlowTag,
+    pub previous: Option<FlowTag>,
+}
+
 /// Everything the reconciler needs from the kernel. Order of operations is
 /// the caller's job: classes before the rules that point at them, rules
 /// removed before their class.
@@ -55,7 +65,7 @@ pub trait Dataplane {
     /// Summed egress counters of attached interfaces.
     fn interface_stats(&self) -> Result<BTreeMap<String, IfaceStats>, KernelError>;
     /// Writes flow tags (connection direction -> class), all or none.
-    fn put_flow_tags(&mut self, entries: &[(FlowKey, FlowTag)]) -> Result<(), KernelError>;
+    fn put_flow_tags(&mut self, writes: &[FlowTagWrite]) -> Result<(), KernelError>;
     /// Removes flow tags; keys without a tag are skipped.
     fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError>;
     /// Removes every flow tag; returns how many there were.

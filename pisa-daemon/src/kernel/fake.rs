@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
 
-use super::{Attachment, Dataplane, Features, KernelError};
+use super::{Attachment, Dataplane, Features, FlowTagWrite, KernelError};
 use crate::model::{ClassSpec, ClientPrefix, RuleMatch, RuleTarget};
 
 /// An in-memory `Dataplane` for reconciler tests: it records every call so
@@ -161,19 +161,19 @@ impl Dataplane for FakeDataplane {
             .collect())
     }
 
-    fn put_flow_tags(&mut self, entries: &[(FlowKey, FlowTag)]) -> Result<(), KernelError> {
+    fn put_flow_tags(&mut self, writes: &[FlowTagWrite]) -> Result<(), KernelError> {
         self.maybe_fail()?;
-        let new = entries
+        let new = writes
             .iter()
-            .filter(|(k, _)| !self.flow_tags.contains_key(k))
+            .filter(|w| !self.flow_tags.contains_key(&w.key))
             .count();
         if self.flow_tag_capacity != 0 && self.flow_tags.len() + new > self.flow_tag_capacity {
             return Err(KernelError::FlowTagsFull {
                 capacity: self.flow_tag_capacity as u32,
             });
         }
-        self.log.push(format!("put_flow_tags {}", entries.len()));
-        self.flow_tags.extend(entries.iter().copied());
+        self.log.push(format!("put_flow_tags {}", writes.len()));
+        self.flow_tags.extend(writes.iter().map(|w| (w.key, w.tag)));
         Ok(())
     }
 

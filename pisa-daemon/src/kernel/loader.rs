@@ -14,14 +14,14 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use pisa_daemon_common::{
-    names::{ALL_MAPS, MAP_IFACE_CONFIG, MAP_IFACE_STATS},
-    IfaceConfig, IfaceKey, IfaceStats,
+    names::{ALL_MAPS, MAP_FLOW_TAGS, MAP_IFACE_CONFIG, MAP_IFACE_STATS},
+    IfaceConfig, IfaceKey, IfaceStats, DEFAULT_FLOW_TAG_CONNECTIONS,
 };
 use tracing::{debug, info};
 
 use super::{
-    attach::Hook, bpffs::PinLayout, caps, features, netlink::RtNetlink, ClassSpec, Features,
-    KernelError, RuleMatch, EBPF_OBJECT,
+    attach::Hook, bpffs::PinLayout, caps, features, netlink::RtNetlink, resize, ClassSpec,
+    Features, KernelError, RuleMatch, EBPF_OBJECT,
 };
 
 /// One program of the object, pinned, as this process uses it.
@@ -64,30 +64,46 @@ pub struct Kernel {
     pub(super) htb_roots: BTreeMap<String, u32>,
     /// Mirror of the `SUMMARY` map.
     pub(super) summary: pisa_daemon_common::Summary,
+    /// Entries `FLOW_TAGS` has (two per connection).
+    pub(super) flow_tag_entries: u32,
 }
 
 impl Kernel {
     /// Loads the embedded object under `layout`, adopting whatever a previous
-    /// run pinned there.
+    /// run pinned there, with the default flow-tag capacity.
     pub fn open(layout: PinLayout) -> Result<Self, KernelError> {
+        Self::open_with(layout, DEFAULT_FLOW_TAG_CONNECTIONS)
+    }
+
+    /// Loads as `open` does, with `FLOW_TAGS` sized for `flow_tag_connections`
+    /// connections (two entries each). A pinned map of another size is
+    /// replaced (see `resize`).
+    pub fn open_with(layout: PinLayout, flow_tag_connections: u32) -> Result<Self, KernelError> {
         caps::ensure_capabilities()?;
         layout.prepare()?;
         raise_memlock_limit();
 
-        let map_paths: Vec<_> = ALL_MAPS
-            .iter()
-            .map(|name| (*name, layout.map(name)))
-            .collect();
-        let mut loader = EbpfLoader::new();
-        for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
-        }
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .map_err(|source| KernelError::Load { source })?;
-
-        let egress = load_program(&mut ebpf, &layout, Hook::Egress)?;
-        let ingress = load_program(&mut ebpf, &layout, Hook::Ingress)?;
+        let flow_tag_entries = flow_tag_connections.saturating_mul(2);
+        resize::remove_stale_aside(&layout);
+        let set_aside = resize::set_aside_if_resized(&layout, flow_tag_entries)?;
+        let loaded = load_object(&layout, flow_tag_entries, set_aside.is_some());
+        let (ebpf, egress, ingress) = match (loaded, set_aside) {
+            (Ok(loaded), Some(set_aside)) => {
+                let (mut ebpf, egress, ingress) = loaded;
+                let map = ebpf
+                    .map_mut(MAP_FLOW_TAGS)
+                    .ok_or(KernelError::MapMissing { map: MAP_FLOW_TAGS })?;
+                set_aside.finish(map)?;
+                (ebpf, egress, ingress)
+            }
+            (Ok(loaded), None) => loaded,
+            (Err(e), set_aside) => {
+                if let Some(set_aside) = set_aside {
+                    set_aside.restore();
+                }
+                return Err(e);
+            }
+        };
         let (program_id, adopted, upgraded) = (egress.id, egress.adopted, egress.upgraded);
         let mut kernel = Self {
             layout,
@@ -106,6 +122,7 @@ impl Kernel {
             netlink: None,
             htb_roots: BTreeMap::new(),
             summary: pisa_daemon_common::Summary::default(),
+            flow_tag_entries,
         };
         kernel.load_caches()?;
         kernel.refresh_attachments()?;
@@ -210,6 +227,32 @@ impl Kernel {
     }
 }
 
+/// Loads the object with its maps pinned under `layout` and both programs
+/// loaded (adopted, upgraded or pinned afresh). `maps_replaced`: a pinned
+/// map was set aside, so the pinned programs (which read it) are replaced
+/// even when their instructions are the same.
+fn load_object(
+    layout: &PinLayout,
+    flow_tag_entries: u32,
+    maps_replaced: bool,
+) -> Result<(Ebpf, LoadedProgram, LoadedProgram), KernelError> {
+    let map_paths: Vec<_> = ALL_MAPS
+        .iter()
+        .map(|name| (*name, layout.map(name)))
+        .collect();
+    let mut loader = EbpfLoader::new();
+    loader.map_max_entries(MAP_FLOW_TAGS, flow_tag_entries);
+    for (name, path) in &map_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
+        .load(EBPF_OBJECT)
+        .map_err(|source| KernelError::Load { source })?;
+    let egress = load_program(&mut ebpf, layout, Hook::Egress, maps_replaced)?;
+    let ingress = load_program(&mut ebpf, layout, Hook::Ingress, maps_replaced)?;
+    Ok((ebpf, egress, ingress))
+}
+
 /// Loads `hook`'s program from the embedded object and compares it with
 /// the pinned one: the same instructions (the kernel's program tag) adopt
 /// the pinned program; different ones (an upgrade) replace the pin, and
@@ -218,6 +261,7 @@ fn load_program(
     ebpf: &mut Ebpf,
     layout: &PinLayout,
     hook: Hook,
+    maps_replaced: bool,
 ) -> Result<LoadedProgram, KernelError> {
     let name = hook.program_name();
     let path = layout.program(name);
@@ -243,8 +287,12 @@ fn load_program(
     let (adopted, upgraded) = match &pinned {
         Some(pinned) => {
             let info = pinned.info().map_err(err("reading info of"))?;
-            ensure_program_uses_pinned_maps(ebpf, &info, layout)?;
-            (true, info.tag() != fresh_info.tag())
+            if maps_replaced {
+                (true, true)
+            } else {
+                ensure_program_uses_pinned_maps(ebpf, &info, layout)?;
+                (true, info.tag() != fresh_info.tag())
+            }
         }
         None => (false, false),
     };

@@ -19,13 +19,14 @@ mod maps;
 mod netlink;
 pub mod pinned;
 mod qdisc;
+mod resize;
 pub mod route;
 pub mod sql_events;
 mod tags;
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::PinLayout;
-pub use dataplane::{Dataplane, Features};
+pub use dataplane::{Dataplane, Features, FlowTagWrite};
 #[cfg(test)]
 pub use fake::FakeDataplane;
 // The shared vocabulary, re-exported where kernel code and its tests expect it.

@@ -14,7 +14,7 @@ use crate::{
     kernel::{Dataplane, KernelError},
     plan::{self, Plan},
     spec::{check, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
-    tags::{TagTable, MAX_TAGS},
+    tags::{TagTable, DEFAULT_TAGS},
 };
 
 pub struct Agent<D: Dataplane> {
@@ -51,7 +51,7 @@ impl<D: Dataplane> Agent<D> {
             overlaps: BTreeMap::new(),
             plan: Plan::default(),
             ready: false,
-            tags: TagTable::new(MAX_TAGS),
+            tags: TagTable::new(DEFAULT_TAGS),
             identity: IdentityStats::default(),
             validity: (0, 0),
         }

@@ -70,6 +70,10 @@ pub struct NodeReport {
     pub client_prefixes: BTreeMap<ClaimKey, usize>,
     /// Flow tags in force (proxy and SQL identity).
     pub active_tags: usize,
+    /// Connections the flow-tag table holds (`--max-flow-tags`).
+    pub tag_capacity: usize,
+    /// Live tags evicted to make room, by origin, since the start.
+    pub tag_evictions: crate::tags::Evictions,
     /// The counters read for this report (classes' are also in `classes`).
     pub counters: Counters,
 }
@@ -125,6 +129,8 @@ impl NodeReport {
             },
             client_prefixes: agent.plan.client_counts.clone(),
             active_tags: agent.tags.len(),
+            tag_capacity: agent.tags.capacity(),
+            tag_evictions: agent.tags.evictions(),
             counters,
         }
     }
