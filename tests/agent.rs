@@ -58,30 +58,30 @@ impl Setup {
     }
 
     fn start(&self, port: u16) -> Daemon {
-        self.start_binary(daemon_bin(), port)
+        self.start_binary(daemon_bin(), port, &[])
     }
 
-    /// `start` with another build of the daemon (the previous release).
-    fn start_binary(&self, bin: impl AsRef<std::ffi::OsStr>, port: u16) -> Daemon {
+    /// `start` with another build of the daemon (the previous release)
+    /// or more arguments.
+    fn start_binary(&self, bin: impl AsRef<std::ffi::OsStr>, port: u16, extra: &[&str]) -> Daemon {
         let metrics = format!("127.0.0.1:{port}");
         let state_file = self.dir.0.join("state.json");
-        let guard = spawn_binary(
-            bin,
-            &[
-                "run",
-                "--config",
-                self.config().to_str().unwrap(),
-                "--iface",
-                self.topo.to_server(),
-                "--bpffs",
-                self.root.as_str(),
-                "--metrics-addr",
-                &metrics,
-                "--state-file",
-                state_file.to_str().unwrap(),
-            ],
-            &[],
-        );
+        let config = self.config();
+        let mut args = vec![
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--iface",
+            self.topo.to_server(),
+            "--bpffs",
+            self.root.as_str(),
+            "--metrics-addr",
+            &metrics,
+            "--state-file",
+            state_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let guard = spawn_binary(bin, &args, &[]);
         let mut daemon = Daemon {
             guard,
             metrics,
@@ -394,7 +394,8 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
     let previous = previous_daemon_bin();
     let s = Setup::new();
     s.write_claims("10mbit", "20mbit");
-    let mut old = s.start_binary(&previous, 19469);
+    let mut old = s.start_binary(&previous, 19469, &[]);
+    let old_tags = flow_tags_map(&s);
     let [old_prog, map, link] = pinned_ids(&s);
     let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
     let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 12);
@@ -421,6 +422,12 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
         "maps and link taken over"
     );
     assert_ne!(new_prog, old_prog, "the pinned program is this build's");
+    // The previous release's preallocated 65,536-entry tag map is replaced
+    // by this build's, sized by --max-flow-tags and allocated on demand.
+    let tags = flow_tags_map(&s);
+    assert_eq!(old_tags["max_entries"], 65536, "{old_tags}");
+    assert_eq!(tags["max_entries"], 131072, "{tags}");
+    assert_eq!(tags["flags"], 1, "BPF_F_NO_PREALLOC: {tags}");
     let linked = bpftool_json(&["link", "show", "id", &link.to_string()])["prog_id"].clone();
     assert_eq!(linked, new_prog, "the live link runs this build's program");
     assert_eq!(
@@ -436,6 +443,113 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
         (10e6 * 0.8..=10e6 * 1.05).contains(&gap_bps),
         "not shaped across the upgrade: {:.2} Mbit/s",
         gap_bps / 1e6
+    );
+}
+
+/// `bpftool map show` of the pinned `FLOW_TAGS`.
+fn flow_tags_map(s: &Setup) -> serde_json::Value {
+    let path = s.root.layout().map("FLOW_TAGS");
+    bpftool_json(&["map", "show", "pinned", path.to_str().unwrap()])
+}
+
+/// A restart with another `--max-flow-tags` replaces the pinned tag map
+/// (the kernel fixes a map's size at creation): the daemon's own SQL
+/// tags are carried over, the program is re-pinned and swapped into the
+/// live link so it reads the new map, and a tagged connection is still
+/// shaped by its tag's class, not its endpoint's.
+#[test]
+fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
+    use aya::maps::{HashMap, Map, MapData};
+    use pisa_daemon::{kernel::Protocol, tags::Flow};
+    use pisa_daemon_common::{FlowKey, FlowTag, TAG_ORIGIN_SQL};
+
+    let s = Setup::new();
+    s.write_claims("10mbit", "30mbit");
+    let mut daemon = s.start_binary(daemon_bin(), 19471, &["--max-flow-tags", "1000"]);
+    let before = flow_tags_map(&s);
+    assert_eq!(before["max_entries"], 2000, "{before}");
+    let [old_prog, _, link] = pinned_ids(&s);
+    let beta = class_id_of(&daemon.state_file, "shop/beta");
+    assert!(daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10))
+        .success());
+
+    // A connection to alpha's endpoint (10 Mbit/s), tagged by SQL identity
+    // into beta's class (30 Mbit/s), as a daemon would have left it.
+    let cport = 41234;
+    let flow = Flow {
+        protocol: Protocol::Tcp,
+        src: format!("{}:{cport}", s.topo.client.ns_ip).parse().unwrap(),
+        dst: format!("{}:5201", s.topo.server_ip()).parse().unwrap(),
+    };
+    let tag = FlowTag {
+        class_id: beta,
+        origin: TAG_ORIGIN_SQL,
+        expires_ns: 0,
+    };
+    {
+        let data = MapData::from_pin(s.root.layout().map("FLOW_TAGS")).expect("pinned map");
+        let mut tags: HashMap<_, FlowKey, FlowTag> =
+            HashMap::try_from(Map::HashMap(data)).expect("hash map");
+        tags.insert(flow.key(), tag, 0).expect("tag");
+        tags.insert(flow.reversed().key(), tag, 0).expect("tag");
+    }
+
+    let mut daemon = s.start_binary(daemon_bin(), 19471, &["--max-flow-tags", "5000"]);
+    let after = flow_tags_map(&s);
+    assert_eq!(after["max_entries"], 10000, "{after}");
+    assert_ne!(after["id"], before["id"], "a new map");
+    let [new_prog, _, new_link] = pinned_ids(&s);
+    assert_eq!(new_link, link, "the link is kept");
+    assert_ne!(
+        new_prog, old_prog,
+        "the program is re-pinned with the new map"
+    );
+    let linked = bpftool_json(&["link", "show", "id", &link.to_string()])["prog_id"].clone();
+    assert_eq!(
+        linked, new_prog,
+        "the live link runs the program that reads the new map"
+    );
+    let prog = bpftool_json(&["prog", "show", "id", &new_prog.to_string()]);
+    assert!(
+        prog["map_ids"]
+            .as_array()
+            .is_some_and(|ids| ids.contains(&after["id"])),
+        "{prog}"
+    );
+    let kept = bpftool_json(&[
+        "map",
+        "dump",
+        "pinned",
+        s.root.layout().map("FLOW_TAGS").to_str().unwrap(),
+    ]);
+    assert_eq!(kept.as_array().map(Vec::len), Some(2), "{kept}");
+    daemon.guard.assert_running();
+    assert!(
+        daemon.guard.stderr_text().contains("flow-tag map resized"),
+        "the resize is logged"
+    );
+
+    // The kernel reads the tag from the new map: the connection gets
+    // beta's 30 Mbit/s, not alpha's 10.
+    let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
+    let cport = cport.to_string();
+    let goodput = iperf3_goodput_with(
+        &s.topo.client.ns,
+        s.topo.server_ip(),
+        5201,
+        4,
+        &["--cport", &cport],
+    );
+    eprintln!(
+        "tagged connection after the resize: {:.2} Mbit/s",
+        goodput / 1e6
+    );
+    assert!(
+        (30e6 * 0.8..=30e6 * 1.05).contains(&goodput),
+        "not shaped by the carried-over tag: {:.2} Mbit/s",
+        goodput / 1e6
     );
 }
 

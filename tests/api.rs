@@ -311,18 +311,62 @@ fn each_bad_request_gets_its_error_code_naming_the_field() {
         assert!(details.contains(needle), "{details:?} lacks {needle:?}");
     }
 
-    // The table holds two connections; the third is refused, not evicted.
+    // The table holds two connections; the third evicts the one whose tag
+    // lapses soonest (40001, tagged first with the same TTL), and says so.
     for port in [40001, 40002] {
         let tagged = f.tag(port, 60);
         assert!(tagged["class_id"].is_u64(), "{tagged}");
+        assert_eq!(tagged["evicted"], 0, "{tagged}");
     }
-    let full = f.tag(40003, 60);
-    assert_eq!(full["code"], "RESOURCE_EXHAUSTED", "{full}");
-    assert!(full["details"]
-        .as_str()
-        .unwrap()
-        .contains("nothing is evicted"));
+    let third = f.tag(40003, 60);
+    assert_eq!(third["evicted"], 1, "{third}");
     assert_eq!(pinned_flow_tags(&f.root).len(), 4);
+    let stats = client(&["call", "GetStats"]);
+    assert_eq!(stats["tag_capacity"], 2, "{stats}");
+    // proto3 JSON writes 64-bit integers as strings.
+    assert_eq!(stats["tags_evicted"], "1", "{stats}");
+    assert_eq!(f.untag(40001)["removed"], false);
+    assert_eq!(f.untag(40002)["removed"], true);
+
+    // TagFlows: a bad entry is named by its index, and nothing of the
+    // batch is tagged; a good batch is.
+    let entry = |port: u16| {
+        json!({
+            "flow": f.flow(port),
+            "claim": {"namespace": "shop", "name": "reporting"},
+            "ttl_seconds": 60,
+        })
+    };
+    let mut bad_entry = entry(40005);
+    bad_entry["flow"]["src_port"] = json!(70000);
+    let refused = client(&[
+        "call",
+        "TagFlows",
+        &json!({"tags": [entry(40004), bad_entry]}).to_string(),
+    ]);
+    assert_eq!(refused["code"], "INVALID_ARGUMENT", "{refused}");
+    assert!(
+        refused["details"]
+            .as_str()
+            .unwrap()
+            .starts_with("tags[1].flow.src_port `70000`"),
+        "{refused}"
+    );
+    assert_eq!(pinned_flow_tags(&f.root).len(), 2, "only 40003 is tagged");
+    let batch = client(&[
+        "call",
+        "TagFlows",
+        &json!({"tags": [entry(40004), entry(40005)]}).to_string(),
+    ]);
+    assert_eq!(batch["tags"].as_array().map(Vec::len), Some(2), "{batch}");
+    assert_eq!(batch["evicted"], 1, "{batch}");
+    assert_eq!(pinned_flow_tags(&f.root).len(), 4);
+    let too_big = client(&[
+        "call",
+        "TagFlows",
+        &json!({"tags": [entry(40006), entry(40007), entry(40008)]}).to_string(),
+    ]);
+    assert_eq!(too_big["code"], "RESOURCE_EXHAUSTED", "{too_big}");
 
     // Validate returns every error with its field.
     let bad = TAGGED_CLAIM

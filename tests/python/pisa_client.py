@@ -57,6 +57,7 @@ def call(pb2, stub, method, request_json):
     rpc = getattr(stub, method)
     request_type = {
         "TagFlow": pb2.TagFlowRequest,
+        "TagFlows": pb2.TagFlowsRequest,
         "UntagFlow": pb2.UntagFlowRequest,
         "ListClasses": pb2.ListClassesRequest,
         "GetStats": pb2.GetStatsRequest,

@@ -41,6 +41,15 @@ pub(super) fn set_aside_if_resized(
         return Ok(None);
     }
     let data = MapData::from_pin(&pin).map_err(map_err(MAP_FLOW_TAGS, "opening pinned"))?;
+    // bpffs has no rename (and no dots in names): the map is pinned a
+    // second time under another name, then unpinned.
+    let aside = aside_path(&pin);
+    data.pin(&aside).map_err(|source| KernelError::Pin {
+        path: aside.clone(),
+        source,
+    })?;
+    std::fs::remove_file(&pin)
+        .map_err(|e| KernelError::io("setting aside the resized map", &pin, e))?;
     let tags: HashMap<_, FlowKey, FlowTag> = HashMap::try_from(aya::maps::Map::HashMap(data))
         .map_err(map_err(MAP_FLOW_TAGS, "typing pinned"))?;
     // Proxy tags are cleared at every start anyway; only the daemon's own
@@ -50,9 +59,6 @@ pub(super) fn set_aside_if_resized(
         .filter_map(Result::ok)
         .filter(|(_, tag)| tag.origin == TAG_ORIGIN_SQL)
         .collect();
-    let aside = aside_path(&pin);
-    std::fs::rename(&pin, &aside)
-        .map_err(|e| KernelError::io("setting aside the resized map", &pin, e))?;
     info!(
         from_entries = info.max_entries(),
         from_flags = info.map_flags(),
@@ -68,16 +74,23 @@ pub(super) fn set_aside_if_resized(
     }))
 }
 
-fn aside_path(pin: &Path) -> PathBuf {
-    pin.with_file_name(format!("{MAP_FLOW_TAGS}.resizing"))
+/// Pins the map at `from` also at `to`, then unpins `from`.
+fn move_pin(from: &Path, to: &Path) -> Result<(), String> {
+    let data = MapData::from_pin(from).map_err(|e| e.to_string())?;
+    data.pin(to).map_err(|e| e.to_string())?;
+    std::fs::remove_file(from).map_err(|e| e.to_string())
 }
 
-/// A `.resizing` pin a crashed start left behind: nothing reads it.
+fn aside_path(pin: &Path) -> PathBuf {
+    pin.with_file_name(format!("{MAP_FLOW_TAGS}_RESIZING"))
+}
+
+/// A `_RESIZING` pin a crashed start left behind: nothing reads it.
 pub(super) fn remove_stale_aside(layout: &PinLayout) {
     let stale = aside_path(&layout.map(MAP_FLOW_TAGS));
     if stale.exists() && !layout.map(MAP_FLOW_TAGS).exists() {
         // The new map was never pinned: the stale one is the only copy.
-        if let Err(e) = std::fs::rename(&stale, layout.map(MAP_FLOW_TAGS)) {
+        if let Err(e) = move_pin(&stale, &layout.map(MAP_FLOW_TAGS)) {
             warn!(error = %e, path = %stale.display(), "could not restore a set-aside flow-tag map");
         }
     } else if stale.exists() {
@@ -92,7 +105,7 @@ impl SetAside {
     /// programs still pinned and attached with it.
     pub(super) fn restore(self) {
         let _ = std::fs::remove_file(&self.pin);
-        if let Err(e) = std::fs::rename(&self.aside, &self.pin) {
+        if let Err(e) = move_pin(&self.aside, &self.pin) {
             warn!(error = %e, path = %self.pin.display(), "could not put the flow-tag map back");
         }
     }
