@@ -119,22 +119,6 @@ fn wait_ready(run: &mut Run) -> (Duration, Option<u64>) {
     (run.started.elapsed(), logged)
 }
 
-fn pid_of(guard: &ChildGuard) -> u32 {
-    guard
-        .child
-        .as_ref()
-        .map(std::process::Child::id)
-        .unwrap_or(0)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
 
 /// Edits per watch mode; every other one is timed.
 const EDITS: usize = 40;
@@ -214,7 +198,7 @@ fn change_to_first_packet(
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sender.join().unwrap();
-    let rss = rss_kib(pid_of(&run.guard));
+    let rss = run.guard.rss_kib();
     drop(run);
     (latencies, rss)
 }
@@ -272,7 +256,7 @@ fn main() {
         write_atomically(&config, &claims(count));
         let mut cold = start(&config, &veth.host, &root, &state);
         let (cold_ready, apply_ms) = wait_ready(&mut cold);
-        let rss = rss_kib(pid_of(&cold.guard));
+        let rss = cold.guard.rss_kib();
         cold.guard.signal_and_wait(15, Duration::from_secs(30));
         let _ = std::fs::remove_file(&state);
         let mut warm = start(&config, &veth.host, &root, &state);
@@ -309,7 +293,7 @@ fn main() {
         let mut run = start_binary(&bin, &config, &veth.host, &root, &state, &[]);
         wait_ready(&mut run);
         std::thread::sleep(Duration::from_secs(2));
-        let pid = pid_of(&run.guard);
+        let pid = run.guard.pid();
         let (cpu_before, wall_before) = (cpu_seconds(pid), Instant::now());
         std::thread::sleep(REST);
         let used = cpu_seconds(pid) - cpu_before;

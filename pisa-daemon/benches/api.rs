@@ -8,6 +8,10 @@
 //! 3. From TagFlow returning to the kernel shaping that flow: a live iperf3
 //!    connection is tagged and the class's pinned counters are polled until
 //!    they move (median of 7).
+//! 4. A million tags: the table (`--max-flow-tags 1048576`) filled by one
+//!    client with TagFlows batches, then single TagFlows into the full
+//!    table (each evicts one), beside the no-write baseline; the daemon's
+//!    RSS and the kernel map's memory before and after.
 
 // The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
@@ -121,6 +125,52 @@ async fn throughput(
     f64::from(clients * per_client) / start.elapsed().as_secs_f64()
 }
 
+/// Connections the bench's table holds, and fills.
+const MILLION: u32 = 1 << 20;
+/// Entries per TagFlows call while filling.
+const BATCH: u32 = 1000;
+
+/// The `i`-th connection of the fill: distinct 5-tuples in 10.64.0.0/10.
+fn fill_tuple(i: u32) -> pb::FlowTuple {
+    let host = i / 50_000;
+    let port = 1 + i % 50_000;
+    tuple(
+        &format!("10.{}.{}.{}", 64 + host / 65536, (host / 256) % 256, host % 256),
+        port,
+        "10.63.0.2",
+    )
+}
+
+/// Tags `MILLION` connections in `BATCH`-sized TagFlows calls: (tags per
+/// second overall, per-call latencies in µs).
+async fn fill(client: &mut PisaDaemonClient<Channel>) -> (f64, Vec<f64>) {
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for first in (0..MILLION).step_by(BATCH as usize) {
+        let tags = (first..(first + BATCH).min(MILLION))
+            .map(|i| tag_request(fill_tuple(i)))
+            .collect();
+        let call = Instant::now();
+        let response = client
+            .tag_flows(pb::TagFlowsRequest { tags })
+            .await
+            .unwrap()
+            .into_inner();
+        calls.push(call.elapsed().as_secs_f64() * 1e6);
+        assert_eq!(response.evicted, 0, "the fill fits the table");
+    }
+    (f64::from(MILLION) / start.elapsed().as_secs_f64(), calls)
+}
+
+/// `bpftool map show` of the pinned map: its memory as the kernel counts it.
+fn map_memory_kib(root: &BpffsRoot, name: &str) -> u64 {
+    let path = root.layout().map(name);
+    bpftool_json(&["map", "show", "pinned", path.to_str().unwrap()])["bytes_memlock"]
+        .as_u64()
+        .unwrap_or(0)
+        / 1024
+}
+
 fn class_bytes(stats: &PerCpuArray<MapData, ClassStats>, class_id: u32) -> u64 {
     stats
         .get(&class_id, 0)
@@ -147,6 +197,8 @@ fn main() {
         root.as_str(),
         "--state-file",
         state.to_str().unwrap(),
+        "--max-flow-tags",
+        &MILLION.to_string(),
     ]);
     let target = ApiTarget::Unix(api_socket());
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -226,6 +278,18 @@ fn main() {
         std::thread::sleep(Duration::from_millis(2500));
     }
 
+    // 4. A million tags.
+    let rss_empty = daemon.rss_kib();
+    let map_empty = map_memory_kib(&root, "FLOW_TAGS");
+    let (fill_rate, fill_calls) = runtime.block_on(fill(&mut client));
+    let rss_full = daemon.rss_kib();
+    let map_full = map_memory_kib(&root, "FLOW_TAGS");
+    let (full_tag, full_baseline) = runtime.block_on(round_trips(&mut client, 2000));
+    let stats_full = runtime
+        .block_on(client.get_stats(pb::GetStatsRequest {}))
+        .unwrap()
+        .into_inner();
+
     println!("### gRPC API over the Unix socket (release build)\n");
     println!("| call | p50 | p99 | calls/s, 4 clients (median of 3) |");
     println!("|---|---|---|---|");
@@ -247,6 +311,36 @@ fn main() {
          inter-packet gap bounds it from below).\n",
         percentile(to_kernel.clone(), 0.5),
         percentile(to_kernel, 1.0)
+    );
+    println!("#### A million flow tags (`--max-flow-tags {MILLION}`)\n");
+    println!(
+        "Filled by one client with TagFlows calls of {BATCH}: **{:.0} tags/s** \
+         (a call: p50 {:.1} ms, p99 {:.1} ms).\n",
+        fill_rate,
+        percentile(fill_calls.clone(), 0.5) / 1e3,
+        percentile(fill_calls, 0.99) / 1e3
+    );
+    println!("| call, table full ({} tags) | p50 | p99 |", stats_full.active_tags);
+    println!("|---|---|---|");
+    println!(
+        "| TagFlow of a new connection (evicts one: {} evicted in all) | {:.0} µs | {:.0} µs |",
+        stats_full.tags_evicted,
+        percentile(full_tag.clone(), 0.5),
+        percentile(full_tag, 0.99)
+    );
+    println!(
+        "| baseline: UntagFlow of an untagged flow | {:.0} µs | {:.0} µs |",
+        percentile(full_baseline.clone(), 0.5),
+        percentile(full_baseline, 0.99)
+    );
+    println!(
+        "\n| memory | empty table | {MILLION} tags |\n|---|---|---|\n\
+         | daemon RSS | {:.1} MiB | {:.1} MiB |\n\
+         | `FLOW_TAGS` (bpftool `bytes_memlock`) | {:.1} MiB | {:.1} MiB |\n",
+        rss_empty as f64 / 1024.0,
+        rss_full as f64 / 1024.0,
+        map_empty as f64 / 1024.0,
+        map_full as f64 / 1024.0
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
