@@ -10,7 +10,7 @@
 //! generation, and the proxy re-tags.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
 };
 
@@ -222,14 +222,12 @@ impl TagTable {
         batch: &[(Flow, Tag)],
         now_ns: u64,
     ) -> Result<Tagged, TagError> {
-        let mut wanted: IndexMap<FlowKey, Tag> = IndexMap::with_capacity(batch.len());
-        for (flow, tag) in batch {
-            wanted.insert(flow.canonical().key(), *tag);
-        }
-        let new = wanted
-            .keys()
-            .filter(|key| !self.tags.contains_key(*key))
-            .count();
+        let wanted = later_wins(batch);
+        let mut held: Vec<Option<usize>> = wanted
+            .iter()
+            .map(|(key, _)| self.tags.get_index_of(key))
+            .collect();
+        let new = held.iter().filter(|slot| slot.is_none()).count();
         if new > self.capacity {
             return Err(TagError::Full {
                 connections: new,
@@ -237,16 +235,24 @@ impl TagTable {
             });
         }
         let room = self.capacity - self.tags.len();
-        let evicted = if new > room {
-            self.evict(dp, new - room, &wanted, now_ns)
-                .map_err(|source| TagError::Kernel { source })?
-        } else {
-            0
-        };
+        let mut evicted = 0;
+        if new > room {
+            let keep: HashSet<FlowKey> = wanted.iter().map(|(key, _)| *key).collect();
+            evicted = self
+                .evict(dp, new - room, &keep, now_ns)
+                .map_err(|source| TagError::Kernel { source })?;
+            // Eviction moves entries within the table.
+            held = wanted
+                .iter()
+                .map(|(key, _)| self.tags.get_index_of(key))
+                .collect();
+        }
         let mut writes = Vec::with_capacity(wanted.len() * 2);
-        for (key, tag) in &wanted {
+        for ((key, tag), slot) in wanted.iter().zip(&held) {
             let value = kernel_value(tag);
-            let previous = self.tags.get(key).map(kernel_value);
+            let previous = slot
+                .and_then(|i| self.tags.get_index(i))
+                .map(|(_, tag)| kernel_value(tag));
             writes.push(FlowTagWrite {
                 key: *key,
                 tag: value,
@@ -260,9 +266,14 @@ impl TagTable {
         }
         dp.put_flow_tags(&writes)
             .map_err(|source| TagError::Kernel { source })?;
-        for (key, tag) in wanted {
+        for ((key, tag), slot) in wanted.into_iter().zip(held) {
             self.earliest_expiry = self.earliest_expiry.min(lapse(&tag));
-            self.tags.insert(key, tag);
+            match slot.and_then(|i| self.tags.get_index_mut(i)) {
+                Some((_, held)) => *held = tag,
+                None => {
+                    self.tags.insert(key, tag);
+                }
+            }
         }
         Ok(Tagged { evicted })
     }
@@ -273,7 +284,7 @@ impl TagTable {
         &mut self,
         dp: &mut D,
         count: usize,
-        keep: &IndexMap<FlowKey, Tag>,
+        keep: &HashSet<FlowKey>,
         now_ns: u64,
     ) -> Result<usize, KernelError> {
         let mut victims: Vec<FlowKey> = Vec::with_capacity(count);
@@ -304,7 +315,7 @@ impl TagTable {
     }
 
     /// The index of the sampled tag that lapses soonest, skipping `keep`.
-    fn pick_victim(&mut self, keep: &IndexMap<FlowKey, Tag>) -> Option<usize> {
+    fn pick_victim(&mut self, keep: &HashSet<FlowKey>) -> Option<usize> {
         let len = self.tags.len();
         let candidates: Vec<usize> = if len <= EVICTION_SAMPLE {
             (0..len).collect()
@@ -316,12 +327,12 @@ impl TagTable {
         candidates
             .into_iter()
             .filter_map(|i| self.tags.get_index(i).map(|(key, tag)| (i, key, tag)))
-            .filter(|(_, key, _)| !keep.contains_key(*key))
+            .filter(|(_, key, _)| !keep.contains(*key))
             .min_by_key(|(_, _, tag)| lapse(tag))
             .map(|(i, _, _)| i)
             .or_else(|| {
                 // Every sampled tag is being re-tagged: take any other.
-                self.tags.keys().position(|key| !keep.contains_key(key))
+                self.tags.keys().position(|key| !keep.contains(key))
             })
     }
 
@@ -434,6 +445,28 @@ impl TagTable {
         self.tags.retain(|_, tag| !doomed(tag));
         Ok(keys.len())
     }
+}
+
+/// The batch's connections by canonical key, in order, each with the
+/// last tag the batch gives it.
+fn later_wins(batch: &[(Flow, Tag)]) -> Vec<(FlowKey, Tag)> {
+    let mut wanted: Vec<(FlowKey, Tag)> = Vec::with_capacity(batch.len());
+    if let [(flow, tag)] = batch {
+        wanted.push((flow.canonical().key(), *tag));
+        return wanted;
+    }
+    let mut at: HashMap<FlowKey, usize> = HashMap::with_capacity(batch.len());
+    for (flow, tag) in batch {
+        let key = flow.canonical().key();
+        match at.entry(key) {
+            std::collections::hash_map::Entry::Occupied(slot) => wanted[*slot.get()].1 = *tag,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(wanted.len());
+                wanted.push((key, *tag));
+            }
+        }
+    }
+    wanted
 }
 
 /// When a tag stops counting; a tag without expiry (0) never does.

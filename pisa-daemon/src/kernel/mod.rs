@@ -3,6 +3,7 @@
 
 mod apply;
 mod attach;
+mod batch;
 pub mod bpffs;
 pub mod caps;
 mod clients;

@@ -5,10 +5,15 @@
 //! the lookup while it is zero, so it is raised before entries appear and
 //! lowered after they are gone).
 
-use aya::maps::{HashMap, MapData, MapError};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+
+use aya::{
+    maps::{HashMap, MapData, MapError},
+    sys::SyscallError,
+};
 use pisa_daemon_common::{names::MAP_FLOW_TAGS, FlowKey, FlowTag};
 
-use super::{dataplane::FlowTagWrite, maps::map_err, Kernel, KernelError};
+use super::{batch, dataplane::FlowTagWrite, maps::map_err, Kernel, KernelError};
 
 impl Kernel {
     fn flow_tags(&self) -> Result<HashMap<&MapData, FlowKey, FlowTag>, KernelError> {
@@ -36,6 +41,13 @@ impl Kernel {
         self.delete_flow_tags_counted(std::slice::from_ref(key))
     }
 
+    fn flow_tags_fd(&self) -> Result<RawFd, KernelError> {
+        match self.map(MAP_FLOW_TAGS)? {
+            aya::maps::Map::HashMap(data) => Ok(data.fd().as_fd().as_raw_fd()),
+            _ => Err(KernelError::MapMissing { map: MAP_FLOW_TAGS }),
+        }
+    }
+
     /// Writes every entry, or none: on a failure the entries already
     /// written by this call get back what `previous` says they held.
     pub(super) fn put_flow_tags_atomically(
@@ -47,69 +59,118 @@ impl Kernel {
             self.summary.flow_tags += added;
             self.write_summary()?;
         }
-        let failure = {
-            let mut tags = self.flow_tags_mut()?;
-            let mut failure = None;
-            for (done, write) in writes.iter().enumerate() {
-                if let Err(source) = tags.insert(write.key, write.tag, 0) {
-                    for undo in writes[..done].iter().rev() {
-                        // Best effort: the original error is the one to report.
-                        let _ = match undo.previous {
-                            Some(tag) => tags.insert(undo.key, tag, 0),
-                            None => tags.remove(&undo.key),
-                        };
-                    }
-                    failure = Some(source);
-                    break;
-                }
-            }
-            failure
-        };
-        let Some(source) = failure else {
+        let Some(error) = self.write_flow_tags(writes)? else {
             return Ok(());
         };
         if added > 0 {
             self.summary.flow_tags = self.summary.flow_tags.saturating_sub(added);
             self.write_summary()?;
         }
-        let full = matches!(&source, MapError::SyscallError(e)
-            if e.io_error.raw_os_error() == Some(libc::E2BIG));
-        if full {
+        if error.raw_os_error() == Some(libc::E2BIG) {
             Err(KernelError::FlowTagsFull {
                 capacity: self.flow_tag_entries,
             })
         } else {
-            Err(map_err(MAP_FLOW_TAGS, "inserting")(source))
+            Err(map_err(MAP_FLOW_TAGS, "inserting")(MapError::SyscallError(
+                SyscallError {
+                    call: "bpf_map_update_batch",
+                    io_error: error,
+                },
+            )))
         }
+    }
+
+    /// One batch write; on a failure the part written is undone and the
+    /// error returned. Kernels without batch operations get one syscall
+    /// per entry.
+    fn write_flow_tags(
+        &mut self,
+        writes: &[FlowTagWrite],
+    ) -> Result<Option<std::io::Error>, KernelError> {
+        let fd = self.flow_tags_fd()?;
+        let keys: Vec<FlowKey> = writes.iter().map(|w| w.key).collect();
+        let values: Vec<FlowTag> = writes.iter().map(|w| w.tag).collect();
+        let outcome = batch::update(fd, &keys, &values);
+        let (done, error) = match outcome.error {
+            None => return Ok(None),
+            Some(error) if outcome.done == 0 && batch::unsupported(&error) => {
+                let mut tags = self.flow_tags_mut()?;
+                let mut done = 0;
+                let mut failure = None;
+                for write in writes {
+                    if let Err(e) = tags.insert(write.key, write.tag, 0) {
+                        failure = Some(match e {
+                            MapError::SyscallError(e) => e.io_error,
+                            other => std::io::Error::other(other.to_string()),
+                        });
+                        break;
+                    }
+                    done += 1;
+                }
+                match failure {
+                    None => return Ok(None),
+                    Some(error) => (done, error),
+                }
+            }
+            Some(error) => (outcome.done, error),
+        };
+        // Best effort: the original error is the one to report.
+        let (restore, remove): (Vec<&FlowTagWrite>, Vec<&FlowTagWrite>) =
+            writes[..done].iter().partition(|w| w.previous.is_some());
+        let restore_keys: Vec<FlowKey> = restore.iter().map(|w| w.key).collect();
+        let restore_values: Vec<FlowTag> = restore.iter().filter_map(|w| w.previous).collect();
+        let _ = batch::update(fd, &restore_keys, &restore_values);
+        let remove_keys: Vec<FlowKey> = remove.iter().map(|w| w.key).collect();
+        let _ = self.delete_keys(&remove_keys);
+        Ok(Some(error))
+    }
+
+    /// Deletes `keys`, skipping missing ones; returns how many it removed.
+    fn delete_keys(&mut self, keys: &[FlowKey]) -> Result<u32, KernelError> {
+        let fd = self.flow_tags_fd()?;
+        let mut removed = 0u32;
+        let mut rest = keys;
+        while !rest.is_empty() {
+            let outcome = batch::delete(fd, rest);
+            removed += outcome.done as u32;
+            let Some(error) = outcome.error else {
+                break;
+            };
+            if error.raw_os_error() == Some(libc::ENOENT) {
+                // A key that is not there: skip it and go on.
+                rest = &rest[outcome.done + 1..];
+            } else if outcome.done == 0 && batch::unsupported(&error) {
+                let mut tags = self.flow_tags_mut()?;
+                for key in rest {
+                    match tags.remove(key) {
+                        Ok(()) => removed += 1,
+                        Err(MapError::KeyNotFound) => {}
+                        Err(source) => return Err(map_err(MAP_FLOW_TAGS, "removing")(source)),
+                    }
+                }
+                break;
+            } else {
+                self.summary.flow_tags = self.summary.flow_tags.saturating_sub(removed);
+                return Err(map_err(MAP_FLOW_TAGS, "removing")(MapError::SyscallError(
+                    SyscallError {
+                        call: "bpf_map_delete_batch",
+                        io_error: error,
+                    },
+                )));
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes entries (missing ones are skipped), then lowers the count
     /// once for all of them.
     pub(super) fn delete_flow_tags_counted(&mut self, keys: &[FlowKey]) -> Result<(), KernelError> {
-        let (removed, failure) = {
-            let mut tags = self.flow_tags_mut()?;
-            let mut removed = 0u32;
-            let mut failure = None;
-            for key in keys {
-                match tags.remove(key) {
-                    Ok(()) => removed += 1,
-                    Err(MapError::KeyNotFound) => {}
-                    Err(source) => {
-                        failure = Some(source);
-                        break;
-                    }
-                }
-            }
-            (removed, failure)
-        };
-        if removed > 0 {
+        let result = self.delete_keys(keys);
+        if let Ok(removed) = result {
             self.summary.flow_tags = self.summary.flow_tags.saturating_sub(removed);
-            self.write_summary()?;
         }
-        match failure {
-            None => Ok(()),
-            Some(source) => Err(map_err(MAP_FLOW_TAGS, "removing")(source)),
-        }
+        self.write_summary()?;
+        result.map(|_| ())
     }
 
     /// At a daemon start: removes the proxy's tags (the proxy re-tags on
