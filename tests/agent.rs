@@ -425,9 +425,14 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
     // The previous release's preallocated 65,536-entry tag map is replaced
     // by this build's, sized by --max-flow-tags and allocated on demand.
     let tags = flow_tags_map(&s);
-    assert_eq!(old_tags["max_entries"], 65536, "{old_tags}");
-    assert_eq!(tags["max_entries"], 131072, "{tags}");
+    assert_eq!(
+        (&old_tags["max_entries"], &old_tags["flags"]),
+        (&serde_json::json!(65536), &serde_json::json!(0)),
+        "{old_tags}"
+    );
+    assert_eq!(tags["max_entries"], 65536, "one entry a connection: {tags}");
     assert_eq!(tags["flags"], 1, "BPF_F_NO_PREALLOC: {tags}");
+    assert_ne!(tags["id"], old_tags["id"], "a new map");
     let linked = bpftool_json(&["link", "show", "id", &link.to_string()])["prog_id"].clone();
     assert_eq!(linked, new_prog, "the live link runs this build's program");
     assert_eq!(
@@ -467,7 +472,7 @@ fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
     s.write_claims("10mbit", "30mbit");
     let mut daemon = s.start_binary(daemon_bin(), 19471, &["--max-flow-tags", "1000"]);
     let before = flow_tags_map(&s);
-    assert_eq!(before["max_entries"], 2000, "{before}");
+    assert_eq!(before["max_entries"], 1000, "{before}");
     let [old_prog, _, link] = pinned_ids(&s);
     let beta = class_id_of(&daemon.state_file, "shop/beta");
     assert!(daemon
@@ -476,7 +481,8 @@ fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
         .success());
 
     // A connection to alpha's endpoint (10 Mbit/s), tagged by SQL identity
-    // into beta's class (30 Mbit/s), as a daemon would have left it.
+    // into beta's class (30 Mbit/s), as the previous release left its
+    // tags: one entry per direction.
     let cport = 41234;
     let flow = Flow {
         protocol: Protocol::Tcp,
@@ -498,7 +504,7 @@ fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
 
     let mut daemon = s.start_binary(daemon_bin(), 19471, &["--max-flow-tags", "5000"]);
     let after = flow_tags_map(&s);
-    assert_eq!(after["max_entries"], 10000, "{after}");
+    assert_eq!(after["max_entries"], 5000, "{after}");
     assert_ne!(after["id"], before["id"], "a new map");
     let [new_prog, _, new_link] = pinned_ids(&s);
     assert_eq!(new_link, link, "the link is kept");
@@ -524,7 +530,8 @@ fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
         "pinned",
         s.root.layout().map("FLOW_TAGS").to_str().unwrap(),
     ]);
-    assert_eq!(kept.as_array().map(Vec::len), Some(2), "{kept}");
+    // Carried over, and down to this build's one canonical entry.
+    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{kept}");
     daemon.guard.assert_running();
     assert!(
         daemon.guard.stderr_text().contains("flow-tag map resized"),

@@ -162,7 +162,11 @@ fn tagged_connection_is_shaped_untagged_and_expired_ones_are_not() {
     let tagged = f.tag(40001, 300);
     let class_id = tagged["class_id"].as_u64().expect("class_id");
     let tags = pinned_flow_tags(&f.root);
-    assert_eq!(tags.len(), 2, "both directions are in the kernel: {tags:?}");
+    assert_eq!(
+        tags.len(),
+        1,
+        "one entry for the connection (its canonical direction): {tags:?}"
+    );
     assert!(tags
         .iter()
         .all(|t| t["formatted"]["value"]["class_id"].as_u64() == Some(class_id)));
@@ -320,7 +324,7 @@ fn each_bad_request_gets_its_error_code_naming_the_field() {
     }
     let third = f.tag(40003, 60);
     assert_eq!(third["evicted"], 1, "{third}");
-    assert_eq!(pinned_flow_tags(&f.root).len(), 4);
+    assert_eq!(pinned_flow_tags(&f.root).len(), 2, "one entry a connection");
     let stats = client(&["call", "GetStats"]);
     assert_eq!(stats["tag_capacity"], 2, "{stats}");
     // proto3 JSON writes 64-bit integers as strings.
@@ -352,7 +356,7 @@ fn each_bad_request_gets_its_error_code_naming_the_field() {
             .starts_with("tags[1].flow.src_port `70000`"),
         "{refused}"
     );
-    assert_eq!(pinned_flow_tags(&f.root).len(), 2, "only 40003 is tagged");
+    assert_eq!(pinned_flow_tags(&f.root).len(), 1, "only 40003 is tagged");
     let batch = client(&[
         "call",
         "TagFlows",
@@ -360,7 +364,7 @@ fn each_bad_request_gets_its_error_code_naming_the_field() {
     ]);
     assert_eq!(batch["tags"].as_array().map(Vec::len), Some(2), "{batch}");
     assert_eq!(batch["evicted"], 1, "{batch}");
-    assert_eq!(pinned_flow_tags(&f.root).len(), 4);
+    assert_eq!(pinned_flow_tags(&f.root).len(), 2);
     let too_big = client(&[
         "call",
         "TagFlows",
@@ -430,12 +434,12 @@ fn restart_drops_tags_and_changes_the_generation() {
         .as_str()
         .expect("generation")
         .to_owned();
-    assert_eq!(pinned_flow_tags(&f.root).len(), 2);
+    assert_eq!(pinned_flow_tags(&f.root).len(), 1);
     assert!(first
         .signal_and_wait(SIGTERM, Duration::from_secs(10))
         .success());
     // While no daemon runs, the pinned tag stays in force.
-    assert_eq!(pinned_flow_tags(&f.root).len(), 2);
+    assert_eq!(pinned_flow_tags(&f.root).len(), 1);
 
     let _second = f.start(&[]);
     let stats = client(&["call", "GetStats"]);

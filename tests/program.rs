@@ -28,7 +28,7 @@ struct Outcome {
 
 struct Harness {
     kernel: Kernel,
-    _root: BpffsRoot,
+    root: BpffsRoot,
 }
 
 impl Harness {
@@ -36,10 +36,7 @@ impl Harness {
         require_root();
         let root = BpffsRoot::new();
         let kernel = Kernel::open(root.layout()).expect("loading the program");
-        Self {
-            kernel,
-            _root: root,
-        }
+        Self { kernel, root }
     }
 
     fn run_on(&self, frame: &[u8], ifindex: u32) -> Outcome {
@@ -333,6 +330,22 @@ fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
         .put_flow_tag(&flow_key(&tagged), &live)
         .expect("tag");
     assert_eq!(h.run(&tagged).priority, htb_handle(5), "tag beats /32");
+    // One entry per connection, under the direction whose source sorts
+    // first (10.5.1.7:3306 here): the response direction finds it too.
+    let response = Packet::tcp("10.5.1.7", 3306, "10.9.9.9", 50000);
+    assert_eq!(
+        h.run(&response).priority,
+        htb_handle(5),
+        "the tag covers the response direction"
+    );
+    let pinned = bpftool_json(&[
+        "map",
+        "dump",
+        "pinned",
+        h.root.layout().map("FLOW_TAGS").to_str().unwrap(),
+    ]);
+    assert_eq!(pinned.as_array().map(Vec::len), Some(1), "{pinned}");
+    assert!(flow_key(&response).is_canonical() && !flow_key(&tagged).is_canonical());
     // An expired tag is ignored (and counted); the rules apply again.
     let expired = FlowTag {
         expires_ns: monotonic_ns().unwrap() - 1,

@@ -6,15 +6,15 @@ pub const MAX_CLASSES: u32 = 16384;
 /// Capacity of the endpoint-rule LPM trie.
 pub const MAX_ENDPOINT_RULES: u32 = 65536;
 /// Connections the flow-tag table holds unless `--max-flow-tags` says
-/// otherwise. Each connection takes two `FLOW_TAGS` entries, one per
-/// direction.
+/// otherwise. Each connection takes one `FLOW_TAGS` entry, keyed by its
+/// canonical direction (`FlowKey::canonical`).
 pub const DEFAULT_FLOW_TAG_CONNECTIONS: u32 = 65536;
-/// The most connections `--max-flow-tags` may ask for: 2^22, that is
-/// 8,388,608 map entries (about 1 GiB of kernel memory when all are used).
+/// The most connections `--max-flow-tags` may ask for: 2^22 (about 512 MiB
+/// of kernel memory when all are used).
 pub const MAX_FLOW_TAG_CONNECTIONS: u32 = 4_194_304;
 /// Entries of `FLOW_TAGS` in the object; the daemon sizes the map at load
-/// to twice `--max-flow-tags`.
-pub const MAX_FLOW_TAGS: u32 = 2 * DEFAULT_FLOW_TAG_CONNECTIONS;
+/// to `--max-flow-tags`.
+pub const MAX_FLOW_TAGS: u32 = DEFAULT_FLOW_TAG_CONNECTIONS;
 /// `FLOW_TAGS` map flags: `BPF_F_NO_PREALLOC`. Entries are allocated as
 /// tags arrive, so a node sized for a million connections pays only for
 /// the ones it tags (the bucket array, 16 bytes per entry rounded up to a
@@ -217,8 +217,9 @@ pub struct ClientRule {
     pub addr_prefix_len: u32,
 }
 
-/// Key of `FLOW_TAGS`: one connection direction. The agent inserts both
-/// directions of a tagged connection.
+/// Key of `FLOW_TAGS`: a connection, by its canonical direction
+/// (`FlowKey::canonical`): one entry serves the packets of both directions.
+/// Also how the program names the direction a packet travels in.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct FlowKey {
@@ -231,6 +232,68 @@ pub struct FlowKey {
     pub dst_port_be: u16,
     pub src_addr: [u8; 16],
     pub dst_addr: [u8; 16],
+}
+
+impl FlowKey {
+    /// The other direction of the same connection.
+    #[inline(always)]
+    pub fn reversed(&self) -> Self {
+        Self {
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            src_addr: self.dst_addr,
+            dst_addr: self.src_addr,
+            ..*self
+        }
+    }
+
+    /// Turns the key into the other direction, in place (the program's
+    /// stack has no room for a second key).
+    #[inline(always)]
+    pub fn reverse(&mut self) {
+        core::mem::swap(&mut self.src_port_be, &mut self.dst_port_be);
+        core::mem::swap(&mut self.src_addr, &mut self.dst_addr);
+    }
+
+    /// Whether this is the direction that names the connection in
+    /// `FLOW_TAGS`: the one whose source (address, then port) sorts first,
+    /// comparing addresses as big-endian numbers. The program and the agent
+    /// both use this, so either end of a connection finds the one entry.
+    #[inline(always)]
+    pub fn is_canonical(&self) -> bool {
+        let src = (
+            be_half(&self.src_addr, 0),
+            be_half(&self.src_addr, 8),
+            u16::from_be(self.src_port_be),
+        );
+        let dst = (
+            be_half(&self.dst_addr, 0),
+            be_half(&self.dst_addr, 8),
+            u16::from_be(self.dst_port_be),
+        );
+        src <= dst
+    }
+
+    /// The canonical direction of the same connection (`is_canonical`).
+    #[inline(always)]
+    pub fn canonical(&self) -> Self {
+        if self.is_canonical() {
+            *self
+        } else {
+            self.reversed()
+        }
+    }
+}
+
+/// Eight bytes of an address, the first (`at == 0`) or the last eight,
+/// as a big-endian number. Constant indexes: no bounds checks to verify.
+#[inline(always)]
+fn be_half(a: &[u8; 16], at: usize) -> u64 {
+    if at == 0 {
+        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]])
+    } else {
+        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]])
+    }
 }
 
 /// Value of `FLOW_TAGS`.
@@ -461,3 +524,43 @@ pub const KERNEL_LOG_OFF: u32 = 0;
 /// paths (fail open, connection starts and closes handed up or not), which
 /// the daemon drains into its log.
 pub const KERNEL_LOG_DEBUG: u32 = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+        let mut key = FlowKey {
+            family: FAMILY_V4,
+            protocol: PROTO_TCP,
+            src_port_be: sport.to_be(),
+            dst_port_be: dport.to_be(),
+            ..FlowKey::default()
+        };
+        key.src_addr[..4].copy_from_slice(&src);
+        key.dst_addr[..4].copy_from_slice(&dst);
+        key
+    }
+
+    #[test]
+    fn both_directions_of_a_connection_have_one_canonical_key() {
+        let cases = [
+            // Addresses decide, compared as numbers: 9.x sorts before 10.x.
+            v4([10, 0, 0, 1], 40000, [9, 255, 0, 0], 5432),
+            v4([10, 0, 0, 1], 1, [10, 0, 0, 2], 65535),
+            // Same address: the port decides, as a number (not its bytes).
+            v4([10, 0, 0, 1], 256, [10, 0, 0, 1], 1),
+        ];
+        for key in cases {
+            let back = key.reversed();
+            assert_eq!(key.canonical(), back.canonical(), "{key:?}");
+            assert_ne!(key.is_canonical(), back.is_canonical(), "{key:?}");
+            let mut turned = key;
+            turned.reverse();
+            assert_eq!(turned, back);
+        }
+        assert!(!cases[0].is_canonical(), "9.255.0.0 sorts first");
+        assert!(cases[1].is_canonical());
+        assert!(!cases[2].is_canonical(), "port 1 sorts before port 256");
+    }
+}

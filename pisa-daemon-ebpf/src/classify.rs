@@ -33,7 +33,7 @@ pub struct Matched {
 /// (`sql_reason`), for the caller's one debug event.
 pub fn classify(
     ctx: &TcContext,
-    packet: &Packet,
+    packet: &mut Packet,
     sql_outcome: &mut Option<u32>,
 ) -> Option<Matched> {
     // Array lookups are inlined by the verifier: this read is nearly free
@@ -42,15 +42,15 @@ pub fn classify(
         Some(summary) => *summary,
         None => return None,
     };
-    let flow = &packet.flow;
     if summary.flow_tags != 0 {
-        if let Some(tag) = live_tag(flow) {
+        if let Some(tag) = live_tag(&mut packet.flow) {
             if tag.origin == TAG_ORIGIN_SQL {
                 *sql_outcome = identity::watch_close(ctx, packet);
             }
             return active(tag.class_id);
         }
     }
+    let flow = &packet.flow;
     let rule = endpoint_rule(flow, &summary, true);
     if rule.rank == 0 {
         return None;
@@ -92,13 +92,13 @@ pub fn sql_rules_exist() -> bool {
 /// What the SQL-identity path made of the packet (`sql_reason`), if it
 /// handled it.
 #[inline(always)]
-pub fn observe(ctx: &TcContext, packet: &Packet) -> Option<u32> {
+pub fn observe(ctx: &TcContext, packet: &mut Packet) -> Option<u32> {
     let summary = SUMMARY.get(0).copied()?;
     if summary.sql_rules == 0 || packet.flow.protocol != PROTO_TCP {
         return None;
     }
     if summary.flow_tags != 0 {
-        if let Some(tag) = live_tag(&packet.flow) {
+        if let Some(tag) = live_tag(&mut packet.flow) {
             if tag.origin == TAG_ORIGIN_SQL {
                 return identity::watch_close(ctx, packet);
             }
@@ -112,12 +112,22 @@ pub fn observe(ctx: &TcContext, packet: &Packet) -> Option<u32> {
     None
 }
 
-/// The live flow tag of a connection direction, if any.
+/// The live flow tag of the connection a packet belongs to, if any: one
+/// entry per connection, under its canonical direction. The key is turned
+/// around in place for the lookup and back after it (the ingress
+/// program's stack has no room for a second 40-byte key).
 #[inline(always)]
-fn live_tag(flow: &FlowKey) -> Option<FlowTag> {
-    if let Some(tag) = FLOW_TAGS.get_ptr(flow) {
-        // SAFETY: a valid map value pointer; copied out at once.
-        let tag = unsafe { *tag };
+fn live_tag(flow: &mut FlowKey) -> Option<FlowTag> {
+    let turned = !flow.is_canonical();
+    if turned {
+        flow.reverse();
+    }
+    // SAFETY: a valid map value pointer; copied out at once.
+    let found = FLOW_TAGS.get_ptr(&*flow).map(|tag| unsafe { *tag });
+    if turned {
+        flow.reverse();
+    }
+    if let Some(tag) = found {
         if tag.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < tag.expires_ns {
             return Some(tag);
         }

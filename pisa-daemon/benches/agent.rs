@@ -119,7 +119,6 @@ fn wait_ready(run: &mut Run) -> (Duration, Option<u64>) {
     (run.started.elapsed(), logged)
 }
 
-
 /// Edits per watch mode; every other one is timed.
 const EDITS: usize = 40;
 /// The file source's quiet window (`source::file`), for the table's note.

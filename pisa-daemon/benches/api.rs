@@ -135,7 +135,12 @@ fn fill_tuple(i: u32) -> pb::FlowTuple {
     let host = i / 50_000;
     let port = 1 + i % 50_000;
     tuple(
-        &format!("10.{}.{}.{}", 64 + host / 65536, (host / 256) % 256, host % 256),
+        &format!(
+            "10.{}.{}.{}",
+            64 + host / 65536,
+            (host / 256) % 256,
+            host % 256
+        ),
         port,
         "10.63.0.2",
     )
@@ -333,7 +338,10 @@ fn main() {
         percentile(fill_calls.clone(), 0.5) / 1e3,
         percentile(fill_calls, 0.99) / 1e3
     );
-    println!("| call, table full ({} tags) | p50 | p99 |", stats_full.active_tags);
+    println!(
+        "| call, table full ({} tags) | p50 | p99 |",
+        stats_full.active_tags
+    );
     println!("|---|---|---|");
     println!(
         "| TagFlow of a new connection (evicts one: {} evicted in all) | {:.0} µs | {:.0} µs |",

@@ -4,8 +4,10 @@
 //! soonest, and counts it), sweeps expired tags out of the kernel, and
 //! drops tags whose class went away.
 //!
-//! A connection is tagged in both directions, so requests and responses
-//! are both shaped whichever way the proxy names the tuple. Tags live only
+//! A connection is one map entry under its canonical direction
+//! (`FlowKey::canonical`), which the program looks up for packets of
+//! either direction, so requests and responses are both shaped whichever
+//! way the proxy names the tuple. Tags live only
 //! as long as the daemon: a restarted daemon clears them and changes its
 //! generation, and the proxy re-tags.
 
@@ -44,11 +46,6 @@ impl Flow {
             src: self.dst,
             dst: self.src,
         }
-    }
-
-    /// One name per connection, whichever direction it is given in.
-    pub fn canonical(&self) -> Self {
-        (*self).min(self.reversed())
     }
 
     /// The `FLOW_TAGS` key of this direction, laid out as the program
@@ -197,7 +194,7 @@ impl TagTable {
     }
 
     pub fn get(&self, flow: &Flow) -> Option<&Tag> {
-        self.tags.get(&flow.canonical().key())
+        self.tags.get(&flow.key().canonical())
     }
 
     /// Tags (or re-tags) a connection, evicting another if the table is
@@ -247,23 +244,17 @@ impl TagTable {
                 .map(|(key, _)| self.tags.get_index_of(key))
                 .collect();
         }
-        let mut writes = Vec::with_capacity(wanted.len() * 2);
-        for ((key, tag), slot) in wanted.iter().zip(&held) {
-            let value = kernel_value(tag);
-            let previous = slot
-                .and_then(|i| self.tags.get_index(i))
-                .map(|(_, tag)| kernel_value(tag));
-            writes.push(FlowTagWrite {
+        let writes: Vec<FlowTagWrite> = wanted
+            .iter()
+            .zip(&held)
+            .map(|((key, tag), slot)| FlowTagWrite {
                 key: *key,
-                tag: value,
-                previous,
-            });
-            writes.push(FlowTagWrite {
-                key: reversed(key),
-                tag: value,
-                previous,
-            });
-        }
+                tag: kernel_value(tag),
+                previous: slot
+                    .and_then(|i| self.tags.get_index(i))
+                    .map(|(_, tag)| kernel_value(tag)),
+            })
+            .collect();
         dp.put_flow_tags(&writes)
             .map_err(|source| TagError::Kernel { source })?;
         for ((key, tag), slot) in wanted.into_iter().zip(held) {
@@ -303,7 +294,6 @@ impl TagTable {
                 }
             }
             victims.push(key);
-            victims.push(reversed(&key));
         }
         // The victims are gone from the table whatever the kernel says: a
         // key the kernel failed to delete is retried by no one, but it
@@ -346,33 +336,24 @@ impl TagTable {
     }
 
     /// Takes over tags already in the kernel (a restarted daemon's own
-    /// SQL-identity tags), as pairs of directions; a direction whose other
-    /// half is missing, or beyond capacity, is returned for removal.
+    /// SQL-identity tags). An entry that is not a connection's canonical
+    /// direction (an earlier release kept one per direction), or beyond
+    /// capacity, or unreadable, is returned for removal.
     pub fn adopt(&mut self, entries: &[(FlowKey, FlowTag)]) -> Vec<FlowKey> {
-        let mut halves: BTreeMap<Flow, Vec<(FlowKey, FlowTag)>> = BTreeMap::new();
         let mut orphans = Vec::new();
         for (key, tag) in entries {
-            match Flow::from_key(key) {
-                Some(flow) => halves
-                    .entry(flow.canonical())
-                    .or_default()
-                    .push((*key, *tag)),
-                None => orphans.push(*key),
-            }
-        }
-        for (flow, pair) in halves {
-            if pair.len() != 2 || self.tags.len() >= self.capacity {
-                orphans.extend(pair.iter().map(|(k, _)| *k));
+            let readable = Flow::from_key(key).is_some();
+            if !readable || key.canonical() != *key || self.tags.len() >= self.capacity {
+                orphans.push(*key);
                 continue;
             }
-            let tag = pair[0].1;
             let tag = Tag {
                 class_id: tag.class_id,
                 origin: tag.origin,
                 expires_ns: tag.expires_ns,
             };
             self.earliest_expiry = self.earliest_expiry.min(lapse(&tag));
-            self.tags.insert(flow.key(), tag);
+            self.tags.insert(*key, tag);
         }
         orphans
     }
@@ -383,11 +364,11 @@ impl TagTable {
         dp: &mut D,
         flow: &Flow,
     ) -> Result<bool, KernelError> {
-        let key = flow.canonical().key();
+        let key = flow.key().canonical();
         if !self.tags.contains_key(&key) {
             return Ok(false);
         }
-        dp.delete_flow_tags(&[key, reversed(&key)])?;
+        dp.delete_flow_tags(&[key])?;
         self.tags.swap_remove(&key);
         Ok(true)
     }
@@ -440,8 +421,7 @@ impl TagTable {
         if keys.is_empty() {
             return Ok(0);
         }
-        let both: Vec<FlowKey> = keys.iter().flat_map(|key| [*key, reversed(key)]).collect();
-        dp.delete_flow_tags(&both)?;
+        dp.delete_flow_tags(&keys)?;
         self.tags.retain(|_, tag| !doomed(tag));
         Ok(keys.len())
     }
@@ -452,12 +432,12 @@ impl TagTable {
 fn later_wins(batch: &[(Flow, Tag)]) -> Vec<(FlowKey, Tag)> {
     let mut wanted: Vec<(FlowKey, Tag)> = Vec::with_capacity(batch.len());
     if let [(flow, tag)] = batch {
-        wanted.push((flow.canonical().key(), *tag));
+        wanted.push((flow.key().canonical(), *tag));
         return wanted;
     }
     let mut at: HashMap<FlowKey, usize> = HashMap::with_capacity(batch.len());
     for (flow, tag) in batch {
-        let key = flow.canonical().key();
+        let key = flow.key().canonical();
         match at.entry(key) {
             std::collections::hash_map::Entry::Occupied(slot) => wanted[*slot.get()].1 = *tag,
             std::collections::hash_map::Entry::Vacant(slot) => {
@@ -485,17 +465,6 @@ fn kernel_value(tag: &Tag) -> FlowTag {
     }
 }
 
-/// The key of the other direction of the same connection.
-fn reversed(key: &FlowKey) -> FlowKey {
-    FlowKey {
-        src_port_be: key.dst_port_be,
-        dst_port_be: key.src_port_be,
-        src_addr: key.dst_addr,
-        dst_addr: key.src_addr,
-        ..*key
-    }
-}
-
 /// CLOCK_MONOTONIC in nanoseconds: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> Result<u64, TagError> {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -517,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn a_tag_covers_both_directions_and_either_name_of_the_connection() {
+    fn a_tag_is_one_entry_under_the_canonical_direction_whichever_name_is_given() {
         let mut dp = FakeDataplane::default();
         let mut table = TagTable::new(10);
         let f = flow("10.0.0.1:40000", "10.0.0.2:3306");
@@ -526,10 +495,13 @@ mod tests {
             origin: 0,
             expires_ns: 100,
         };
-        table.tag(&mut dp, &f, tag, 0).unwrap();
-        assert_eq!(dp.flow_tags.len(), 2);
+        // Named from the server's side: still the client's direction
+        // (10.0.0.1 sorts first) in the kernel.
+        table.tag(&mut dp, &f.reversed(), tag, 0).unwrap();
+        assert_eq!(dp.flow_tags.len(), 1);
         assert_eq!(dp.flow_tags[&f.key()].class_id, 7);
-        assert_eq!(dp.flow_tags[&f.reversed().key()].class_id, 7);
+        assert!(f.key().is_canonical() && !f.reversed().key().is_canonical());
+        assert_eq!(table.get(&f), Some(&tag));
         assert_eq!(table.get(&f.reversed()), Some(&tag));
         assert!(table.untag(&mut dp, &f.reversed()).unwrap());
         assert!(dp.flow_tags.is_empty());
@@ -578,7 +550,7 @@ mod tests {
         assert_eq!(tagged, Tagged { evicted: 1 });
         assert_eq!(table.evictions(), Evictions { proxy: 1, sql: 0 });
         assert!(table.get(&b).is_none());
-        assert_eq!(dp.flow_tags.len(), 4);
+        assert_eq!(dp.flow_tags.len(), 2);
         assert!(!dp.flow_tags.contains_key(&b.key()));
         // At 2000 `a` has expired: making room with it evicts nothing live.
         let tagged = table.tag(&mut dp, &d, tag_at(2, 3_000), 2_000).unwrap();
@@ -602,9 +574,9 @@ mod tests {
             (a.reversed(), tag_at(3, 100)),
         ];
         table.tag_all(&mut dp, &batch, 0).unwrap();
-        assert_eq!(dp.log, vec!["put_flow_tags 4".to_string()]);
+        assert_eq!(dp.log, vec!["put_flow_tags 2".to_string()]);
         assert_eq!(table.get(&a).unwrap().class_id, 3);
-        assert_eq!(dp.flow_tags[&a.reversed().key()].class_id, 3);
+        assert_eq!(dp.flow_tags[&a.key()].class_id, 3);
         assert_eq!(table.len(), 2);
     }
 
@@ -632,14 +604,14 @@ mod tests {
         ));
         assert!(error.to_string().contains("--max-flow-tags"), "{error}");
         assert!(table.get(&held).is_some());
-        assert_eq!(dp.flow_tags.len(), 2);
+        assert_eq!(dp.flow_tags.len(), 1);
         assert_eq!(table.evictions(), Evictions::default());
     }
 
     #[test]
     fn a_kernel_refusal_leaves_the_table_unchanged() {
         let mut dp = FakeDataplane {
-            flow_tag_capacity: 2,
+            flow_tag_capacity: 1,
             ..Default::default()
         };
         let mut table = TagTable::new(10);
@@ -652,7 +624,7 @@ mod tests {
             Err(TagError::Kernel { .. })
         ));
         assert!(table.get(&second).is_none());
-        assert_eq!(dp.flow_tags.len(), 2);
+        assert_eq!(dp.flow_tags.len(), 1);
     }
 
     #[test]
@@ -671,7 +643,7 @@ mod tests {
         assert_eq!(table.sweep(&mut dp, 99).unwrap(), 0);
         assert!(dp.log.is_empty(), "{:?}", dp.log);
         assert_eq!(table.sweep(&mut dp, 100).unwrap(), 1);
-        assert_eq!(dp.log, vec!["delete_flow_tags 2".to_string()]);
+        assert_eq!(dp.log, vec!["delete_flow_tags 1".to_string()]);
         assert!(table.is_empty());
     }
 
@@ -694,34 +666,39 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(table.sweep(&mut dp, 50).unwrap(), 1);
-        assert_eq!(dp.flow_tags.len(), 4);
+        assert_eq!(dp.flow_tags.len(), 2);
         assert_eq!(
             table.retain_classes(&mut dp, &BTreeSet::from([2])).unwrap(),
             1
         );
-        assert_eq!(dp.flow_tags.len(), 2);
+        assert_eq!(dp.flow_tags.len(), 1);
         assert_eq!(table.count_by_class(), BTreeMap::from([(2, 1)]));
     }
 
     #[test]
-    fn adopting_keeps_whole_pairs_and_hands_back_halves() {
+    fn adopting_keeps_canonical_entries_and_hands_back_an_earlier_release_s_other_halves() {
         let mut table = TagTable::new(10);
         let whole = flow("10.0.0.1:1", "10.0.0.2:5432");
-        let half = flow("10.0.0.1:2", "10.0.0.2:5432");
+        let other = flow("10.0.0.1:2", "10.0.0.2:5432");
         let value = FlowTag {
             class_id: 4,
             origin: pisa_daemon_common::TAG_ORIGIN_SQL,
             expires_ns: 99,
         };
+        // An earlier release's pair for `whole`; only the server's half of
+        // `other` survived.
         let orphans = table.adopt(&[
             (whole.key(), value),
             (whole.reversed().key(), value),
-            (half.key(), value),
+            (other.reversed().key(), value),
         ]);
-        assert_eq!(orphans, vec![half.key()]);
+        assert_eq!(
+            orphans,
+            vec![whole.reversed().key(), other.reversed().key()]
+        );
         assert_eq!(table.len(), 1);
         let tag = table.get(&whole).unwrap();
         assert_eq!((tag.class_id, tag.origin, tag.expires_ns), (4, 1, 99));
-        assert_eq!(Flow::from_key(&half.key()), Some(half));
+        assert_eq!(Flow::from_key(&other.key()), Some(other));
     }
 }

@@ -586,7 +586,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn tagging_by_claim_writes_both_directions_and_untag_removes_them() {
+    async fn tagging_by_claim_writes_the_connection_and_untag_removes_it() {
         let api = api(10);
         let response = api
             .tag_flow(Request::new(tag_request(40000, claim("shop", "catalogue"))))
@@ -597,7 +597,7 @@ mod tests {
         let class_id = response.class_id;
         {
             let agent = api.agent.lock().unwrap();
-            assert_eq!(agent.dp.flow_tags.len(), 2);
+            assert_eq!(agent.dp.flow_tags.len(), 1);
             assert!(agent.dp.flow_tags.values().all(|t| t.class_id == class_id));
         }
         let listed = api
@@ -662,7 +662,7 @@ mod tests {
             .unwrap()
             .into_inner();
         assert_eq!(second.evicted, 1);
-        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 2);
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 1);
         let stats = api
             .get_stats(Request::new(pb::GetStatsRequest {}))
             .await
@@ -688,7 +688,7 @@ mod tests {
             .into_inner();
         assert_eq!(response.tags.len(), 3);
         assert_eq!(response.generation, 42);
-        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 6);
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 3);
 
         let mut bad = batch(&[40003, 40004, 40005]);
         bad.tags[2].flow.as_mut().unwrap().src_port = 70000;
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(status.code(), Code::NotFound);
         assert!(status.message().starts_with("tags[1].claim `shop/nope`"));
         // Neither bad batch tagged anything.
-        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 6);
+        assert_eq!(api.agent.lock().unwrap().dp.flow_tags.len(), 3);
 
         let too_many: Vec<u32> = (0..=MAX_TAGS_PER_CALL as u32)
             .map(|i| 1 + i % 60000)

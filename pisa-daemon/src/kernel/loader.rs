@@ -64,7 +64,7 @@ pub struct Kernel {
     pub(super) htb_roots: BTreeMap<String, u32>,
     /// Mirror of the `SUMMARY` map.
     pub(super) summary: pisa_daemon_common::Summary,
-    /// Entries `FLOW_TAGS` has (two per connection).
+    /// Entries `FLOW_TAGS` has (one per connection).
     pub(super) flow_tag_entries: u32,
 }
 
@@ -76,14 +76,14 @@ impl Kernel {
     }
 
     /// Loads as `open` does, with `FLOW_TAGS` sized for `flow_tag_connections`
-    /// connections (two entries each). A pinned map of another size is
+    /// connections (one entry each). A pinned map of another size is
     /// replaced (see `resize`).
     pub fn open_with(layout: PinLayout, flow_tag_connections: u32) -> Result<Self, KernelError> {
         caps::ensure_capabilities()?;
         layout.prepare()?;
         raise_memlock_limit();
 
-        let flow_tag_entries = flow_tag_connections.saturating_mul(2);
+        let flow_tag_entries = flow_tag_connections;
         resize::remove_stale_aside(&layout);
         let set_aside = resize::set_aside_if_resized(&layout, flow_tag_entries)?;
         let loaded = load_object(&layout, flow_tag_entries, set_aside.is_some());

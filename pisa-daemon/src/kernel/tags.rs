@@ -1,4 +1,4 @@
-//! The `FLOW_TAGS` map: connection direction -> class, with an expiry the
+//! The `FLOW_TAGS` map: connection (canonical direction) -> class, with an expiry the
 //! program checks. The userspace table in `tags` decides what goes in and
 //! knows what each key held; this module only writes it, all or nothing,
 //! and keeps `SUMMARY.flow_tags` counting the entries (the program skips
@@ -24,21 +24,24 @@ impl Kernel {
         HashMap::try_from(self.map_mut(MAP_FLOW_TAGS)?).map_err(map_err(MAP_FLOW_TAGS, "opening"))
     }
 
-    /// Tags one direction of a connection with a class (tests and tools;
-    /// the daemon writes through `put_flow_tags_atomically`).
-    /// `tag.expires_ns` is on the CLOCK_MONOTONIC clock (`bpf_ktime_get_ns`).
+    /// Tags the connection `key` names (either direction) with a class
+    /// (tests and tools; the daemon writes through
+    /// `put_flow_tags_atomically`). `tag.expires_ns` is on the
+    /// CLOCK_MONOTONIC clock (`bpf_ktime_get_ns`).
     pub fn put_flow_tag(&mut self, key: &FlowKey, tag: &FlowTag) -> Result<(), KernelError> {
-        let previous = self.flow_tags()?.get(key, 0).ok();
+        let key = key.canonical();
+        let previous = self.flow_tags()?.get(&key, 0).ok();
         self.put_flow_tags_atomically(&[FlowTagWrite {
-            key: *key,
+            key,
             tag: *tag,
             previous,
         }])
     }
 
-    /// Removes one direction of a connection's tag; a missing tag is fine.
+    /// Removes the tag of the connection `key` names (either direction); a
+    /// missing tag is fine.
     pub fn delete_flow_tag(&mut self, key: &FlowKey) -> Result<(), KernelError> {
-        self.delete_flow_tags_counted(std::slice::from_ref(key))
+        self.delete_flow_tags_counted(&[key.canonical()])
     }
 
     fn flow_tags_fd(&self) -> Result<RawFd, KernelError> {
@@ -203,7 +206,7 @@ impl Kernel {
         Ok(self.flow_tags()?.keys().filter(Result::is_ok).count() as u32)
     }
 
-    /// Entries `FLOW_TAGS` was created with (two per connection).
+    /// Entries `FLOW_TAGS` was created with (one per connection).
     pub fn flow_tag_entries(&self) -> u32 {
         self.flow_tag_entries
     }
