@@ -13,6 +13,11 @@
 #[allow(dead_code, unused_imports)]
 mod support;
 
+#[path = "common/process_stats.rs"]
+mod process_stats;
+#[allow(unused_imports)]
+use process_stats::{pid_of, rss_kib};
+
 use std::{
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -197,7 +202,7 @@ fn change_to_first_packet(
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     sender.join().unwrap();
-    let rss = run.guard.rss_kib();
+    let rss = rss_kib(&run.guard);
     drop(run);
     (latencies, rss)
 }
@@ -255,7 +260,7 @@ fn main() {
         write_atomically(&config, &claims(count));
         let mut cold = start(&config, &veth.host, &root, &state);
         let (cold_ready, apply_ms) = wait_ready(&mut cold);
-        let rss = cold.guard.rss_kib();
+        let rss = rss_kib(&cold.guard);
         cold.guard.signal_and_wait(15, Duration::from_secs(30));
         let _ = std::fs::remove_file(&state);
         let mut warm = start(&config, &veth.host, &root, &state);
@@ -292,7 +297,7 @@ fn main() {
         let mut run = start_binary(&bin, &config, &veth.host, &root, &state, &[]);
         wait_ready(&mut run);
         std::thread::sleep(Duration::from_secs(2));
-        let pid = run.guard.pid();
+        let pid = pid_of(&run.guard);
         let (cpu_before, wall_before) = (cpu_seconds(pid), Instant::now());
         std::thread::sleep(REST);
         let used = cpu_seconds(pid) - cpu_before;

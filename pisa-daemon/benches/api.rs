@@ -18,6 +18,11 @@
 #[allow(dead_code, unused_imports)]
 mod support;
 
+#[path = "common/process_stats.rs"]
+mod process_stats;
+#[allow(unused_imports)]
+use process_stats::{pid_of, rss_kib};
+
 use std::{
     path::Path,
     time::{Duration, Instant},
@@ -297,10 +302,10 @@ fn main() {
     }
 
     // 4. A million tags.
-    let rss_empty = daemon.rss_kib();
+    let rss_empty = rss_kib(&daemon);
     let map_empty = map_memory_kib(&root, "FLOW_TAGS");
     let (fill_rate, fill_calls) = runtime.block_on(fill(&client));
-    let rss_full = daemon.rss_kib();
+    let rss_full = rss_kib(&daemon);
     let map_full = map_memory_kib(&root, "FLOW_TAGS");
     let (full_tag, full_baseline) = runtime.block_on(round_trips(&mut client, 2000));
     let stats_full = runtime

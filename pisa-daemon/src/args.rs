@@ -124,8 +124,8 @@ pub enum Command {
         api_tcp: Option<SocketAddr>,
         /// Most connections tagged at once (up to 4194304). A full table
         /// evicts the tag that would lapse soonest and counts it
-        /// (`pisa_flow_tags_evicted_total`). Each connection takes two
-        /// kernel map entries, allocated as tags arrive.
+        /// (`pisa_flow_tags_evicted_total`). Each connection takes one
+        /// kernel map entry, allocated as tags arrive.
         #[arg(long, value_name = "N", default_value_t = DEFAULT_TAGS, env = "PISA_MAX_FLOW_TAGS",
               value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=MAX_TAGS as u64))]
         max_flow_tags: usize,

@@ -63,24 +63,6 @@ impl ChildGuard {
     }
 
     /// What this child is, for messages.
-    /// The child's pid (0 once it was reaped).
-    pub fn pid(&self) -> u32 {
-        self.child
-            .as_ref()
-            .map(std::process::Child::id)
-            .unwrap_or(0)
-    }
-
-    /// Resident memory of the child, KiB (`VmRSS`).
-    pub fn rss_kib(&self) -> u64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    }
-
     pub fn what(&self) -> &str {
         &self.what
     }
