@@ -33,7 +33,7 @@ pub struct Matched {
 /// (`sql_reason`), for the caller's one debug event.
 pub fn classify(
     ctx: &TcContext,
-    packet: &mut Packet,
+    packet: &Packet,
     sql_outcome: &mut Option<u32>,
 ) -> Option<Matched> {
     // Array lookups are inlined by the verifier: this read is nearly free
@@ -43,7 +43,7 @@ pub fn classify(
         None => return None,
     };
     if summary.flow_tags != 0 {
-        if let Some(tag) = live_tag(&mut packet.flow) {
+        if let Some(tag) = live_tag(&packet.flow) {
             if tag.origin == TAG_ORIGIN_SQL {
                 *sql_outcome = identity::watch_close(ctx, packet);
             }
@@ -98,7 +98,7 @@ pub fn observe(ctx: &TcContext, packet: &mut Packet) -> Option<u32> {
         return None;
     }
     if summary.flow_tags != 0 {
-        if let Some(tag) = live_tag(&mut packet.flow) {
+        if let Some(tag) = live_tag_in_place(&mut packet.flow) {
             if tag.origin == TAG_ORIGIN_SQL {
                 return identity::watch_close(ctx, packet);
             }
@@ -113,11 +113,23 @@ pub fn observe(ctx: &TcContext, packet: &mut Packet) -> Option<u32> {
 }
 
 /// The live flow tag of the connection a packet belongs to, if any: one
-/// entry per connection, under its canonical direction. The key is turned
-/// around in place for the lookup and back after it (the ingress
-/// program's stack has no room for a second 40-byte key).
+/// entry per connection, under its canonical direction (a copy of the
+/// key, turned around if need be).
 #[inline(always)]
-fn live_tag(flow: &mut FlowKey) -> Option<FlowTag> {
+fn live_tag(flow: &FlowKey) -> Option<FlowTag> {
+    let connection = flow.canonical();
+    // SAFETY: a valid map value pointer; copied out at once.
+    let found = FLOW_TAGS.get_ptr(&connection).map(|tag| unsafe { *tag });
+    still_live(found)
+}
+
+/// `live_tag` for the ingress program, whose stack has no room for a
+/// second 40-byte key: the packet's key is turned around in place for the
+/// lookup and back after it. (The egress program keeps the copy: with the
+/// key changed in place there, the compiler's register allocation in its
+/// debug-event path failed verification.)
+#[inline(always)]
+fn live_tag_in_place(flow: &mut FlowKey) -> Option<FlowTag> {
     let turned = !flow.is_canonical();
     if turned {
         flow.reverse();
@@ -127,12 +139,16 @@ fn live_tag(flow: &mut FlowKey) -> Option<FlowTag> {
     if turned {
         flow.reverse();
     }
-    if let Some(tag) = found {
-        if tag.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < tag.expires_ns {
-            return Some(tag);
-        }
-        count_reason(reason::TAG_EXPIRED);
+    still_live(found)
+}
+
+#[inline(always)]
+fn still_live(found: Option<FlowTag>) -> Option<FlowTag> {
+    let tag = found?;
+    if tag.expires_ns == 0 || unsafe { bpf_ktime_get_ns() } < tag.expires_ns {
+        return Some(tag);
     }
+    count_reason(reason::TAG_EXPIRED);
     None
 }
 

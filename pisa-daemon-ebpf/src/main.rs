@@ -52,7 +52,7 @@ pub fn pisa_tc_egress(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     let iface_flags = stats::count_iface(ctx, DIRECTION_EGRESS);
-    let mut packet = match parse::parse(ctx, iface_flags) {
+    let packet = match parse::parse(ctx, iface_flags) {
         Ok(packet) => packet,
         Err(why) => {
             stats::count_reason(why);
@@ -63,7 +63,7 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
         }
     };
     let mut sql_outcome = None;
-    let matched = classify::classify(ctx, &mut packet, &mut sql_outcome);
+    let matched = classify::classify(ctx, &packet, &mut sql_outcome);
     if let Some(outcome) = sql_outcome {
         debug_events::sql::<{ debug_events::EGRESS }>(ctx, &packet.flow, outcome);
     }

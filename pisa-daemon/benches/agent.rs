@@ -36,15 +36,97 @@ fn claim(name: &str, rate: &str, host: &str) -> String {
 }
 
 fn claims(count: u32) -> String {
+    claims_with(count, |_| "10mbit".into())
+}
+
+/// `count` claims, claim `i` at `rate(i)`.
+fn claims_with(count: u32, rate: impl Fn(u32) -> String) -> String {
     (0..count)
         .map(|i| {
             claim(
                 &format!("c{i}"),
-                "10mbit",
+                &rate(i),
                 &format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
             )
         })
         .collect()
+}
+
+/// The claim changed among the 10,000, and how many times.
+const CHANGED: u32 = 5000;
+const CHANGES: u32 = 20;
+
+/// One claim's rate changed among 10,000 already applied: from the write
+/// to the new rate in the class's `CLASS_CONFIG` entry (what the program
+/// enforces by), and the reconcile's own log (operations, elapsed).
+/// Returns (write-to-enforced ms per change, ops per change, logged ms).
+fn one_change_among(
+    run: &mut Run,
+    root: &BpffsRoot,
+    config: &Path,
+) -> (Vec<f64>, Vec<u64>, Vec<u64>) {
+    let state_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&run.state).unwrap()).unwrap();
+    let id = state_json["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["claim"].as_str() == Some(&format!("bench/c{CHANGED}")))
+        .and_then(|c| c["class_id"].as_u64())
+        .expect("the changed claim's class") as u32;
+    let class_map =
+        Map::from_map_data(MapData::from_pin(root.layout().map("CLASS_CONFIG")).unwrap()).unwrap();
+    let class_map: Array<_, ClassConfig> = Array::try_from(class_map).unwrap();
+    let (mut enforced, mut ops, mut logged) = (Vec::new(), Vec::new(), Vec::new());
+    for change in 1..=CHANGES {
+        let mbit = 10 + u64::from(change);
+        let body = claims_with(10_000, |i| {
+            if i == CHANGED {
+                format!("{mbit}mbit")
+            } else {
+                "10mbit".into()
+            }
+        });
+        let lines_before = run.guard.stderr_text().lines().count();
+        let written = Instant::now();
+        write_atomically(config, &body);
+        loop {
+            assert!(
+                written.elapsed() < Duration::from_secs(30),
+                "change {change} never landed"
+            );
+            if class_map.get(&id, 0).ok().map(|c| c.rate_bytes) == Some(mbit * 125_000) {
+                enforced.push(written.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let mut line = None;
+        wait_until(
+            "the change's reconcile log",
+            Duration::from_secs(10),
+            || {
+                line = run
+                    .guard
+                    .stderr_text()
+                    .lines()
+                    .skip(lines_before)
+                    .find(|l| l.contains("reconciled"))
+                    .map(str::to_owned);
+                line.is_some()
+            },
+        );
+        let field = |name: &str| -> u64 {
+            line.as_deref()
+                .and_then(|l| l.split(&format!("{name}=")).nth(1))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .expect("a logged field")
+        };
+        ops.push(field("ops"));
+        logged.push(field("elapsed_ms"));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    (enforced, ops, logged)
 }
 
 fn write_atomically(path: &Path, body: &str) {
@@ -253,14 +335,20 @@ fn main() {
         "\n(inotify: a {QUIET_MS} ms quiet window after the last event; poll: every 100 ms, then 100 ms to settle)\n"
     );
 
-    // 2. 1 vs 10,000 claims, and 3. cold start vs adoption.
+    // 2. 1 vs 10,000 claims (and one claim changed among 10,000), and
+    // 3. cold start vs adoption.
     let mut rows = Vec::new();
+    let mut one_change = None;
     for count in [1u32, 10_000] {
         let root = BpffsRoot::new();
         write_atomically(&config, &claims(count));
         let mut cold = start(&config, &veth.host, &root, &state);
         let (cold_ready, apply_ms) = wait_ready(&mut cold);
         let rss = rss_kib(&cold.guard);
+        if count == 10_000 {
+            one_change = Some(one_change_among(&mut cold, &root, &config));
+            write_atomically(&config, &claims(count));
+        }
         cold.guard.signal_and_wait(15, Duration::from_secs(30));
         let _ = std::fs::remove_file(&state);
         let mut warm = start(&config, &veth.host, &root, &state);
@@ -284,6 +372,27 @@ fn main() {
         );
     }
     println!();
+    let (enforced, ops, logged) = one_change.expect("the 10,000-claim run");
+    println!(
+        "### Agent: one claim changed among 10,000 ({CHANGES} changes of its rate, inotify)\n"
+    );
+    println!("| write to the new rate in CLASS_CONFIG, median | p99 | max | operations per change (logged) | reconcile, logged median |");
+    println!("|---|---|---|---|---|");
+    let mut distinct_ops: Vec<u64> = ops.clone();
+    distinct_ops.sort();
+    distinct_ops.dedup();
+    println!(
+        "| {:.1} ms | {:.1} ms | {:.1} ms | {} | {} ms |\n",
+        median(enforced.clone()),
+        percentile(enforced.clone(), 0.99),
+        enforced.iter().cloned().fold(0.0, f64::max),
+        distinct_ops
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        median(logged.iter().map(|&m| m as f64).collect()),
+    );
 
     // 4. CPU at rest: 10,000 claims applied, then 30 s of nothing.
     write_atomically(&config, &claims(10_000));
