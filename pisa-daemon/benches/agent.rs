@@ -65,15 +65,26 @@ fn one_change_among(
     root: &BpffsRoot,
     config: &Path,
 ) -> (Vec<f64>, Vec<u64>, Vec<u64>) {
-    let state_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&run.state).unwrap()).unwrap();
-    let id = state_json["classes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["claim"].as_str() == Some(&format!("bench/c{CHANGED}")))
-        .and_then(|c| c["class_id"].as_u64())
-        .expect("the changed claim's class") as u32;
+    // The state file is written just after the reconcile's log line.
+    let mut id = None;
+    wait_until(
+        "the state file to list the claims",
+        Duration::from_secs(30),
+        || {
+            let state_json: serde_json::Value = std::fs::read(&run.state)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            id = state_json["classes"].as_array().and_then(|classes| {
+                classes
+                    .iter()
+                    .find(|c| c["claim"].as_str() == Some(&format!("bench/c{CHANGED}")))
+                    .and_then(|c| c["class_id"].as_u64())
+            });
+            id.is_some()
+        },
+    );
+    let id = id.expect("the changed claim's class") as u32;
     let class_map =
         Map::from_map_data(MapData::from_pin(root.layout().map("CLASS_CONFIG")).unwrap()).unwrap();
     let class_map: Array<_, ClassConfig> = Array::try_from(class_map).unwrap();

@@ -317,7 +317,7 @@ fn main() {
     println!("| call | p50 | p99 | calls/s, 4 clients (median of 3) |");
     println!("|---|---|---|---|");
     println!(
-        "| TagFlow (writes both directions to FLOW_TAGS) | {:.0} µs | {:.0} µs | {:.0} |",
+        "| TagFlow (writes the connection's entry to FLOW_TAGS) | {:.0} µs | {:.0} µs | {:.0} |",
         percentile(tag.clone(), 0.5),
         percentile(tag, 0.99),
         percentile(tag_rates, 0.5)
