@@ -87,6 +87,7 @@ fn ns_per_packet() {
         ("htb hit", "10.1.0.1", "10.0.0.1"),
         ("edt hit", "10.1.0.2", "10.0.0.1"),
     ];
+    let floor = time_floor("10.9.9.9", "10.0.0.1");
     let before: Vec<f64> = paths
         .iter()
         .map(|(_, dst, src)| time_path(&kernel, src, dst))
@@ -147,17 +148,42 @@ fn ns_per_packet() {
          one map update each).\n",
         loaded_in.as_secs_f64()
     );
-    println!("| path | ns/packet, no selectors | ns/packet, with selectors | difference |");
-    println!("|---|---|---|---|");
+    println!(
+        "| path | ns/packet, no selectors | ns/packet, with selectors | difference | \
+         above the floor, with selectors | × the floor |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| floor: `pisa_tc_floor` (returns at once; the run's own cost) | {floor:.1} | | | | 1.0 |"
+    );
     for ((path, _, _), (b, a)) in paths.iter().zip(before.iter().zip(&after)) {
-        println!("| {path} | {b:.1} | {a:.1} | {:+.1} |", a - b);
+        println!(
+            "| {path} | {b:.1} | {a:.1} | {:+.1} | {:.1} | {:.1} |",
+            a - b,
+            a - floor,
+            a / floor
+        );
     }
     let client_hit = time_path(&kernel, "10.101.7.9", "10.50.0.1");
     let client_fallback = time_path(&kernel, "10.9.7.9", "10.50.0.1");
     let sql_data = time_path(&kernel, "10.0.0.1", "10.1.0.3");
-    println!("| client-selector hit (2nd LPM lookup) | | {client_hit:.1} | |");
-    println!("| client-selector endpoint, no client matches | | {client_fallback:.1} | |");
-    println!("| SQL-identity endpoint, data packet (8-byte start check) | | {sql_data:.1} | |");
+    for (path, ns) in [
+        ("client-selector hit (2nd LPM lookup)", client_hit),
+        (
+            "client-selector endpoint, no client matches",
+            client_fallback,
+        ),
+        (
+            "SQL-identity endpoint, data packet (8-byte start check)",
+            sql_data,
+        ),
+    ] {
+        println!(
+            "| {path} | | {ns:.1} | | {:.1} | {:.1} |",
+            ns - floor,
+            ns / floor
+        );
+    }
     println!();
 }
 
@@ -281,6 +307,33 @@ fn previous_release_commit() -> String {
 /// Median ns per packet of a 1000-byte TCP segment from `src` to `dst`:3306
 /// (or :5432 for the 10.50/16 selector endpoints).
 fn time_path(kernel: &Kernel, src: &str, dst: &str) -> f64 {
+    time_program(kernel.program(), src, dst)
+}
+
+/// The object's `pisa_tc_floor` (returns at once), loaded on its own: what
+/// a run costs with no program work at all.
+fn floor_program() -> (aya::Ebpf, &'static str) {
+    let mut ebpf = aya::Ebpf::load(pisa_daemon::kernel::EBPF_OBJECT).expect("loading the object");
+    let floor: &mut aya::programs::SchedClassifier = ebpf
+        .program_mut("pisa_tc_floor")
+        .expect("pisa_tc_floor in the object")
+        .try_into()
+        .expect("a classifier");
+    floor.load().expect("loading pisa_tc_floor");
+    (ebpf, "pisa_tc_floor")
+}
+
+fn time_floor(src: &str, dst: &str) -> f64 {
+    let (ebpf, name) = floor_program();
+    let floor: &aya::programs::SchedClassifier = ebpf
+        .program(name)
+        .expect("pisa_tc_floor")
+        .try_into()
+        .expect("a classifier");
+    time_program(floor, src, dst)
+}
+
+fn time_program(program: &aya::programs::SchedClassifier, src: &str, dst: &str) -> f64 {
     let port = if dst.starts_with("10.50.") {
         5432
     } else {
@@ -289,8 +342,7 @@ fn time_path(kernel: &Kernel, src: &str, dst: &str) -> f64 {
     let frame = Packet::tcp(src, 40000, dst, port).payload(1000).bytes();
     let samples: Vec<f64> = (0..RUNS)
         .map(|_| {
-            let result = kernel
-                .program()
+            let result = program
                 .test_run(TestRunOptions {
                     data_in: Some(&frame),
                     repeat: 1_000_000,
