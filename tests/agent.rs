@@ -524,14 +524,9 @@ fn a_new_flow_tag_capacity_replaces_the_map_and_keeps_sql_tags_in_force() {
             .is_some_and(|ids| ids.contains(&after["id"])),
         "{prog}"
     );
-    let kept = bpftool_json(&[
-        "map",
-        "dump",
-        "pinned",
-        s.root.layout().map("FLOW_TAGS").to_str().unwrap(),
-    ]);
+    let kept = pinned_flow_tags(&s.root);
     // Carried over, and down to this build's one canonical entry.
-    assert_eq!(kept.as_array().map(Vec::len), Some(1), "{kept}");
+    assert_eq!(kept.len(), 1, "{kept:?}");
     daemon.guard.assert_running();
     assert!(
         daemon.guard.stderr_text().contains("flow-tag map resized"),

@@ -140,14 +140,6 @@ fn client_as(wrapper: &[&str], args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("client JSON: {e}: {stdout}"))
 }
 
-fn pinned_flow_tags(root: &BpffsRoot) -> Vec<Value> {
-    let path = root.layout().map("FLOW_TAGS");
-    bpftool_json(&["map", "dump", "pinned", path.to_str().unwrap()])
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
 fn mbit(bps: f64) -> String {
     format!("{:.2} Mbit/s", bps / 1e6)
 }

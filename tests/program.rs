@@ -338,13 +338,8 @@ fn flow_tag_beats_longest_prefix_which_beats_shorter_and_wildcard_port() {
         htb_handle(5),
         "the tag covers the response direction"
     );
-    let pinned = bpftool_json(&[
-        "map",
-        "dump",
-        "pinned",
-        h.root.layout().map("FLOW_TAGS").to_str().unwrap(),
-    ]);
-    assert_eq!(pinned.as_array().map(Vec::len), Some(1), "{pinned}");
+    let pinned = pinned_flow_tags(&h.root);
+    assert_eq!(pinned.len(), 1, "{pinned:?}");
     assert!(flow_key(&response).is_canonical() && !flow_key(&tagged).is_canonical());
     // An expired tag is ignored (and counted); the rules apply again.
     let expired = FlowTag {

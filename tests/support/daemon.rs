@@ -143,6 +143,16 @@ pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool JSON: {e}: {out}"))
 }
 
+/// The entries of the pinned `FLOW_TAGS` under `root`, as `bpftool map
+/// dump` prints them.
+pub fn pinned_flow_tags(root: &BpffsRoot) -> Vec<serde_json::Value> {
+    let path = root.layout().map("FLOW_TAGS");
+    bpftool_json(&["map", "dump", "pinned", path.to_str().unwrap()])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Ids of loaded programs with this name, from `bpftool prog show`.
 pub fn bpftool_prog_ids(name: &str) -> Vec<u64> {
     bpftool_json(&["prog", "show"])

@@ -128,8 +128,10 @@ impl Kernel {
         Ok(Some(error))
     }
 
-    /// Deletes `keys`, skipping missing ones; returns how many it removed.
-    fn delete_keys(&mut self, keys: &[FlowKey]) -> Result<u32, KernelError> {
+    /// Deletes `keys`, skipping missing ones: how many it removed, and the
+    /// error that stopped it, if one did. It leaves `SUMMARY` to the
+    /// caller, who knows whether the removed entries were ever counted.
+    fn delete_keys(&mut self, keys: &[FlowKey]) -> Result<(u32, Option<KernelError>), KernelError> {
         let fd = self.flow_tags_fd()?;
         let mut removed = 0u32;
         let mut rest = keys;
@@ -148,32 +150,32 @@ impl Kernel {
                     match tags.remove(key) {
                         Ok(()) => removed += 1,
                         Err(MapError::KeyNotFound) => {}
-                        Err(source) => return Err(map_err(MAP_FLOW_TAGS, "removing")(source)),
+                        Err(source) => {
+                            return Ok((removed, Some(map_err(MAP_FLOW_TAGS, "removing")(source))))
+                        }
                     }
                 }
                 break;
             } else {
-                self.summary.flow_tags = self.summary.flow_tags.saturating_sub(removed);
-                return Err(map_err(MAP_FLOW_TAGS, "removing")(MapError::SyscallError(
-                    SyscallError {
-                        call: "bpf_map_delete_batch",
-                        io_error: error,
-                    },
-                )));
+                let source = MapError::SyscallError(SyscallError {
+                    call: "bpf_map_delete_batch",
+                    io_error: error,
+                });
+                return Ok((removed, Some(map_err(MAP_FLOW_TAGS, "removing")(source))));
             }
         }
-        Ok(removed)
+        Ok((removed, None))
     }
 
     /// Removes entries (missing ones are skipped), then lowers the count
-    /// once for all of them.
+    /// once for all it removed, even when an error stopped it part way.
     pub(super) fn delete_flow_tags_counted(&mut self, keys: &[FlowKey]) -> Result<(), KernelError> {
-        let result = self.delete_keys(keys);
-        if let Ok(removed) = result {
+        let (removed, failure) = self.delete_keys(keys)?;
+        if removed > 0 {
             self.summary.flow_tags = self.summary.flow_tags.saturating_sub(removed);
+            self.write_summary()?;
         }
-        self.write_summary()?;
-        result.map(|_| ())
+        failure.map_or(Ok(()), Err)
     }
 
     /// At a daemon start: removes the proxy's tags (the proxy re-tags on
