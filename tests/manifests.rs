@@ -164,7 +164,7 @@ fn bad_claims_are_rejected_by_the_schema_or_by_the_daemon() {
 }
 
 #[test]
-fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
+fn crd_has_aggregate_printer_columns_short_name_and_keyed_status_lists() {
     let crd: serde_norway::Value = serde_norway::from_str(
         &std::fs::read_to_string(manifest("crd/qosclaims.yaml")).expect("crd"),
     )
@@ -185,9 +185,26 @@ fn crd_has_status_printer_columns_short_name_and_the_node_keyed_status_map() {
         .collect();
     assert_eq!(
         columns,
-        ["Rate", "Ceil", "Priority", "Applied", "Invalid", "Age"]
+        ["Rate", "Ceil", "Priority", "Applied", "Failed", "Nodes", "Ready", "Age"]
+    );
+    let paths: Vec<&str> = version["additionalPrinterColumns"]
+        .as_sequence()
+        .expect("columns")
+        .iter()
+        .map(|c| c["jsonPath"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths[3..7],
+        [
+            ".status.nodesApplied",
+            ".status.nodesFailed",
+            ".status.nodesReporting",
+            ".status.conditions[?(@.type==\"Ready\")].status",
+        ]
     );
     let schema = &version["schema"]["openAPIV3Schema"];
+    let conditions = &schema["properties"]["status"]["properties"]["conditions"];
+    assert_eq!(conditions["x-kubernetes-list-map-keys"][0], "type");
     let nodes = &schema["properties"]["status"]["properties"]["nodes"];
     assert_eq!(nodes["x-kubernetes-list-type"], "map");
     assert_eq!(nodes["x-kubernetes-list-map-keys"][0], "node");

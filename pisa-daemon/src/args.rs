@@ -76,8 +76,9 @@ pub enum Command {
               requires = "config")]
         config_watch: ConfigWatch,
         /// Take claims from the Kubernetes API (in-cluster, or kubeconfig):
-        /// QoSClaims and Pisanix VirtualDatabases, with this node's status
-        /// written back to each claim.
+        /// QoSClaims and Pisanix VirtualDatabases. This node's view of them
+        /// is written to its QoSNodeReport, and the daemon holding the
+        /// status Lease writes each claim's aggregate status.
         #[arg(long, requires = "node_name")]
         kube: bool,
         /// With --kube: watch only this namespace (repeat for several).
@@ -93,6 +94,12 @@ pub enum Command {
         /// traffic between Pods on one node is shaped too.
         #[arg(long, requires = "kube")]
         no_follow_pods: bool,
+        /// With --kube: the daemon's own namespace, where this node's
+        /// QoSNodeReport and the status Lease live (the DaemonSet sets it
+        /// from metadata.namespace through the downward API).
+        #[arg(long, value_name = "NS", env = "POD_NAMESPACE",
+              default_value = "pisa-system", value_parser = namespace_name)]
+        report_namespace: String,
         /// Interface to attach to (repeat for several), e.g. --iface eth0.
         /// Required unless --kube follows Pods.
         #[arg(long = "iface", value_name = "NAME", required_unless_present = "kube")]
@@ -190,9 +197,13 @@ pub enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Print the QoSClaim CRD (YAML) generated from the Rust types.
+    /// Print a CRD (YAML) generated from the Rust types.
     #[command(hide = true)]
-    Crd,
+    Crd {
+        /// `qosclaims` or `qosnodereports`.
+        #[arg(default_value = "qosclaims")]
+        name: String,
+    },
     /// Detach from every interface and remove every pinned object, qdisc
     /// and class under the bpffs root. Touches nothing it did not create.
     Cleanup {
@@ -230,4 +241,20 @@ fn parse_api_tcp(value: &str) -> Result<SocketAddr, String> {
     value.parse().map_err(|_| {
         format!("`{value}` is neither a port (50051) nor ADDR:PORT (127.0.0.1:50051, [::1]:50051)")
     })
+}
+
+/// A namespace name as Kubernetes accepts it: an RFC 1123 label.
+fn namespace_name(value: &str) -> Result<String, String> {
+    let valid_chars = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let valid_ends = !value.starts_with('-') && !value.ends_with('-');
+    if !value.is_empty() && value.len() <= 63 && valid_chars && valid_ends {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "`{value}` is not a namespace name; valid: 1-63 lowercase letters, digits \
+             and '-', starting and ending with a letter or digit"
+        ))
+    }
 }

@@ -80,6 +80,7 @@ fn dispatch(command: Command) -> Result<bool> {
             namespaces,
             node_name,
             no_follow_pods,
+            report_namespace,
             ifaces,
             bpffs,
             metrics_addr,
@@ -104,6 +105,7 @@ fn dispatch(command: Command) -> Result<bool> {
                     namespaces,
                     node: node_name.unwrap_or_default(),
                     follow_pods: !no_follow_pods,
+                    report_namespace,
                 }),
                 api: ApiConfig {
                     socket: (api_socket.as_os_str() != "none").then_some(api_socket),
@@ -165,8 +167,8 @@ fn dispatch(command: Command) -> Result<bool> {
             matches!(output, Output::Json),
             Duration::from_millis(sample_ms),
         ),
-        Command::Crd => {
-            print!("{}", pisa_daemon::spec::crd_yaml()?);
+        Command::Crd { name } => {
+            print!("{}", pisa_daemon::spec::crd_yaml(&name)?);
             Ok(true)
         }
         Command::Cleanup { bpffs } => {

@@ -42,7 +42,7 @@ enum Task {
     },
     /// Setup, build, and shape real traffic in a throwaway network topology.
     Demo,
-    /// Write generated files: the QoSClaim CRD into manifests/crd/.
+    /// Write generated files: the QoSClaim and QoSNodeReport CRDs into manifests/crd/.
     Codegen,
     /// Run benchmarks and record them in docs/benchmarks.md.
     Bench {
@@ -59,17 +59,22 @@ enum Task {
 /// committed YAML can never drift from what the daemon validates; a unit
 /// test fails when it is stale.
 fn codegen() -> Result<()> {
-    let out = shell::capture("cargo", &["run", "-q", "-p", "pisa-daemon", "--", "crd"])?;
-    if !out.status.success() {
-        anyhow::bail!(
-            "pisa-daemon crd failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+    for name in ["qosclaims", "qosnodereports"] {
+        let out = shell::capture(
+            "cargo",
+            &["run", "-q", "-p", "pisa-daemon", "--", "crd", name],
+        )?;
+        if !out.status.success() {
+            anyhow::bail!(
+                "pisa-daemon crd {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let path = shell::workspace().join(format!("manifests/crd/{name}.yaml"));
+        std::fs::create_dir_all(path.parent().expect("manifests/crd"))?;
+        std::fs::write(&path, &out.stdout)?;
+        eprintln!("wrote {}", path.display());
     }
-    let path = shell::workspace().join("manifests/crd/qosclaims.yaml");
-    std::fs::create_dir_all(path.parent().expect("manifests/crd"))?;
-    std::fs::write(&path, &out.stdout)?;
-    eprintln!("wrote {}", path.display());
     Ok(())
 }
 

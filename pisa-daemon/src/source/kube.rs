@@ -1,17 +1,21 @@
 //! The Kubernetes source: QoSClaims (in all namespaces, or the ones given)
 //! and Pisanix VirtualDatabases, held by reflectors (here); their binding
-//! (`binding`); this node's entry of each claim's status, written back with
-//! server-side apply (`status`); and the whole as one `ClaimSource` with
-//! this node's Pods (`node`).
+//! (`binding`); this node's `QoSNodeReport`, written with server-side apply
+//! (`report`); the claims' aggregate status, written by the one daemon
+//! holding the status Lease (`lease`, `aggregate`, `aggregator`); and the
+//! whole as one `ClaimSource` with this node's Pods (`node`).
 //!
 //! Claims are watched as untyped objects and handed to the same loader and
 //! validator as claim files, so a bad object becomes an `Invalid` status
 //! with a precise message instead of breaking the whole list.
 
+mod aggregate;
+mod aggregator;
 mod binding;
 mod clients;
+mod lease;
 mod node;
-mod status;
+mod report;
 
 use std::sync::Arc;
 
@@ -25,9 +29,12 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 
+pub use aggregate::{claim_status, tally, Tally};
+pub use aggregator::{Aggregator, Pass, AGGREGATE_SETTLE, STATUS_LEASE};
 pub use binding::{bind_endpoints, claim_source};
+pub use lease::{LeaderLease, LEASE_DURATION, RENEW_EVERY};
 pub use node::{KubeArgs, KubeClaimSource, KubeConnectError};
-pub use status::{field_manager, now_rfc3339, status_patch, KubeError, StatusWriter};
+pub use report::{node_report, KubeError, ReportWriter, REPORT_FIELD_MANAGER};
 
 use crate::spec::{QoSClaimResource, SourceSnapshot};
 
@@ -120,6 +127,11 @@ impl KubeSource {
         })
     }
 
+    /// The claim reflectors' stores, for the status aggregator.
+    pub fn claim_stores(&self) -> Vec<reflector::Store<DynamicObject>> {
+        self.claims.clone()
+    }
+
     /// Whether every watch has listed once (before that, an empty store
     /// would look like "all claims deleted").
     pub fn ready(&self) -> bool {
@@ -154,6 +166,14 @@ impl KubeSource {
             })
             .collect()
     }
+}
+
+/// Now, as the RFC 3339 UTC timestamp Kubernetes conditions carry
+/// (`2026-11-21T04:12:04Z`: whole seconds, as `metav1.Time` serialises).
+pub fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 pub(crate) fn store_ready<K>(store: &reflector::Store<K>) -> bool

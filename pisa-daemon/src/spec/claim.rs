@@ -83,8 +83,8 @@ pub struct ObjectMeta {
 
 /// A QoS claim on a database's traffic: every node shapes the traffic of
 /// the claim's endpoints (or of the connections the SQL proxy tags with it)
-/// to its rate, borrowing up to its ceil. `kubectl get qc` shows which nodes
-/// applied it.
+/// to its rate, borrowing up to its ceil. `kubectl get qc` shows how many
+/// nodes applied it.
 // clippy reads each `printcolumn(type_ = …)` as a repeated attribute.
 #[allow(clippy::duplicated_attributes)]
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, CustomResource, JsonSchema)]
@@ -116,15 +116,26 @@ pub struct ObjectMeta {
     ),
     printcolumn(
         name = "Applied",
-        type_ = "string",
-        description = "Nodes that enforce the claim",
-        json_path = ".status.nodes[?(@.phase==\"Applied\")].node"
+        type_ = "integer",
+        description = "Nodes that enforce the claim's current generation",
+        json_path = ".status.nodesApplied"
     ),
     printcolumn(
-        name = "Invalid",
+        name = "Failed",
+        type_ = "integer",
+        description = "Nodes that rejected the claim (their QoSNodeReport says why)",
+        json_path = ".status.nodesFailed"
+    ),
+    printcolumn(
+        name = "Nodes",
+        type_ = "integer",
+        description = "Nodes that report the claim",
+        json_path = ".status.nodesReporting"
+    ),
+    printcolumn(
+        name = "Ready",
         type_ = "string",
-        description = "Nodes that rejected the claim (see status.nodes[].message)",
-        json_path = ".status.nodes[?(@.phase==\"Invalid\")].node"
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
     ),
     printcolumn(
         name = "Age",

@@ -6,6 +6,7 @@ mod batch;
 mod claim;
 mod load;
 mod overlap;
+mod report;
 mod snapshot;
 mod status;
 pub mod units;
@@ -15,8 +16,9 @@ pub use batch::{check, Checked};
 pub use claim::*;
 pub use load::{load_documents, Document};
 pub use overlap::overlaps;
+pub use report::{QoSNodeReportResource, QoSNodeReportSpec, ReportCounts, ReportedClaim};
 pub use snapshot::SourceSnapshot;
-pub use status::{ClaimStatus, Phase};
+pub use status::{ClaimCondition, ClaimStatus, NodePhase, Phase};
 pub use validate::{validate, ClaimError, Limits, PodClients, ValidClaim, Validated};
 
 #[cfg(test)]
@@ -24,28 +26,59 @@ mod corpus;
 #[cfg(test)]
 mod tests;
 
-/// The QoSClaim CRD as YAML, exactly as `manifests/crd/qosclaims.yaml`
-/// holds it (`cargo xtask codegen` writes that file from this).
-pub fn crd_yaml() -> Result<String, serde_norway::Error> {
-    let crd = <QoSClaimResource as kube::CustomResourceExt>::crd();
+/// The CRDs by plural, as `manifests/crd/<plural>.yaml` holds them
+/// (`cargo xtask codegen` writes those files from this).
+pub const CRD_NAMES: [&str; 2] = ["qosclaims", "qosnodereports"];
+
+/// One CRD as YAML: `qosclaims` or `qosnodereports`.
+pub fn crd_yaml(plural: &str) -> Result<String, CrdError> {
+    let crd = match plural {
+        "qosclaims" => <QoSClaimResource as kube::CustomResourceExt>::crd(),
+        "qosnodereports" => <QoSNodeReportResource as kube::CustomResourceExt>::crd(),
+        other => {
+            return Err(CrdError::Unknown {
+                name: other.to_owned(),
+                valid: CRD_NAMES.join(", "),
+            })
+        }
+    };
     Ok(format!(
         "# Generated from pisa-daemon/src/spec by `cargo xtask codegen`; do not edit.\n{}",
         serde_norway::to_string(&crd)?
     ))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum CrdError {
+    #[error("crd `{name}`: no such CRD; valid: {valid}")]
+    Unknown { name: String, valid: String },
+    #[error("rendering the CRD as YAML: {0}")]
+    Yaml(#[from] serde_norway::Error),
+}
+
 #[cfg(test)]
 mod crd_tests {
     #[test]
-    fn committed_crd_matches_the_rust_types() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../manifests/crd/qosclaims.yaml");
-        let committed = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask codegen`", path.display()));
-        assert!(
-            committed == super::crd_yaml().unwrap(),
-            "{} is stale: run `cargo xtask codegen` and commit the result",
-            path.display()
+    fn committed_crds_match_the_rust_types() {
+        for name in super::CRD_NAMES {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(format!("../manifests/crd/{name}.yaml"));
+            let committed = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}; run `cargo xtask codegen`", path.display()));
+            assert!(
+                committed == super::crd_yaml(name).unwrap(),
+                "{} is stale: run `cargo xtask codegen` and commit the result",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_crd_name_lists_the_valid_ones() {
+        let error = super::crd_yaml("qosclaim").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "crd `qosclaim`: no such CRD; valid: qosclaims, qosnodereports"
         );
     }
 }

@@ -1,6 +1,6 @@
-//! `QoSClaim.status`: one entry per node. Each node's daemon writes only its
-//! own entry, with server-side apply under its own field manager, so nodes
-//! never overwrite each other (the list is a map keyed by `node`).
+//! What nodes made of claims: the agent's `ClaimStatus` (rendered by every
+//! report), the claim's aggregate status (`QoSClaimStatus`, written by the
+//! elected aggregator) and the deprecated per-node entries it replaces.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,16 +32,62 @@ pub struct ClaimStatus {
     pub client_prefixes: usize,
 }
 
-/// What the nodes made of the claim, written by each node's Pisa-Daemon.
+/// What the nodes made of the claim: counts over the nodes' reports,
+/// written by the one elected aggregator (`QoSNodeReport`s hold each
+/// node's view), so the object does not grow with the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct QoSClaimStatus {
-    /// What each node made of the claim.
+    /// The claim's metadata.generation the counts describe.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Nodes that enforce this generation of the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_applied: Option<u32>,
+    /// Nodes that rejected it (their report's message says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_failed: Option<u32>,
+    /// Nodes that accepted it but do not enforce it yet, or still report an
+    /// older generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_pending: Option<u32>,
+    /// Nodes whose report names the claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes_reporting: Option<u32>,
+    /// `Ready` (every reporting node enforces this generation) and
+    /// `Degraded` (some node rejected it; the message names up to five).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<ClaimCondition>,
+    /// Deprecated: one entry per node, written by releases before the
+    /// per-node reports. No longer written; the aggregator clears it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
     pub nodes: Vec<NodeStatus>,
 }
 
-/// One node's view of the claim.
+/// A condition of the claim, shaped like metav1.Condition.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimCondition {
+    /// `Ready` or `Degraded`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// A CamelCase word: why the status is what it is.
+    pub reason: String,
+    /// Details for people: counts, and the failing nodes.
+    #[serde(default)]
+    pub message: String,
+    /// The generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}
+
+/// One node's view of the claim (deprecated: see `QoSNodeReport`).
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeStatus {

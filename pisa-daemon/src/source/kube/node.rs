@@ -1,6 +1,7 @@
 //! The Kubernetes source as the control loop sees it: claims and
-//! VirtualDatabases from their reflectors, this node's status written back,
-//! and (unless turned off) the host interfaces of this node's Pods.
+//! VirtualDatabases from their reflectors, this node's report written back,
+//! the status aggregator running beside it, and (unless turned off) the
+//! host interfaces of this node's Pods.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -11,7 +12,7 @@ use std::{
 use tokio::sync::Notify;
 use tracing::info;
 
-use super::{now_rfc3339, KubeSource, StatusWriter};
+use super::{Aggregator, KubeSource, ReportWriter};
 use crate::{
     source::{
         pods::{FollowedPods, PodSource},
@@ -33,6 +34,9 @@ pub struct KubeArgs {
     pub node: String,
     /// Attach to the host interfaces of this node's Pods while they run.
     pub follow_pods: bool,
+    /// Where this node's QoSNodeReport and the status Lease live: the
+    /// daemon's own namespace.
+    pub report_namespace: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +55,11 @@ pub enum KubeConnectError {
 
 pub struct KubeClaimSource {
     claims: KubeSource,
-    status: StatusWriter,
+    report: ReportWriter,
     changed: Arc<Notify>,
+    /// The status aggregator, contending for the Lease; stopped with the
+    /// source.
+    aggregator: tokio::task::JoinHandle<()>,
     /// None with --no-follow-pods.
     pods: Option<FollowedPods>,
 }
@@ -80,11 +87,18 @@ impl KubeClaimSource {
         while !(claims.ready() && pods.as_ref().is_none_or(FollowedPods::ready)) {
             changed.notified().await;
         }
+        let aggregator = Aggregator::new(
+            client.clone(),
+            &args.report_namespace,
+            &args.node,
+            claims.claim_stores(),
+        );
         Ok(Self {
             claims,
-            status: StatusWriter::new(client, args.node.clone()),
+            report: ReportWriter::new(client, args.node.clone(), args.report_namespace.clone()),
             changed,
             pods,
+            aggregator: tokio::spawn(aggregator.run()),
         })
     }
 }
@@ -104,8 +118,15 @@ impl ClaimSource for KubeClaimSource {
     }
 
     async fn publish(&mut self, statuses: &BTreeMap<ClaimKey, ClaimStatus>) -> Vec<String> {
-        let now = now_rfc3339();
-        let errors = self.status.write(statuses, &now).await;
-        errors.iter().map(ToString::to_string).collect()
+        match self.report.write(statuses).await {
+            Ok(_) => Vec::new(),
+            Err(error) => vec![error.to_string()],
+        }
+    }
+}
+
+impl Drop for KubeClaimSource {
+    fn drop(&mut self) {
+        self.aggregator.abort();
     }
 }

@@ -241,65 +241,80 @@ fn a_bad_object_becomes_an_invalid_document_not_a_broken_list() {
     assert!(error.to_string().contains("prioritty"), "{error}");
 }
 
-#[test]
-fn status_patch_holds_only_this_nodes_entry() {
-    let status = ClaimStatus {
-        claim: "shop/alpha".into(),
-        phase: Phase::Applied,
-        message: "class 7 in force".into(),
+fn status(phase: Phase, generation: i64, message: &str) -> ClaimStatus {
+    ClaimStatus {
+        claim: String::new(),
+        phase,
+        message: message.into(),
         class_id: Some(7),
-        observed_generation: Some(3),
+        observed_generation: Some(generation),
         mode: None,
         rate_bytes: None,
         ceil_bytes: None,
         priority: None,
         client_prefixes: 0,
-    };
+    }
+}
+
+#[test]
+fn the_node_report_holds_one_small_entry_per_claim_with_messages_only_where_not_applied() {
+    let statuses = BTreeMap::from([
+        (
+            ClaimKey::new("shop", "alpha"),
+            status(Phase::Applied, 3, "class 7 in force"),
+        ),
+        (
+            ClaimKey::new("shop", "typo"),
+            status(
+                Phase::Invalid,
+                1,
+                "spec.trafficQoS.qos_group.rate `1mps`: unknown unit",
+            ),
+        ),
+    ]);
     assert_eq!(
-        serde_json::to_value(status_patch("node-a", &status, "2026-11-21T04:00:00Z")).unwrap(),
+        serde_json::to_value(node_report("node-a", &statuses)).unwrap(),
         json!({
-            "apiVersion": "core.database-mesh.io/v1alpha1",
-            "kind": "QoSClaim",
-            "status": {"nodes": [{
-                "node": "node-a", "phase": "Applied",
-                "message": "class 7 in force",
-                "observedGeneration": 3, "classId": 7,
-                "lastTransitionTime": "2026-11-21T04:00:00Z",
-            }]},
+            "node": "node-a",
+            "counts": {"claims": 2, "failed": 1},
+            "claims": [
+                {"claim": "shop/alpha", "generation": 3, "phase": "Applied"},
+                {"claim": "shop/typo", "generation": 1, "phase": "Invalid",
+                 "message": "spec.trafficQoS.qos_group.rate `1mps`: unknown unit"},
+            ],
         })
     );
 }
 
 #[tokio::test]
-async fn status_is_server_side_applied_per_node_and_only_when_it_changes() {
+async fn the_report_is_applied_with_its_node_as_owner_and_only_when_it_changes() {
     let (client, mut handle) = mock_client();
-    let mut writer = StatusWriter::new(client, "node-a".into());
-    let mut statuses = BTreeMap::new();
-    statuses.insert(
+    let mut writer = ReportWriter::new(client, "node-a".into(), "pisa-system".into());
+    let mut statuses = BTreeMap::from([(
         ClaimKey::new("shop", "alpha"),
-        ClaimStatus {
-            claim: "shop/alpha".into(),
-            phase: Phase::Invalid,
-            message: "spec.trafficQoS.qos_group.rate `1mps`: unknown unit".into(),
-            class_id: None,
-            observed_generation: Some(2),
-            mode: None,
-            rate_bytes: None,
-            ceil_bytes: None,
-            priority: None,
-            client_prefixes: 0,
-        },
-    );
+        status(
+            Phase::Invalid,
+            2,
+            "spec.trafficQoS.qos_group.rate `1mps`: unknown unit",
+        ),
+    )]);
     let server = tokio::spawn(async move {
+        let (request, respond) = handle.next_request().await.unwrap();
+        assert_eq!(request.method(), http::Method::GET);
+        assert_eq!(request.uri().path(), "/api/v1/nodes/node-a");
+        respond.send_response(Response::new(full(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "node-a", "uid": "uid-node-a", "resourceVersion": "3"},
+        }))));
         let (request, respond) = handle.next_request().await.unwrap();
         assert_eq!(request.method(), http::Method::PATCH);
         assert_eq!(
             request.uri().path(),
-            "/apis/core.database-mesh.io/v1alpha1/namespaces/shop/qosclaims/alpha/status"
+            "/apis/core.database-mesh.io/v1alpha1/namespaces/pisa-system/qosnodereports/node-a"
         );
         assert_eq!(
             request.uri().query(),
-            Some("&force=true&fieldManager=pisa-daemon-node-a")
+            Some("&force=true&fieldManager=pisa-daemon")
         );
         assert_eq!(
             request.headers()[http::header::CONTENT_TYPE],
@@ -307,33 +322,69 @@ async fn status_is_server_side_applied_per_node_and_only_when_it_changes() {
         );
         let body: Value =
             serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
-        let entry = &body["status"]["nodes"][0];
         assert_eq!(body["apiVersion"], "core.database-mesh.io/v1alpha1");
-        assert_eq!(body["kind"], "QoSClaim");
-        assert_eq!(body["status"]["nodes"].as_array().unwrap().len(), 1);
-        assert_eq!(entry["node"], "node-a");
+        assert_eq!(body["kind"], "QoSNodeReport");
+        assert_eq!(body["metadata"]["name"], "node-a");
+        assert_eq!(body["metadata"]["namespace"], "pisa-system");
+        let owner = &body["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (&owner["kind"], &owner["name"], &owner["uid"]),
+            (&json!("Node"), &json!("node-a"), &json!("uid-node-a"))
+        );
+        let entry = &body["spec"]["claims"][0];
+        assert_eq!(entry["claim"], "shop/alpha");
         assert_eq!(entry["phase"], "Invalid");
-        assert_eq!(entry["observedGeneration"], 2);
+        assert_eq!(entry["generation"], 2);
         assert!(entry["message"].as_str().unwrap().contains("1mps"));
-        assert_eq!(entry["lastTransitionTime"], "2026-11-21T04:00:00Z");
-        assert!(entry.get("classId").is_none());
-        let mut object = claim("alpha", "1mps", "30", true);
-        object["status"] = body["status"].clone();
-        respond.send_response(Response::new(full(object)));
+        let mut stored = body.clone();
+        stored["metadata"]["uid"] = json!("uid-report");
+        stored["metadata"]["resourceVersion"] = json!("40");
+        respond.send_response(Response::new(full(stored)));
         handle
     });
-    let errors = writer.write(&statuses, "2026-11-21T04:00:00Z").await;
-    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        writer.write(&statuses).await.unwrap(),
+        "the first report is written"
+    );
     let mut handle = server.await.unwrap();
-    // Unchanged: no request at all.
-    let errors = writer.write(&statuses, "2026-11-21T04:00:09Z").await;
-    assert!(errors.is_empty());
+    // Unchanged: no request at all (the owner is not looked up again).
+    assert!(!writer.write(&statuses).await.unwrap());
     assert!(
         tokio::time::timeout(Duration::from_millis(100), handle.next_request())
             .await
             .is_err(),
-        "an unchanged status must not be written again"
+        "an unchanged report must not be written again"
     );
+    // A failed write is an error naming the report, and is tried again.
+    statuses.insert(ClaimKey::new("shop", "beta"), status(Phase::Applied, 1, ""));
+    let server = tokio::spawn(async move {
+        let (_, respond) = handle.next_request().await.unwrap();
+        respond.send_response(
+            Response::builder()
+                .status(500)
+                .body(full(json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "etcdserver: request timed out", "reason": "InternalError",
+                    "code": 500,
+                })))
+                .unwrap(),
+        );
+        let (request, respond) = handle.next_request().await.unwrap();
+        let body: Value =
+            serde_json::from_slice(&request.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["spec"]["counts"], json!({"claims": 2, "failed": 1}));
+        respond.send_response(Response::new(full(body)));
+    });
+    let error = writer.write(&statuses).await.unwrap_err().to_string();
+    assert!(
+        error.starts_with("writing the QoSNodeReport pisa-system/node-a: "),
+        "{error}"
+    );
+    assert!(
+        writer.write(&statuses).await.unwrap(),
+        "retried after the failure"
+    );
+    server.await.unwrap();
 }
 
 #[test]
