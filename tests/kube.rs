@@ -2,8 +2,9 @@
 //! API server (`tests/python/fake_apiserver.py`; there is no cluster on
 //! these machines), follows the Pods of its node by attaching to their
 //! real host-side veths, shapes real iperf3 traffic between two "Pods" per
-//! a QoSClaim, writes its status with server-side apply (retrying applies
-//! the server fails), leaves out a Pod veth it cannot shape without holding
+//! a QoSClaim, writes its QoSNodeReport with server-side apply (retrying
+//! applies the server fails), takes the status Lease and writes the claim's
+//! aggregate status, leaves out a Pod veth it cannot shape without holding
 //! up the others, lets go of a Pod's veth when the Pod goes, and on restart
 //! releases the attachment of a veth that vanished while no daemon ran.
 
@@ -217,9 +218,14 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     api.put("pods", "db-1", pod("node-b", &elsewhere.ns_ip));
     api.put("pods", "odd-0", pod(NODE, &foreign.ns_ip));
 
-    // The first two status applies fail, as on an overloaded server: the
+    api.put(
+        "nodes",
+        NODE,
+        json!({"metadata": {"uid": "uid-node-a"}, "spec": {}}),
+    );
+    // The first two report applies fail, as on an overloaded server: the
     // daemon must try again by itself, with nothing else changing.
-    api.call("PUT", "/control/fail-status", Some(&json!({"count": 2})));
+    api.call("PUT", "/control/fail-reports", Some(&json!({"count": 2})));
 
     let mut daemon = start_daemon(&api, &root, &dir.0);
     wait_for(&mut daemon, "both Pod veths attached, with HTB", || {
@@ -270,10 +276,10 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
         );
     }
 
-    // This node's status, by server-side apply, field by field.
+    // This node's report, by server-side apply, field by field.
     let is_applied =
-        |p: &Value| p["code"] == 200 && p["body"]["status"]["nodes"][0]["phase"] == "Applied";
-    wait_for(&mut daemon, "an Applied status", || {
+        |p: &Value| p["code"] == 200 && p["body"]["spec"]["claims"][0]["phase"] == "Applied";
+    wait_for(&mut daemon, "an Applied report", || {
         api.patches().iter().any(is_applied)
     });
     let patches = api.patches();
@@ -283,27 +289,73 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     let applied = patches.iter().find(|p| is_applied(p)).expect("applied");
     assert_eq!(
         applied["path"],
-        "/apis/core.database-mesh.io/v1alpha1/namespaces/shop/qosclaims/catalogue/status"
+        "/apis/core.database-mesh.io/v1alpha1/namespaces/pisa-system/qosnodereports/node-a"
     );
     let query = applied["query"].as_str().expect("query");
     assert!(
-        query.contains("fieldManager=pisa-daemon-node-a") && query.contains("force=true"),
+        query.contains("fieldManager=pisa-daemon") && query.contains("force=true"),
         "{query}"
     );
     assert_eq!(applied["contentType"], "application/apply-patch+yaml");
-    let entry = &applied["body"]["status"]["nodes"][0];
+    let report = &applied["body"];
+    assert_eq!(report["kind"], "QoSNodeReport");
     assert_eq!(
-        applied["body"]["status"]["nodes"].as_array().unwrap().len(),
-        1
+        report["metadata"]["ownerReferences"][0]["uid"],
+        "uid-node-a"
     );
-    assert_eq!(entry["node"], NODE);
-    assert_eq!(entry["observedGeneration"], 1);
-    let class_id = entry["classId"].as_u64().expect("classId");
-    assert_eq!(entry["message"], format!("class {class_id} in force"));
-    let transition = entry["lastTransitionTime"].as_str().expect("time");
+    assert_eq!(report["spec"]["node"], NODE);
+    assert_eq!(report["spec"]["counts"], json!({"claims": 1, "failed": 0}));
+    assert_eq!(
+        report["spec"]["claims"],
+        json!([{"claim": "shop/catalogue", "generation": 1, "phase": "Applied"}])
+    );
+    // The stored report is valid against the generated CRD's schema.
+    let stored = api.call("GET", "/control/objects/qosnodereports", None);
+    let report_file = dir.0.join("report.json");
+    std::fs::write(&report_file, stored[0].to_string()).expect("writing the report");
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/crd/qosnodereports.yaml");
+    let checked = Command::new(test_python())
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/python/check_manifests.py"))
+        .args(["crd".as_ref(), crd.as_os_str(), report_file.as_os_str()])
+        .output()
+        .expect("running check_manifests.py");
+    let verdicts: Value = serde_json::from_slice(&checked.stdout).expect("JSON verdicts");
+    assert_eq!(
+        verdicts
+            .as_object()
+            .map(|v| v.values().cloned().collect::<Vec<_>>()),
+        Some(vec![json!("ok")]),
+        "{verdicts}"
+    );
+
+    // The daemon took the status Lease and wrote the claim's aggregate.
+    wait_for(&mut daemon, "the claim's aggregate status", || {
+        claim_status(&api)["nodesApplied"] == 1
+    });
+    let status = claim_status(&api);
+    assert_eq!(status["observedGeneration"], 1);
+    assert_eq!(status["nodesReporting"], 1);
+    assert_eq!(status["nodesFailed"], 0);
+    let ready = &status["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"]),
+        (&json!("Ready"), &json!("True"))
+    );
+    assert_eq!(ready["message"], "1 of 1 nodes enforce generation 1");
+    let leases = api.call("GET", "/control/objects/leases", None);
+    assert_eq!(leases[0]["metadata"]["name"], "pisa-status");
+    assert_eq!(leases[0]["metadata"]["namespace"], "pisa-system");
+    assert_eq!(leases[0]["spec"]["holderIdentity"], NODE);
+    assert_eq!(leases[0]["spec"]["leaseDurationSeconds"], 15);
+    let merges: Vec<Value> = api
+        .patches()
+        .into_iter()
+        .filter(|p| p["contentType"] == "application/merge-patch+json")
+        .collect();
     assert!(
-        transition.len() == 20 && transition.ends_with('Z'),
-        "{transition}"
+        merges.iter().all(|p| p["path"]
+            == "/apis/core.database-mesh.io/v1alpha1/namespaces/shop/qosclaims/catalogue/status"),
+        "{merges:?}"
     );
     // Once the foreign qdisc is gone, the resync attaches that Pod too.
     sh("tc", &["qdisc", "del", "dev", &foreign.host, "root"]);
@@ -312,11 +364,12 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     });
 
     // The server's echo of the status (a MODIFIED claim) must not start a
-    // write loop: nothing changed, so nothing more is written.
+    // write loop: nothing changed, so neither the node nor the aggregator
+    // writes again, through a Lease renewal (every 5 s) too.
     let written = api.patches().len();
     assert_holds_for(
-        "no status write after the server's echo",
-        Duration::from_millis(1500),
+        "no report or status write after the server's echo",
+        Duration::from_millis(6000),
         || api.patches().len() == written,
     );
 
@@ -370,6 +423,56 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
         Duration::from_secs(10),
     );
 
+    // A bad spec (generation 2: rate above ceil) is reported as rejected
+    // by the restarted daemon, which renews the Lease it held; the
+    // aggregate counts the node as failed and names it.
+    let mut bad = claim(&server_ip);
+    bad["spec"]["trafficQoS"]["qos_group"]["rate"] = json!("20mbit");
+    api.put("qosclaims", "catalogue", bad);
+    wait_for(&mut daemon, "generation 2 rejected on the node", || {
+        let status = claim_status(&api);
+        status["observedGeneration"] == 2 && status["nodesFailed"] == 1
+    });
+    let status = claim_status(&api);
+    assert_eq!(status["nodesApplied"], 0);
+    assert_eq!(status["conditions"][0]["reason"], "NodesFailed");
+    let degraded = &status["conditions"][1];
+    assert_eq!(
+        (&degraded["type"], &degraded["status"]),
+        (&json!("Degraded"), &json!("True"))
+    );
+    assert!(
+        degraded["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("rejected on node-a: ")),
+        "{degraded}"
+    );
+    let reports = api.call("GET", "/control/objects/qosnodereports", None);
+    let entry = &reports[0]["spec"]["claims"][0];
+    assert_eq!(
+        (&entry["phase"], &entry["generation"]),
+        (&json!("Invalid"), &json!(2))
+    );
+    assert!(
+        entry["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("ceil")),
+        "{entry}"
+    );
+    // Fixed (generation 3): applied again, Ready again.
+    let mut fixed = claim(&server_ip);
+    fixed["spec"]["trafficQoS"]["qos_group"]["rate"] = json!("20mbit");
+    fixed["spec"]["trafficQoS"]["qos_group"]["ceil"] = json!("40mbit");
+    api.put("qosclaims", "catalogue", fixed);
+    wait_for(&mut daemon, "generation 3 applied on the node", || {
+        let status = claim_status(&api);
+        status["observedGeneration"] == 3 && status["nodesApplied"] == 1
+    });
+    assert_eq!(claim_status(&api)["conditions"][0]["status"], "True");
+    let leases = api.call("GET", "/control/objects/leases", None);
+    assert_eq!(leases[0]["spec"]["holderIdentity"], NODE);
+    assert_eq!(leases[0]["spec"]["leaseTransitions"], 0);
+
     // The claim goes: its class goes from the kernel.
     api.delete("qosclaims", "catalogue");
     wait_for(&mut daemon, "the class removed", || {
@@ -378,6 +481,15 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
             .unwrap_or(false)
     });
     daemon.signal_and_wait(libc::SIGTERM, Duration::from_secs(10));
+}
+
+/// The stored claim `catalogue`'s status.
+fn claim_status(api: &FakeApi) -> Value {
+    api.call("GET", "/control/objects/qosclaims", None)
+        .as_array()
+        .and_then(|claims| claims.iter().find(|c| c["metadata"]["name"] == "catalogue"))
+        .map(|c| c["status"].clone())
+        .unwrap_or(Value::Null)
 }
 
 fn labelled_pod(node: &str, ip: &str, app: &str) -> Value {

@@ -9,8 +9,13 @@ the API the daemon uses, the way the real server does:
   Namespaces (cluster-scoped; PUT them under any namespace segment),
   VirtualDatabases and Pods, cluster-wide or per namespace;
 - server-side apply of `qosclaims/{name}/status`, merging `status.nodes`
-  as the list-map keyed by `node` the CRD declares, and echoing the change
-  to watchers as MODIFIED, like the real server.
+  as the list-map keyed by `node` the CRD declares, and JSON merge patches
+  (RFC 7386) of it, echoing the change to watchers as MODIFIED, like the
+  real server;
+- server-side apply of `qosnodereports/{name}` (create or update), and
+  LIST/WATCH of them;
+- GET of a Node; GET, POST (409 AlreadyExists) and PUT (409 Conflict on a
+  stale resourceVersion) of `coordination.k8s.io` Leases.
 
 The test drives it through `/control/...`:
   PUT    /control/{plural}/{namespace}/{name}   create or replace an object
@@ -18,7 +23,7 @@ The test drives it through `/control/...`:
   GET    /control/requests                      every API request seen
   GET    /control/patches                       every status apply seen
   GET    /control/objects/{plural}              the stored objects
-  PUT    /control/fail-status  {"count": N}      fail the next N status applies
+  PUT    /control/fail-reports {"count": N}      fail the next N report applies
                                                 with 500, as an overloaded server
 
 Usage: fake_apiserver.py  (prints the port it listens on, then serves)
@@ -39,15 +44,27 @@ KINDS = {
     "namespaces": ("v1", "Namespace"),
     "qosclaims": (GROUP, "QoSClaim"),
     "virtualdatabases": (GROUP, "VirtualDatabase"),
+    "qosnodereports": (GROUP, "QoSNodeReport"),
+    "nodes": ("v1", "Node"),
+    "leases": ("coordination.k8s.io/v1", "Lease"),
 }
+CLUSTER_SCOPED = ("namespaces", "nodes")
 COLLECTION = re.compile(
     r"^/(?:api/v1|apis/core\.database-mesh\.io/v1alpha1)"
-    r"(?:(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>pods|qosclaims|virtualdatabases)"
+    r"(?:(?:/namespaces/(?P<ns>[^/]+))?/(?P<plural>pods|qosclaims|virtualdatabases|qosnodereports)"
     r"|/(?P<cluster>namespaces))$"
 )
 STATUS = re.compile(
     r"^/apis/core\.database-mesh\.io/v1alpha1/namespaces/(?P<ns>[^/]+)"
     r"/qosclaims/(?P<name>[^/]+)/status$"
+)
+REPORT = re.compile(
+    r"^/apis/core\.database-mesh\.io/v1alpha1/namespaces/(?P<ns>[^/]+)"
+    r"/qosnodereports/(?P<name>[^/]+)$"
+)
+NODE = re.compile(r"^/api/v1/nodes/(?P<name>[^/]+)$")
+LEASES = re.compile(
+    r"^/apis/coordination\.k8s\.io/v1/namespaces/(?P<ns>[^/]+)/leases(?:/(?P<name>[^/]+))?$"
 )
 CONTROL = re.compile(r"^/control/(?P<plural>[a-z]+)/(?P<ns>[^/]+)/(?P<name>[^/]+)$")
 
@@ -60,7 +77,7 @@ class Store:
         self.events = []  # (resourceVersion, plural, type, object)
         self.requests = []
         self.patches = []
-        self.failing_status_applies = 0
+        self.failing_report_applies = 0
 
     def put(self, plural, ns, name, obj, kind=None):
         with self.lock:
@@ -72,7 +89,7 @@ class Store:
             obj["kind"] = type_name
             meta = obj.setdefault("metadata", {})
             meta.update(name=name, resourceVersion=str(self.version))
-            if plural != "namespaces":  # cluster-scoped: no namespace
+            if plural not in CLUSTER_SCOPED:
                 meta["namespace"] = ns
             meta.setdefault("uid", f"uid-{plural}-{ns}-{name}")
             meta.setdefault("creationTimestamp", "2026-11-21T04:00:00Z")
@@ -102,6 +119,19 @@ class Store:
 
 
 STORE = Store()
+
+
+def merge_patch(target, patch):
+    """RFC 7386: objects merge key by key, null removes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
 
 
 def selector_matches(selector, obj):
@@ -172,6 +202,25 @@ class Handler(BaseHTTPRequestHandler):
             with STORE.lock:
                 return self.reply(200, list(STORE.objects[plural].values()))
         self.record(url)
+        single = NODE.match(url.path) or LEASES.match(url.path)
+        if single and (NODE.match(url.path) or single["name"]):
+            plural = "nodes" if NODE.match(url.path) else "leases"
+            ns = "" if plural == "nodes" else single["ns"]
+            with STORE.lock:
+                obj = next(
+                    (
+                        o
+                        for (n, name), o in STORE.objects[plural].items()
+                        if name == single["name"] and (plural == "nodes" or n == ns)
+                    ),
+                    None,
+                )
+            if obj is None:
+                return self.reply(
+                    404,
+                    status_body(404, "NotFound", f'{plural} "{single["name"]}" not found'),
+                )
+            return self.reply(200, obj)
         match = COLLECTION.match(url.path)
         if not match:
             return self.reply(404, status_body(404, "NotFound", f"no route {url.path}"))
@@ -230,19 +279,54 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self):
         url = urllib.parse.urlsplit(self.path)
         self.record(url)
+        report = REPORT.match(url.path)
+        if report:
+            return self.apply_report(url, report["ns"], report["name"])
         match = STATUS.match(url.path)
         if not match:
             return self.reply(404, status_body(404, "NotFound", f"no route {url.path}"))
         ns, name = match["ns"], match["name"]
         body = self.body()
+        content_type = self.headers.get("Content-Type")
         with STORE.lock:
-            failing = STORE.failing_status_applies > 0
-            STORE.failing_status_applies -= int(failing)
             STORE.patches.append(
                 {
                     "path": url.path,
                     "query": url.query,
-                    "contentType": self.headers.get("Content-Type"),
+                    "contentType": content_type,
+                    "body": body,
+                    "code": 200,
+                }
+            )
+            obj = STORE.objects["qosclaims"].get((ns, name))
+            if obj is None:
+                return self.reply(
+                    404,
+                    status_body(404, "NotFound", f'qosclaims "{name}" not found'),
+                )
+            obj = copy.deepcopy(obj)
+            if content_type == "application/merge-patch+json":
+                obj["status"] = merge_patch(obj.get("status", {}), body.get("status", {}))
+            else:
+                entries = obj.setdefault("status", {}).setdefault("nodes", [])
+                for entry in body.get("status", {}).get("nodes", []):
+                    entries[:] = [e for e in entries if e.get("node") != entry.get("node")]
+                    entries.append(entry)
+                entries.sort(key=lambda e: e.get("node", ""))
+            stored = STORE.put("qosclaims", ns, name, obj, kind="MODIFIED")
+        self.reply(200, stored)
+
+    def apply_report(self, url, ns, name):
+        body = self.body()
+        content_type = self.headers.get("Content-Type")
+        with STORE.lock:
+            failing = STORE.failing_report_applies > 0
+            STORE.failing_report_applies -= int(failing)
+            STORE.patches.append(
+                {
+                    "path": url.path,
+                    "query": url.query,
+                    "contentType": content_type,
                     "body": body,
                     "code": 500 if failing else 200,
                 }
@@ -251,31 +335,70 @@ class Handler(BaseHTTPRequestHandler):
                 return self.reply(
                     500, status_body(500, "InternalError", "injected failure")
                 )
-            obj = STORE.objects["qosclaims"].get((ns, name))
-            if obj is None:
+            if content_type != "application/apply-patch+yaml":
                 return self.reply(
-                    404,
-                    status_body(404, "NotFound", f'qosclaims "{name}" not found'),
+                    415, status_body(415, "UnsupportedMediaType", content_type)
                 )
-            obj = copy.deepcopy(obj)
-            entries = obj.setdefault("status", {}).setdefault("nodes", [])
-            for entry in body.get("status", {}).get("nodes", []):
-                entries[:] = [e for e in entries if e.get("node") != entry.get("node")]
-                entries.append(entry)
-            entries.sort(key=lambda e: e.get("node", ""))
-            stored = STORE.put("qosclaims", ns, name, obj, kind="MODIFIED")
+            old = STORE.objects["qosnodereports"].get((ns, name), {})
+            obj = copy.deepcopy(old)
+            obj.setdefault("metadata", {}).update(body.get("metadata", {}))
+            obj["spec"] = body.get("spec", {})
+            stored = STORE.put("qosnodereports", ns, name, obj)
         self.reply(200, stored)
 
+    def do_POST(self):
+        url = urllib.parse.urlsplit(self.path)
+        self.record(url)
+        match = LEASES.match(url.path)
+        if not match or match["name"]:
+            return self.reply(404, status_body(404, "NotFound", f"no route {url.path}"))
+        body = self.body()
+        name = body["metadata"]["name"]
+        with STORE.lock:
+            if (match["ns"], name) in STORE.objects["leases"]:
+                return self.reply(
+                    409,
+                    status_body(409, "AlreadyExists", f'leases "{name}" already exists'),
+                )
+            stored = STORE.put("leases", match["ns"], name, body)
+        self.reply(201, stored)
+
     def do_PUT(self):
-        if urllib.parse.urlsplit(self.path).path == "/control/fail-status":
+        lease = LEASES.match(urllib.parse.urlsplit(self.path).path)
+        if lease and lease["name"]:
+            return self.replace_lease(lease["ns"], lease["name"])
+        if urllib.parse.urlsplit(self.path).path == "/control/fail-reports":
             with STORE.lock:
-                STORE.failing_status_applies = int(self.body()["count"])
+                STORE.failing_report_applies = int(self.body()["count"])
             return self.reply(200, {})
         match = CONTROL.match(urllib.parse.urlsplit(self.path).path)
         if not match or match["plural"] not in KINDS:
             return self.reply(404, status_body(404, "NotFound", self.path))
         obj = STORE.put(match["plural"], match["ns"], match["name"], self.body())
         self.reply(200, obj)
+
+    def replace_lease(self, ns, name):
+        self.record(urllib.parse.urlsplit(self.path))
+        body = self.body()
+        with STORE.lock:
+            old = STORE.objects["leases"].get((ns, name))
+            if old is None:
+                return self.reply(
+                    404, status_body(404, "NotFound", f'leases "{name}" not found')
+                )
+            sent = body.get("metadata", {}).get("resourceVersion")
+            if sent != old["metadata"]["resourceVersion"]:
+                return self.reply(
+                    409,
+                    status_body(
+                        409,
+                        "Conflict",
+                        f'Operation cannot be fulfilled on leases "{name}": '
+                        "the object has been modified",
+                    ),
+                )
+            stored = STORE.put("leases", ns, name, body)
+        self.reply(200, stored)
 
     def do_DELETE(self):
         match = CONTROL.match(urllib.parse.urlsplit(self.path).path)

@@ -13,7 +13,7 @@ use crate::{
     identity::IdentityStats,
     kernel::{Dataplane, KernelError},
     plan::{self, Plan},
-    spec::{check, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
+    spec::{check, key_of, ClaimKey, ClaimStatus, Limits, Phase, SourceSnapshot, ValidClaim},
     tags::{TagTable, DEFAULT_TAGS},
 };
 
@@ -81,6 +81,7 @@ impl<D: Dataplane> Agent<D> {
 
         let mut effective = validated.valid.clone();
         let mut statuses = BTreeMap::new();
+        let invalid_generations = generations_of(sources, &validated.invalid);
         for (key, errors) in &validated.invalid {
             let kept = self.effective.get(key).cloned();
             let mut message = errors
@@ -92,7 +93,9 @@ impl<D: Dataplane> Agent<D> {
                 message.push_str("; the last good version stays in force");
                 effective.insert(key.clone(), kept);
             }
-            statuses.insert(key.clone(), status(key, Phase::Invalid, message, None));
+            let mut invalid = status(key, Phase::Invalid, message, None);
+            invalid.observed_generation = invalid_generations.get(key).copied().flatten();
+            statuses.insert(key.clone(), invalid);
         }
         // A source we could not read keeps what it had.
         for (key, claim) in &self.effective {
@@ -232,6 +235,26 @@ impl<D: Dataplane> Agent<D> {
         self.ready = true;
         Ok(count)
     }
+}
+
+/// The metadata.generation of each rejected claim that parsed, so its
+/// status says which generation was rejected (the status aggregator counts
+/// a node as failed only for the claim's current generation).
+fn generations_of<T>(
+    sources: &[SourceSnapshot],
+    invalid: &BTreeMap<ClaimKey, T>,
+) -> BTreeMap<ClaimKey, Option<i64>> {
+    if invalid.is_empty() {
+        return BTreeMap::new();
+    }
+    sources
+        .iter()
+        .filter_map(|source| source.documents.as_ref().ok())
+        .flatten()
+        .filter_map(|document| document.result.as_ref().ok())
+        .map(|claim| (key_of(claim), claim.metadata.generation))
+        .filter(|(key, _)| invalid.contains_key(key))
+        .collect()
 }
 
 fn status(

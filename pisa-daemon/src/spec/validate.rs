@@ -183,7 +183,8 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
     out
 }
 
-fn key_of(claim: &QoSClaim) -> ClaimKey {
+/// The claim's `namespace/name` (`default` when it names no namespace).
+pub fn key_of(claim: &QoSClaim) -> ClaimKey {
     ClaimKey::new(
         claim
             .metadata

@@ -44,6 +44,9 @@ pub fn step(holder: Option<&str>, me: &str, unchanged_for: Duration, duration: D
     }
 }
 
+/// What identifies one renewal of a Lease: its holder and renew time.
+type Record = (Option<String>, Option<MicroTime>);
+
 /// One candidate for one Lease.
 pub struct LeaderLease {
     api: Api<Lease>,
@@ -51,7 +54,7 @@ pub struct LeaderLease {
     identity: String,
     /// The record (holder, renew time) last seen, and when it was first
     /// seen by this candidate's clock.
-    observed: Option<((Option<String>, Option<MicroTime>), Instant)>,
+    observed: Option<(Record, Instant)>,
     duration: Duration,
     leading: bool,
 }
