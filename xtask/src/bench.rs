@@ -1,4 +1,4 @@
-//! `cargo xtask bench [dataplane|agent|api|db|all] [-- ARGS]`: runs the benchmark binaries
+//! `cargo xtask bench [dataplane|agent|api|db|status|all] [-- ARGS]`: runs the benchmark binaries
 //! (release build, root) and records their Markdown output in
 //! `docs/benchmarks.md`, one section per benchmark, with the date and the
 //! machine. Figures are measured in the run, never edited by hand.
@@ -12,9 +12,11 @@ pub fn run(which: &str, args: &[String]) -> Result<()> {
         bail!("benchmarks attach programs and build namespaces: run them as root");
     }
     let names: Vec<&str> = match which {
-        "all" => vec!["dataplane", "agent", "api", "db"],
-        "dataplane" | "agent" | "api" | "db" => vec![which],
-        other => bail!("unknown benchmark `{other}`; valid: dataplane, agent, api, db, all"),
+        "all" => vec!["dataplane", "agent", "api", "db", "status"],
+        "dataplane" | "agent" | "api" | "db" | "status" => vec![which],
+        other => {
+            bail!("unknown benchmark `{other}`; valid: dataplane, agent, api, db, status, all")
+        }
     };
     // The database bench needs PostgreSQL; every bench needs the toolchain.
     crate::setup::run_setup_steps()?;

@@ -46,7 +46,7 @@ enum Task {
     Codegen,
     /// Run benchmarks and record them in docs/benchmarks.md.
     Bench {
-        /// dataplane, agent, api, db, or all.
+        /// dataplane, agent, api, db, status, or all.
         #[arg(default_value = "all")]
         which: String,
         /// Passed to the benchmark, e.g. `db -- --link-rate 1gbit`.
