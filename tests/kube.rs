@@ -473,6 +473,10 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     assert_eq!(leases[0]["spec"]["holderIdentity"], NODE);
     assert_eq!(leases[0]["spec"]["leaseTransitions"], 0);
 
+    // Everything the daemon asked of the API server, the shipped RBAC
+    // allows (its reports and Lease in pisa-system, by the Role).
+    assert_rbac_allows_every_request(&api);
+
     // The claim goes: its class goes from the kernel.
     api.delete("qosclaims", "catalogue");
     wait_for(&mut daemon, "the class removed", || {
@@ -602,4 +606,108 @@ fn a_pod_selector_shapes_the_selected_client_pods_and_follows_their_labels() {
         let text = std::fs::read_to_string(dir.0.join("state.json")).unwrap_or_default();
         text.contains("0 client prefix(es)")
     });
+    // The cluster-wide Pod and Namespace watches are allowed too.
+    assert_rbac_allows_every_request(&api);
+}
+
+/// One API request as RBAC sees it.
+#[derive(Debug)]
+struct Access {
+    group: String,
+    resource: String,
+    namespace: Option<String>,
+    name: Option<String>,
+    verb: &'static str,
+}
+
+/// Reads a request the stand-in recorded (`/api/v1/...` or
+/// `/apis/GROUP/VERSION/...`) as RBAC attributes.
+fn access(method: &str, path: &str, query: &str) -> Access {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match segments.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => panic!("not an API path: {path}"),
+    };
+    let (namespace, rest) = match rest {
+        ["namespaces", ns, rest @ ..] if !rest.is_empty() => (Some(ns.to_string()), rest),
+        rest => (None, rest),
+    };
+    let (resource, name) = match rest {
+        [resource] => (resource.to_string(), None),
+        [resource, name] => (resource.to_string(), Some(name.to_string())),
+        [resource, name, sub] => (format!("{resource}/{sub}"), Some(name.to_string())),
+        _ => panic!("unexpected API path: {path}"),
+    };
+    let verb = match (method, name.is_some()) {
+        ("GET", _) if query.contains("watch=true") => "watch",
+        ("GET", true) => "get",
+        ("GET", false) => "list",
+        ("PATCH", _) => "patch",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        (other, _) => panic!("unexpected method {other}"),
+    };
+    Access {
+        group: group.to_owned(),
+        resource,
+        namespace,
+        name,
+        verb,
+    }
+}
+
+/// Whether a rule of `manifests/rbac.yaml` allows `access`: a ClusterRole's
+/// everywhere, a Role's in its namespace only.
+fn rbac_allows(rbac: &[Value], access: &Access) -> bool {
+    let has = |list: &Value, item: &str| {
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|v| v == item || v == "*"))
+    };
+    rbac.iter()
+        .filter(|doc| match doc["kind"].as_str() {
+            Some("ClusterRole") => true,
+            Some("Role") => access.namespace.as_deref() == doc["metadata"]["namespace"].as_str(),
+            _ => false,
+        })
+        .flat_map(|role| role["rules"].as_array().cloned().unwrap_or_default())
+        .any(|rule| {
+            has(&rule["apiGroups"], &access.group)
+                && has(&rule["resources"], &access.resource)
+                && has(&rule["verbs"], access.verb)
+                && (rule["resourceNames"].is_null()
+                    || access
+                        .name
+                        .as_deref()
+                        .is_some_and(|n| has(&rule["resourceNames"], n)))
+        })
+}
+
+/// Every request the daemon made must be allowed by the shipped RBAC (so
+/// the least-privilege manifests are also enough), and the test fails on
+/// the first one that is not.
+fn assert_rbac_allows_every_request(api: &FakeApi) {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rbac.yaml"),
+    )
+    .expect("manifests/rbac.yaml");
+    let rbac: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("an RBAC object"))
+        .collect();
+    let requests = api.call("GET", "/control/requests", None);
+    let requests = requests.as_array().expect("requests");
+    assert!(!requests.is_empty());
+    for request in requests {
+        let (method, path, query) = (
+            request["method"].as_str().unwrap_or_default(),
+            request["path"].as_str().unwrap_or_default(),
+            request["query"].as_str().unwrap_or_default(),
+        );
+        let access = access(method, path, query);
+        assert!(
+            rbac_allows(&rbac, &access),
+            "manifests/rbac.yaml does not allow {method} {path}?{query}: {access:?}"
+        );
+    }
 }
