@@ -20,3 +20,4 @@ mod manifests;
 mod observability;
 mod program;
 mod shaping;
+mod status_election;

@@ -54,6 +54,7 @@ pub struct Aggregator {
     /// brought its own write back yet.
     written: BTreeMap<ClaimKey, QoSClaimStatus>,
     last_renewal: Option<Instant>,
+    renew_every: Duration,
     settle: Duration,
 }
 
@@ -73,13 +74,16 @@ impl Aggregator {
             reports_changed: Arc::new(Notify::new()),
             written: BTreeMap::new(),
             last_renewal: None,
+            renew_every: RENEW_EVERY,
             settle: AGGREGATE_SETTLE,
         }
     }
 
-    /// A shorter lease and settle period, for tests and the simulation.
+    /// A shorter lease (renewed three times in its duration, as the
+    /// default 15 s one is every 5 s) and settle period, for tests.
     pub fn with_timing(mut self, lease: Duration, settle: Duration) -> Self {
         self.lease = self.lease.with_duration(lease);
+        self.renew_every = lease / 3;
         self.settle = settle;
         self
     }
@@ -100,7 +104,7 @@ impl Aggregator {
             }
             tokio::select! {
                 () = self.reports_changed.notified() => tokio::time::sleep(self.settle).await,
-                () = tokio::time::sleep(RENEW_EVERY) => {}
+                () = tokio::time::sleep(self.renew_every) => {}
             }
         }
     }
@@ -110,7 +114,7 @@ impl Aggregator {
     pub async fn renew_if_due(&mut self) {
         if self
             .last_renewal
-            .is_some_and(|at| at.elapsed() < RENEW_EVERY.min(self.settle * 5))
+            .is_some_and(|at| at.elapsed() < self.renew_every)
         {
             return;
         }
