@@ -12,7 +12,7 @@
 //! network file system whose remote writes inotify never sees).
 
 use std::{
-    collections::hash_map::DefaultHasher,
+    collections::{hash_map::DefaultHasher, HashMap},
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
     time::Duration,
@@ -22,7 +22,7 @@ use inotify::{EventStream, Inotify, WatchMask};
 use tokio_stream::StreamExt;
 
 use super::ClaimSource;
-use crate::spec::{load_documents, Checked, Limits, SourceSnapshot};
+use crate::spec::{load_documents, Checked, DocumentCache, Limits, SourceSnapshot};
 
 /// After an event, how long the directory must stay quiet before the
 /// fingerprint is taken (an editor writes in several steps), and the
@@ -72,6 +72,8 @@ pub struct FileSource {
     /// The directory `watch` watches: a claims directory that did not exist
     /// yet is watched through its parent until it does.
     watching: PathBuf,
+    /// Each file's parsed documents, so a reload parses only what changed.
+    caches: HashMap<String, DocumentCache>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -93,6 +95,7 @@ impl FileSource {
             fingerprint,
             watch: None,
             watching: PathBuf::new(),
+            caches: HashMap::new(),
         }
     }
 
@@ -173,7 +176,17 @@ impl FileSource {
 
 impl ClaimSource for FileSource {
     fn read(&mut self) -> Result<Option<Vec<SourceSnapshot>>, SourceError> {
-        read(&self.path).map(Some)
+        let mut caches = std::mem::take(&mut self.caches);
+        let mut kept = HashMap::new();
+        let snapshots = read_with(&self.path, |name, text| {
+            let mut cache = caches.remove(name).unwrap_or_default();
+            let documents = cache.load(name, text);
+            kept.insert(name.to_owned(), cache);
+            documents
+        })?;
+        // Files gone since the last read take their caches with them.
+        self.caches = kept;
+        Ok(Some(snapshots))
     }
 
     async fn changed(&mut self) {
@@ -241,6 +254,15 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
 
 /// Reads every source file under `path`.
 pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
+    read_with(path, load_documents)
+}
+
+/// Reads every source file under `path`, turning each file's text into
+/// documents with `load(name, text)`.
+fn read_with(
+    path: &Path,
+    mut load: impl FnMut(&str, &str) -> Result<Vec<crate::spec::Document>, crate::spec::ClaimError>,
+) -> Result<Vec<SourceSnapshot>, SourceError> {
     let mut snapshots = Vec::new();
     for file in files(path)? {
         let text = std::fs::read_to_string(&file).map_err(|source| SourceError::Read {
@@ -252,7 +274,7 @@ pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| file.display().to_string());
         snapshots.push(SourceSnapshot {
-            documents: load_documents(&name, &text),
+            documents: load(&name, &text),
             name,
         });
     }

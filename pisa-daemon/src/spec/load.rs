@@ -3,6 +3,8 @@
 //! still be read, attributed to its claim, so that claim keeps its last
 //! good state instead of vanishing.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 
 use super::{ClaimError, ClaimKey, QoSClaim, API_VERSION, KIND};
@@ -12,7 +14,10 @@ use super::{ClaimError, ClaimKey, QoSClaim, API_VERSION, KIND};
 pub struct Document {
     /// `file.yaml#2`: where the document came from (1-based).
     pub origin: String,
-    pub result: Result<QoSClaim, ClaimError>,
+    /// Shared: an unchanged document is handed out again by the document
+    /// cache without copying the claim, and the agent tells unchanged
+    /// documents from changed ones by pointer before comparing values.
+    pub result: Result<Arc<QoSClaim>, ClaimError>,
 }
 
 /// Splits `text` into documents and parses each as a QoSClaim. Returns
@@ -37,13 +42,13 @@ pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimEr
         if value.is_null() {
             continue; // an empty document, e.g. a trailing `---`
         }
-        let result = parse_claim(&origin, value);
+        let result = parse_claim(&origin, value).map(Arc::new);
         documents.push(Document { origin, result });
     }
     Ok(documents)
 }
 
-fn parse_claim(origin: &str, value: serde_norway::Value) -> Result<QoSClaim, ClaimError> {
+pub(super) fn parse_claim(origin: &str, value: serde_norway::Value) -> Result<QoSClaim, ClaimError> {
     let claim = key_of(&value);
     let error = |field: &str, value: &str, reason: String| ClaimError {
         origin: origin.to_owned(),

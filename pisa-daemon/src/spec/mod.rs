@@ -4,6 +4,7 @@
 
 mod batch;
 mod claim;
+mod doc_cache;
 mod load;
 mod overlap;
 mod report;
@@ -14,6 +15,7 @@ mod validate;
 
 pub use batch::{check, Checked};
 pub use claim::*;
+pub use doc_cache::DocumentCache;
 pub use load::{load_documents, Document};
 pub use overlap::overlaps;
 pub use report::{QoSNodeReportResource, QoSNodeReportSpec, ReportCounts, ReportedClaim};

@@ -27,7 +27,7 @@ pub fn resolve_clients(
         .collect();
     for document in documents.iter_mut() {
         if let Ok(claim) = &mut document.result {
-            resolve_claim(claim, pods, &namespace_labels);
+            resolve_claim(Arc::make_mut(claim), pods, &namespace_labels);
         }
     }
 }

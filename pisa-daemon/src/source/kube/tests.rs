@@ -125,7 +125,7 @@ fn rates(source: &KubeSource) -> BTreeMap<String, String> {
                 .result
                 .clone()
                 .expect("valid claim");
-            (doc.metadata.name, doc.spec.traffic_qos.qos_group.rate)
+            (doc.metadata.name.clone(), doc.spec.traffic_qos.qos_group.rate.clone())
         })
         .collect()
 }

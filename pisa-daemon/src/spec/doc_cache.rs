@@ -1,0 +1,253 @@
+//! Loading a claims file again without parsing it again. A 10,000-claim
+//! file takes about 150 ms to parse whole, and an edit usually changes one
+//! document of it; so the file is cut into its documents as text (cheap),
+//! and only a document whose text is new is parsed.
+//!
+//! The result is the same as `load_documents` on the whole text, by
+//! construction: the text is cut only where YAML itself ends a document (a
+//! `---` line at column 0 ends any node, even inside a block or quoted
+//! scalar), each piece is parsed exactly as the stream parser would parse
+//! it, and anything the cut does not handle (directives, `...` markers, a
+//! piece that is not exactly one document, malformed YAML whose error must
+//! carry the whole file's line numbers) is parsed whole instead.
+
+use std::{
+    collections::{hash_map::DefaultHasher, HashMap},
+    hash::{Hash, Hasher},
+    sync::Arc,
+};
+
+use serde::Deserialize;
+
+use super::{load::parse_claim, load_documents, ClaimError, Document};
+
+/// What a piece of text amounted to when it was parsed.
+#[derive(Clone, Debug)]
+enum Piece {
+    /// Comments or blank lines before the first `---`: no document.
+    Nothing,
+    /// A document that is empty (a trailing `---`): numbered, not a claim.
+    Empty,
+    Document(Document),
+}
+
+/// Parsed documents of one source by their text, kept from one load to
+/// the next. Only the pieces of the latest load are kept, so memory stays
+/// at one parse of the source.
+#[derive(Debug, Default)]
+pub struct DocumentCache {
+    pieces: HashMap<PieceKey, Piece>,
+    /// Pieces parsed by the last `load` (the rest came from the cache).
+    pub parsed_last: usize,
+}
+
+/// A piece is reused only at the same position (its number is part of
+/// its origin) with the same text (by length and a 64-bit SipHash: a
+/// collision between two pieces of one operator-written file is not a
+/// practical concern).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PieceKey {
+    number: usize,
+    len: usize,
+    hash: u64,
+}
+
+impl DocumentCache {
+    /// `load_documents(source, text)`, reusing what earlier loads parsed.
+    pub fn load(&mut self, source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
+        let Some(pieces) = split(text) else {
+            return self.whole(source, text);
+        };
+        let mut next = HashMap::with_capacity(pieces.len());
+        let mut documents = Vec::with_capacity(pieces.len());
+        let mut number = 0;
+        self.parsed_last = 0;
+        for (index, piece_text) in pieces.into_iter().enumerate() {
+            let mut hasher = DefaultHasher::new();
+            piece_text.hash(&mut hasher);
+            let key = PieceKey {
+                number,
+                len: piece_text.len(),
+                hash: hasher.finish(),
+            };
+            let piece = match self.pieces.remove(&key) {
+                Some(piece) => piece,
+                None => {
+                    self.parsed_last += 1;
+                    match parse_piece(source, number, piece_text, index == 0) {
+                        Some(piece) => piece,
+                        None => return self.whole(source, text),
+                    }
+                }
+            };
+            match &piece {
+                Piece::Nothing => {}
+                Piece::Empty => number += 1,
+                Piece::Document(document) => {
+                    number += 1;
+                    documents.push(document.clone());
+                }
+            }
+            next.insert(key, piece);
+        }
+        self.pieces = next;
+        Ok(documents)
+    }
+
+    /// The whole text through the stream parser; nothing is kept, so the
+    /// next load parses afresh.
+    fn whole(&mut self, source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
+        self.pieces.clear();
+        self.parsed_last = usize::MAX;
+        load_documents(source, text)
+    }
+}
+
+/// The text cut before each line that starts a document (`---` alone or
+/// followed by a space or tab). `None` where the cut would not match the
+/// stream parser: a directive (`%`) or a document end marker (`...`).
+fn split(text: &str) -> Option<Vec<&str>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('%') || marker(line, "...") {
+            return None;
+        }
+        if marker(line, "---") && offset > 0 {
+            pieces.push(&text[start..offset]);
+            start = offset;
+        }
+        offset += line.len();
+    }
+    pieces.push(&text[start..]);
+    Some(pieces)
+}
+
+fn marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// One piece parsed as the stream parser would, numbered `number` (0-based)
+/// among the source's documents. `None`: the piece is not what the cut
+/// promised (exactly one document; none at most for the text before the
+/// first `---`), or it is malformed.
+fn parse_piece(source: &str, number: usize, text: &str, first: bool) -> Option<Piece> {
+    // The stream parser starts no document for leading comments; parsed
+    // alone, they would be an empty one.
+    let blank = text.lines().all(|line| {
+        let line = line.trim_start();
+        line.is_empty() || line.starts_with('#')
+    });
+    if first && blank {
+        return Some(Piece::Nothing);
+    }
+    let mut stream = serde_norway::Deserializer::from_str(text);
+    let deserializer = stream.next()?;
+    let value = serde_norway::Value::deserialize(deserializer).ok()?;
+    if stream.next().is_some() {
+        return None;
+    }
+    if value.is_null() {
+        return Some(Piece::Empty);
+    }
+    let origin = format!("{source}#{}", number + 1);
+    let result = parse_claim(&origin, value).map(Arc::new);
+    Some(Piece::Document(Document { origin, result }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cache's documents, as text, against the stream parser's.
+    fn same_as_whole(cache: &mut DocumentCache, text: &str) {
+        let cached = format!("{:?}", cache.load("c.yaml", text));
+        let whole = format!("{:?}", load_documents("c.yaml", text));
+        assert_eq!(cached, whole, "for {text:?}");
+    }
+
+    fn claim(name: &str, rate: &str) -> String {
+        format!(
+            "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\nmetadata: {{name: {name}}}\n\
+             spec:\n  trafficQoS:\n    name: {name}\n    qos_group: {{rate: {rate}}}\n"
+        )
+    }
+
+    #[test]
+    fn documents_match_the_stream_parser_for_every_shape_of_stream() {
+        let (a, b) = (claim("a", "1mbit"), claim("b", "2mbit"));
+        let texts = [
+            String::new(),
+            "\n\n".into(),
+            "# only a comment\n".into(),
+            a.clone(),
+            format!("---\n{a}"),
+            format!("# lead\n---\n{a}---\n{b}"),
+            format!("{a}---\n{b}---\n"),
+            format!("{a}---\n---\n{b}"),
+            format!("{a}--- # a comment after the marker\n{b}"),
+            format!("--- {{apiVersion: x}}\n{a}"),
+            format!("{a}---\n{b}...\n"),
+            format!("%YAML 1.2\n---\n{a}"),
+            format!("{a}---\nkey: [unclosed\n---\n{b}"),
+            format!("{a}---\n- a list\n"),
+            format!("{a}---\n{}", claim("a", "2mbit")),
+            format!("{a}---\n{}", claim("c", "fast")),
+            "metadata:\n  note: |\n    ---- not a marker\n    text\n".into(),
+            format!("{a}---\r\n{b}"),
+            format!("{a}----\n{b}"),
+            "a: |\n  x\n---\n  y\n".into(),
+            "a: \"quoted\n---\n  more\"\n".into(),
+        ];
+        for text in &texts {
+            same_as_whole(&mut DocumentCache::default(), text);
+        }
+        // Warm: every text loaded after every other.
+        let mut cache = DocumentCache::default();
+        for first in &texts {
+            for second in &texts {
+                cache.load("c.yaml", first).ok();
+                same_as_whole(&mut cache, second);
+            }
+        }
+    }
+
+    #[test]
+    fn an_edit_parses_only_the_document_it_changed() {
+        let text = |rate: &str| -> String {
+            (0..100)
+                .map(|i| claim(&format!("c{i}"), if i == 50 { rate } else { "1mbit" }))
+                .collect::<Vec<_>>()
+                .join("---\n")
+        };
+        let mut cache = DocumentCache::default();
+        let first = cache.load("c.yaml", &text("1mbit")).unwrap();
+        assert_eq!(cache.parsed_last, 100);
+        let second = cache.load("c.yaml", &text("2mbit")).unwrap();
+        assert_eq!(cache.parsed_last, 1);
+        let unchanged = |i: usize| match (&first[i].result, &second[i].result) {
+            (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        assert!(unchanged(49) && unchanged(51) && !unchanged(50));
+        same_as_whole(&mut cache, &text("3mbit"));
+    }
+
+    #[test]
+    fn a_malformed_document_gives_the_whole_files_error_and_forgets_the_rest() {
+        let mut cache = DocumentCache::default();
+        let good = format!("{}---\n{}", claim("a", "1mbit"), claim("b", "1mbit"));
+        cache.load("c.yaml", &good).unwrap();
+        let broken = format!("{}---\nkey: [unclosed\n", claim("a", "1mbit"));
+        let error = cache.load("c.yaml", &broken).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            load_documents("c.yaml", &broken).unwrap_err().to_string()
+        );
+        assert!(error.to_string().contains("line"), "{error}");
+        cache.load("c.yaml", &good).unwrap();
+        assert_eq!(cache.parsed_last, 2, "nothing was kept from before the error");
+    }
+}
