@@ -128,24 +128,11 @@ pub fn plan(claims: &BTreeMap<ClaimKey, ValidClaim>, existing: &BTreeMap<u32, Cl
     };
     for (key, claim) in claims {
         let class_id = ids[key];
-        let burst = claim
-            .burst_bytes
-            .map(|b| b.min(u64::from(u32::MAX)) as u32)
-            .unwrap_or_else(|| default_burst(claim.rate_bytes));
         out.classes.insert(
             class_id,
             PlannedClass {
                 claim: key.clone(),
-                spec: ClassSpec {
-                    class_id,
-                    mode: claim.mode,
-                    rate_bytes: claim.rate_bytes,
-                    ceil_bytes: claim.ceil_bytes,
-                    burst_bytes: burst,
-                    priority: claim.priority.htb_prio(),
-                    horizon_ns: EDT_HORIZON_NS,
-                    claim_hash: key.hash(),
-                },
+                spec: class_spec(key, claim, class_id),
             },
         );
         if claim.is_plain() {
@@ -156,6 +143,24 @@ pub fn plan(claims: &BTreeMap<ClaimKey, ValidClaim>, existing: &BTreeMap<u32, Cl
     }
     share_rules(claims, &ids, &mut out);
     out
+}
+
+/// The class a claim gets under `class_id`.
+pub fn class_spec(key: &ClaimKey, claim: &ValidClaim, class_id: u32) -> ClassSpec {
+    let burst = claim
+        .burst_bytes
+        .map(|b| b.min(u64::from(u32::MAX)) as u32)
+        .unwrap_or_else(|| default_burst(claim.rate_bytes));
+    ClassSpec {
+        class_id,
+        mode: claim.mode,
+        rate_bytes: claim.rate_bytes,
+        ceil_bytes: claim.ceil_bytes,
+        burst_bytes: burst,
+        priority: claim.priority.htb_prio(),
+        horizon_ns: EDT_HORIZON_NS,
+        claim_hash: key.hash(),
+    }
 }
 
 /// Adds what claims with selectors need: their rules (flagged, pointing at

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{apply, converge, ApplyError, Op};
+use super::{apply, converge, edits::class_only_edits, ApplyError, Op};
 use crate::{
     identity::IdentityStats,
     kernel::{Dataplane, KernelError},
@@ -37,6 +37,18 @@ pub struct Agent<D: Dataplane> {
     /// What became of the connection starts SQL identity read.
     pub identity: IdentityStats,
     validity: (usize, usize),
+    /// Take the quick path for class-only edits (`edits`); off only in
+    /// tests that compare it with the full path.
+    pub quick_edits: bool,
+    /// Updates that took the quick path, since the start.
+    pub quick_updates: u64,
+    /// The sources of the last update, to tell what the next one changed.
+    last_sources: Vec<SourceSnapshot>,
+    /// Claims the last update edited on the quick path, for `reconcile`.
+    class_edits: Option<Vec<ClaimKey>>,
+    /// The kernel holds exactly `plan` on `ifaces`: the last reconcile
+    /// succeeded and nothing was attached or detached since.
+    in_sync: bool,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -54,6 +66,11 @@ impl<D: Dataplane> Agent<D> {
             tags: TagTable::new(DEFAULT_TAGS),
             identity: IdentityStats::default(),
             validity: (0, 0),
+            quick_edits: true,
+            quick_updates: 0,
+            last_sources: Vec::new(),
+            class_edits: None,
+            in_sync: false,
         }
     }
 
@@ -64,6 +81,41 @@ impl<D: Dataplane> Agent<D> {
 
     /// Takes the sources as read now and works out the claims in force.
     pub fn update(&mut self, sources: &[SourceSnapshot]) {
+        self.class_edits = None;
+        let edits = if self.quick_edits && self.in_sync {
+            class_only_edits(
+                &self.last_sources,
+                sources,
+                &self.effective,
+                &self.statuses,
+                self.limits,
+            )
+        } else {
+            None
+        };
+        self.last_sources = sources.to_vec();
+        match edits {
+            Some(edits) => self.take_class_edits(edits),
+            None => self.update_all(sources),
+        }
+    }
+
+    /// The quick path: the edited claims replace their versions in force;
+    /// everything else stands.
+    fn take_class_edits(&mut self, edits: Vec<ValidClaim>) {
+        self.quick_updates += 1;
+        let mut keys = Vec::with_capacity(edits.len());
+        for claim in edits {
+            if let Some(status) = self.statuses.get_mut(&claim.key) {
+                fill(status, &claim);
+            }
+            keys.push(claim.key.clone());
+            self.effective.insert(claim.key.clone(), claim);
+        }
+        self.class_edits = Some(keys);
+    }
+
+    fn update_all(&mut self, sources: &[SourceSnapshot]) {
         let checked = check(sources, self.limits);
         let broken: BTreeSet<&str> = checked
             .unreadable
@@ -154,6 +206,9 @@ impl<D: Dataplane> Agent<D> {
                 }
             }
         }
+        if self.ifaces != wanted {
+            self.in_sync = false;
+        }
         self.ifaces = wanted;
         left_out
     }
@@ -168,6 +223,7 @@ impl<D: Dataplane> Agent<D> {
             .difference(&attached)
             .map(|iface| Op::Attach(iface.clone()))
             .collect();
+        self.in_sync = false;
         apply(&mut self.dp, &ops)?;
         self.ready = true;
         Ok(ops.len())
@@ -176,6 +232,51 @@ impl<D: Dataplane> Agent<D> {
     /// Plans the effective claims and brings the kernel to that plan.
     /// Returns the number of operations it took.
     pub fn reconcile(&mut self) -> Result<usize, ApplyError> {
+        if let Some(keys) = self.class_edits.take() {
+            if self.in_sync {
+                if let Some(count) = self.reconcile_class_edits(&keys) {
+                    return Ok(count);
+                }
+            }
+        }
+        self.reconcile_all()
+    }
+
+    /// The quick path's kernel side: the edited classes changed in place.
+    /// `None` when that cannot be done (a class not in the plan, an
+    /// operation failed): then the full path runs, as it would have.
+    fn reconcile_class_edits(&mut self, keys: &[ClaimKey]) -> Option<usize> {
+        let mut ops = Vec::with_capacity(keys.len());
+        for key in keys {
+            let id = *self.plan.ids.get(key)?;
+            let claim = self.effective.get(key)?;
+            let spec = plan::class_spec(key, claim, id);
+            self.plan.classes.get_mut(&id)?.spec = spec;
+            if self.dp.classes().get(&id) != Some(&spec) {
+                ops.push(Op::PutClass(spec));
+            }
+        }
+        if let Err(error) = apply(&mut self.dp, &ops) {
+            tracing::debug!(%error, "quick class edit failed; reconciling every claim");
+            self.in_sync = false;
+            return None;
+        }
+        for key in keys {
+            if let Some(status) = self.statuses.get_mut(key) {
+                settle(
+                    status,
+                    key,
+                    &self.plan,
+                    &self.effective,
+                    &self.overlaps,
+                    None,
+                );
+            }
+        }
+        Some(ops.len())
+    }
+
+    fn reconcile_all(&mut self) -> Result<usize, ApplyError> {
         let plan = plan::plan(&self.effective, self.dp.classes());
         // A class whose claim goes away takes its tagged connections with
         // it, before the class itself goes. Tags that cannot be removed
@@ -186,54 +287,76 @@ impl<D: Dataplane> Agent<D> {
         }
         let result = converge(&mut self.dp, &plan, &self.ifaces);
         for (key, status) in self.statuses.iter_mut() {
-            let Some(id) = plan.ids.get(key) else {
-                continue;
-            };
-            status.class_id = Some(*id);
-            status.client_prefixes = plan.client_counts.get(key).copied().unwrap_or(0);
-            if let Some(claim) = self.effective.get(key) {
-                fill(status, claim);
-            }
-            if status.phase == Phase::Invalid {
-                continue;
-            }
-            match (&result, self.effective.get(key)) {
-                (Err(e), _) => {
-                    status.phase = Phase::Pending;
-                    status.message = format!("kernel update failed, retrying: {e}");
-                }
-                (Ok(_), Some(claim)) if claim.rules.is_empty() => {
-                    status.phase = Phase::Pending;
-                    status.message = format!(
-                        "class {id} is in place but matches no traffic: add \
-                         spec.trafficQoS.endpoints, or bind VirtualDatabase `{}`",
-                        claim.binding
-                    );
-                }
-                (Ok(_), claim) => {
-                    status.phase = Phase::Applied;
-                    // No interface count here: Pods coming and going would
-                    // otherwise rewrite every claim's status on every node.
-                    status.message = format!("class {id} in force");
-                    if let Some(claim) = claim {
-                        status
-                            .message
-                            .push_str(&selector_summary(claim, status.client_prefixes));
-                    }
-                    if let Some(overlaps) = self.overlaps.get(key) {
-                        for overlap in overlaps {
-                            status.message.push_str("; ");
-                            status.message.push_str(overlap);
-                        }
-                    }
-                }
-            }
+            settle(
+                status,
+                key,
+                &plan,
+                &self.effective,
+                &self.overlaps,
+                result.as_ref().err(),
+            );
         }
         self.identity.retain_claims(&plan.sql);
         self.plan = plan;
+        self.in_sync = result.is_ok();
         let count = result?;
         self.ready = true;
         Ok(count)
+    }
+}
+
+/// A claim's status after a reconcile that planned `plan` and ended with
+/// `failed` (or succeeded).
+fn settle(
+    status: &mut ClaimStatus,
+    key: &ClaimKey,
+    plan: &Plan,
+    effective: &BTreeMap<ClaimKey, ValidClaim>,
+    overlaps: &BTreeMap<ClaimKey, Vec<String>>,
+    failed: Option<&ApplyError>,
+) {
+    let Some(id) = plan.ids.get(key) else {
+        return;
+    };
+    status.class_id = Some(*id);
+    status.client_prefixes = plan.client_counts.get(key).copied().unwrap_or(0);
+    let claim = effective.get(key);
+    if let Some(claim) = claim {
+        fill(status, claim);
+    }
+    if status.phase == Phase::Invalid {
+        return;
+    }
+    match (failed, claim) {
+        (Some(e), _) => {
+            status.phase = Phase::Pending;
+            status.message = format!("kernel update failed, retrying: {e}");
+        }
+        (None, Some(claim)) if claim.rules.is_empty() => {
+            status.phase = Phase::Pending;
+            status.message = format!(
+                "class {id} is in place but matches no traffic: add \
+                 spec.trafficQoS.endpoints, or bind VirtualDatabase `{}`",
+                claim.binding
+            );
+        }
+        (None, claim) => {
+            status.phase = Phase::Applied;
+            // No interface count here: Pods coming and going would
+            // otherwise rewrite every claim's status on every node.
+            status.message = format!("class {id} in force");
+            if let Some(claim) = claim {
+                status
+                    .message
+                    .push_str(&selector_summary(claim, status.client_prefixes));
+            }
+            if let Some(overlaps) = overlaps.get(key) {
+                for overlap in overlaps {
+                    status.message.push_str("; ");
+                    status.message.push_str(overlap);
+                }
+            }
+        }
     }
 }
 
@@ -433,5 +556,144 @@ mod tests {
             "{}",
             st.message
         );
+    }
+
+    /// A claim with every knob the quick path may or may not take.
+    fn knobs(name: &str, rate: &str, ceil: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: core.database-mesh.io/v1alpha1\nkind: QoSClaim\nmetadata: {{name: {name}}}\n\
+             spec:\n  trafficQoS:\n    name: {name}\n    qos_group: {{rate: {rate}, ceil: {ceil}}}\n{extra}---\n"
+        )
+    }
+
+    /// One file's claims, edited step by step: (the file, whether the
+    /// step is a class-only edit the quick path must take).
+    fn edits() -> Vec<(String, bool)> {
+        let sql = "    endpoints: [{host: 10.0.0.9, port: 5432}]\n    sql: {users: [reporter]}\n    direction: both\n";
+        let clients =
+            "    endpoints: [{host: 10.0.0.9, port: 5432}]\n    clients: [{cidr: 10.1.0.0/16}]\n";
+        let file = |db_rate: &str, db_extra: &str, report_rate: &str, tail: &str| -> String {
+            let ends = |host: &str| format!("    endpoints: [{{host: {host}, port: 5432}}]\n");
+            knobs(
+                "db",
+                db_rate,
+                "100mbit",
+                &format!("{}{db_extra}", ends("10.0.0.1")),
+            ) + &knobs("other", "1mbit", "1mbit", &ends("10.0.0.2"))
+                + &knobs("reports", report_rate, "50mbit", sql)
+                + &knobs("batch", "5mbit", "5mbit", clients)
+                + tail
+        };
+        vec![
+            (file("10mbit", "", "5mbit", ""), false),
+            (file("20mbit", "", "5mbit", ""), true),
+            (
+                file("20mbit", "    priority: guaranteed\n", "5mbit", ""),
+                true,
+            ),
+            (
+                file(
+                    "20mbit",
+                    "    priority: guaranteed\n    burst: 128kb\n",
+                    "6mbit",
+                    "",
+                ),
+                true,
+            ),
+            // Invalid (rate above ceil): the last good version stays.
+            (file("200mbit", "", "6mbit", ""), false),
+            (file("30mbit", "", "6mbit", ""), false),
+            (file("31mbit", "", "6mbit", ""), true),
+            // What a claim matches changed: full path.
+            (file("31mbit", "    direction: to\n", "6mbit", ""), false),
+            (
+                file(
+                    "31mbit",
+                    "    direction: to\n",
+                    "6mbit",
+                    &knobs("new", "1mbit", "1mbit", ""),
+                ),
+                false,
+            ),
+            (
+                file(
+                    "32mbit",
+                    "    direction: to\n",
+                    "6mbit",
+                    &knobs("new", "2mbit", "2mbit", ""),
+                ),
+                true,
+            ),
+            // Nothing changed: the full path (it is cheap to be sure).
+            (
+                file(
+                    "32mbit",
+                    "    direction: to\n",
+                    "6mbit",
+                    &knobs("new", "2mbit", "2mbit", ""),
+                ),
+                false,
+            ),
+            (file("32mbit", "    direction: to\n", "6mbit", ""), false),
+        ]
+    }
+
+    #[test]
+    fn class_only_edits_on_the_quick_path_end_exactly_where_the_full_path_does() {
+        let mut quick = agent();
+        let mut full = agent();
+        full.quick_edits = false;
+        for (step, (text, class_only)) in edits().iter().enumerate() {
+            let before = quick.quick_updates;
+            for a in [&mut quick, &mut full] {
+                a.dp.log.clear();
+                a.update(&[source("c.yaml", text)]);
+                a.reconcile().unwrap();
+            }
+            assert_eq!(
+                quick.quick_updates - before,
+                u64::from(*class_only),
+                "step {step}: quick path taken?"
+            );
+            assert_eq!(quick.effective, full.effective, "step {step}");
+            assert_eq!(quick.statuses, full.statuses, "step {step}");
+            assert_eq!(quick.plan, full.plan, "step {step}");
+            assert_eq!(quick.overlaps, full.overlaps, "step {step}");
+            assert_eq!(quick.validity(), full.validity(), "step {step}");
+            assert_eq!(quick.dp.classes, full.dp.classes, "step {step}");
+            assert_eq!(quick.dp.rules, full.dp.rules, "step {step}");
+            assert_eq!(quick.dp.clients, full.dp.clients, "step {step}");
+            assert_eq!(quick.dp.log, full.dp.log, "step {step}: kernel operations");
+        }
+        assert_eq!(full.quick_updates, 0);
+    }
+
+    #[test]
+    fn a_failed_quick_edit_falls_back_to_the_full_path() {
+        let mut a = agent();
+        let text = |rate: &str| claim("db", rate, "10.0.0.1") + &claim("x", "1mbit", "10.0.0.3");
+        a.update(&[source("c.yaml", &text("10mbit"))]);
+        a.reconcile().unwrap();
+        a.update(&[source("c.yaml", &text("20mbit"))]);
+        assert_eq!(a.quick_updates, 1);
+        a.dp.fail_next = Some("put_class".into());
+        a.dp.log.clear();
+        // The quick path's one operation fails; the full path then plans
+        // every claim and lands the rate (the fake fails only once).
+        a.reconcile().unwrap();
+        assert!(a.dp.classes.values().any(|c| c.rate_bytes == 2_500_000));
+        assert_eq!(
+            a.statuses[&ClaimKey::new("default", "db")].phase,
+            Phase::Applied
+        );
+        assert!(
+            a.dp.log.len() == 1,
+            "only the retried class: {:?}",
+            a.dp.log
+        );
+        // Back in sync: the next edit is quick again.
+        a.update(&[source("c.yaml", &text("30mbit"))]);
+        a.reconcile().unwrap();
+        assert_eq!(a.quick_updates, 2);
     }
 }

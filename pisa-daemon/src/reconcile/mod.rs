@@ -3,6 +3,7 @@
 //! operations, so running it again is always harmless.
 
 pub mod agent;
+mod edits;
 
 use std::collections::BTreeSet;
 

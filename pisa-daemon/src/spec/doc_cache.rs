@@ -11,11 +11,7 @@
 //! piece that is not exactly one document, malformed YAML whose error must
 //! carry the whole file's line numbers) is parsed whole instead.
 
-use std::{
-    collections::{hash_map::DefaultHasher, HashMap},
-    hash::{Hash, Hasher},
-    sync::Arc,
-};
+use std::{collections::HashMap, ops::Range, sync::Arc};
 
 use serde::Deserialize;
 
@@ -31,47 +27,61 @@ enum Piece {
     Document(Document),
 }
 
-/// Parsed documents of one source by their text, kept from one load to
-/// the next. Only the pieces of the latest load are kept, so memory stays
-/// at one parse of the source.
+/// A piece of the last text loaded: where it was, and what it parsed to.
+#[derive(Debug)]
+struct Cached {
+    range: Range<usize>,
+    piece: Option<Piece>,
+}
+
+/// The last text of one source and its parsed pieces, kept from one load
+/// to the next: memory is the text once more beside its claims.
 #[derive(Debug, Default)]
 pub struct DocumentCache {
-    pieces: HashMap<PieceKey, Piece>,
+    text: String,
+    pieces: Vec<Cached>,
     /// Pieces parsed by the last `load` (the rest came from the cache).
     pub parsed_last: usize,
 }
 
-/// A piece is reused only at the same position (its number is part of
-/// its origin) with the same text (by length and a 64-bit SipHash: a
-/// collision between two pieces of one operator-written file is not a
-/// practical concern).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct PieceKey {
-    number: usize,
-    len: usize,
-    hash: u64,
-}
-
 impl DocumentCache {
-    /// `load_documents(source, text)`, reusing what earlier loads parsed.
+    /// `load_documents(source, text)`, reusing what the last load parsed.
+    /// A piece is reused when its text is byte for byte one of the last
+    /// load's pieces: compared in place first (an edit leaves the other
+    /// pieces where they were), looked up by text when documents moved (a
+    /// claim added or removed above them), then renumbered.
     pub fn load(&mut self, source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
-        let Some(pieces) = split(text) else {
+        let Some(cuts) = split(text) else {
             return self.whole(source, text);
         };
-        let mut next = HashMap::with_capacity(pieces.len());
-        let mut documents = Vec::with_capacity(pieces.len());
+        let old_text = std::mem::take(&mut self.text);
+        let mut old = std::mem::take(&mut self.pieces);
+        let mut by_text: Option<HashMap<&str, usize>> = None;
+        let mut pieces = Vec::with_capacity(cuts.len());
+        let mut documents = Vec::with_capacity(cuts.len());
         let mut number = 0;
         self.parsed_last = 0;
-        for (index, piece_text) in pieces.into_iter().enumerate() {
-            let mut hasher = DefaultHasher::new();
-            piece_text.hash(&mut hasher);
-            let key = PieceKey {
-                number,
-                len: piece_text.len(),
-                hash: hasher.finish(),
+        for (index, range) in cuts.into_iter().enumerate() {
+            let piece_text = &text[range.clone()];
+            let same_place = old
+                .get(index)
+                .is_some_and(|c| &old_text[c.range.clone()] == piece_text);
+            let found = if same_place {
+                Some(index)
+            } else {
+                by_text
+                    .get_or_insert_with(|| {
+                        old.iter()
+                            .enumerate()
+                            .map(|(j, c)| (&old_text[c.range.clone()], j))
+                            .collect()
+                    })
+                    .get(piece_text)
+                    .copied()
             };
-            let piece = match self.pieces.remove(&key) {
-                Some(piece) => piece,
+            let reused = found.and_then(|j| old[j].piece.take());
+            let piece = match reused {
+                Some(piece) => renumbered(piece, source, number),
                 None => {
                     self.parsed_last += 1;
                     match parse_piece(source, number, piece_text, index == 0) {
@@ -88,25 +98,50 @@ impl DocumentCache {
                     documents.push(document.clone());
                 }
             }
-            next.insert(key, piece);
+            pieces.push(Cached {
+                range,
+                piece: Some(piece),
+            });
         }
-        self.pieces = next;
+        self.text = text.to_owned();
+        self.pieces = pieces;
         Ok(documents)
     }
 
     /// The whole text through the stream parser; nothing is kept, so the
     /// next load parses afresh.
     fn whole(&mut self, source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
+        self.text.clear();
         self.pieces.clear();
         self.parsed_last = usize::MAX;
         load_documents(source, text)
     }
 }
 
+/// A reused piece under its (possibly new) number: only the origin in it
+/// says where it was.
+fn renumbered(piece: Piece, source: &str, number: usize) -> Piece {
+    let Piece::Document(mut document) = piece else {
+        return piece;
+    };
+    let origin = origin(source, number);
+    if document.origin != origin {
+        if let Err(error) = &mut document.result {
+            error.origin.clone_from(&origin);
+        }
+        document.origin = origin;
+    }
+    Piece::Document(document)
+}
+
+fn origin(source: &str, number: usize) -> String {
+    format!("{source}#{}", number + 1)
+}
+
 /// The text cut before each line that starts a document (`---` alone or
 /// followed by a space or tab). `None` where the cut would not match the
 /// stream parser: a directive (`%`) or a document end marker (`...`).
-fn split(text: &str) -> Option<Vec<&str>> {
+fn split(text: &str) -> Option<Vec<Range<usize>>> {
     let mut pieces = Vec::new();
     let mut start = 0;
     let mut offset = 0;
@@ -115,12 +150,12 @@ fn split(text: &str) -> Option<Vec<&str>> {
             return None;
         }
         if marker(line, "---") && offset > 0 {
-            pieces.push(&text[start..offset]);
+            pieces.push(start..offset);
             start = offset;
         }
         offset += line.len();
     }
-    pieces.push(&text[start..]);
+    pieces.push(start..text.len());
     Some(pieces)
 }
 
@@ -152,7 +187,7 @@ fn parse_piece(source: &str, number: usize, text: &str, first: bool) -> Option<P
     if value.is_null() {
         return Some(Piece::Empty);
     }
-    let origin = format!("{source}#{}", number + 1);
+    let origin = origin(source, number);
     let result = parse_claim(&origin, value).map(Arc::new);
     Some(Piece::Document(Document { origin, result }))
 }
@@ -236,6 +271,31 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_removed_or_added_above_others_renumbers_them_without_parsing() {
+        let text = |names: &[&str]| -> String {
+            names
+                .iter()
+                .map(|n| claim(n, if *n == "bad" { "fast" } else { "1mbit" }))
+                .collect::<Vec<_>>()
+                .join("---\n")
+        };
+        let mut cache = DocumentCache::default();
+        cache
+            .load("c.yaml", &text(&["a", "b", "bad", "c"]))
+            .unwrap();
+        same_as_whole(&mut cache, &text(&["a", "bad", "c"]));
+        assert_eq!(cache.parsed_last, 0, "b removed: bad and c renumbered");
+        // The first document has no `---` line above it: as the new first,
+        // `bad`'s text differs, so it alone is parsed.
+        same_as_whole(&mut cache, &text(&["bad", "c"]));
+        assert_eq!(cache.parsed_last, 1);
+        same_as_whole(&mut cache, &text(&["bad", "new", "c"]));
+        assert_eq!(cache.parsed_last, 1);
+        // The same document twice: the second copy is parsed, not shared.
+        same_as_whole(&mut cache, &text(&["b", "b", "bad"]));
+    }
+
+    #[test]
     fn a_malformed_document_gives_the_whole_files_error_and_forgets_the_rest() {
         let mut cache = DocumentCache::default();
         let good = format!("{}---\n{}", claim("a", "1mbit"), claim("b", "1mbit"));
@@ -248,6 +308,9 @@ mod tests {
         );
         assert!(error.to_string().contains("line"), "{error}");
         cache.load("c.yaml", &good).unwrap();
-        assert_eq!(cache.parsed_last, 2, "nothing was kept from before the error");
+        assert_eq!(
+            cache.parsed_last, 2,
+            "nothing was kept from before the error"
+        );
     }
 }

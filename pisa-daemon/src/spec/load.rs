@@ -48,7 +48,10 @@ pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimEr
     Ok(documents)
 }
 
-pub(super) fn parse_claim(origin: &str, value: serde_norway::Value) -> Result<QoSClaim, ClaimError> {
+pub(super) fn parse_claim(
+    origin: &str,
+    value: serde_norway::Value,
+) -> Result<QoSClaim, ClaimError> {
     let claim = key_of(&value);
     let error = |field: &str, value: &str, reason: String| ClaimError {
         origin: origin.to_owned(),

@@ -21,7 +21,9 @@ pub use overlap::overlaps;
 pub use report::{QoSNodeReportResource, QoSNodeReportSpec, ReportCounts, ReportedClaim};
 pub use snapshot::SourceSnapshot;
 pub use status::{ClaimCondition, ClaimStatus, NodePhase, Phase};
-pub use validate::{key_of, validate, ClaimError, Limits, PodClients, ValidClaim, Validated};
+pub use validate::{
+    check_one, key_of, validate, ClaimError, Limits, PodClients, ValidClaim, Validated,
+};
 
 #[cfg(test)]
 mod corpus;

@@ -322,6 +322,17 @@ impl Checker<'_> {
 
 const QOS: &str = "spec.trafficQoS";
 
+/// One claim checked on its own: what `validate` does for each claim
+/// before the checks across claims.
+pub fn check_one(
+    origin: &str,
+    key: &ClaimKey,
+    claim: &QoSClaim,
+    limits: Limits,
+) -> Result<ValidClaim, Vec<ClaimError>> {
+    check_claim(origin, key, claim, limits)
+}
+
 fn check_claim(
     origin: &str,
     key: &ClaimKey,
