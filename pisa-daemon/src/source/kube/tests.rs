@@ -125,7 +125,10 @@ fn rates(source: &KubeSource) -> BTreeMap<String, String> {
                 .result
                 .clone()
                 .expect("valid claim");
-            (doc.metadata.name.clone(), doc.spec.traffic_qos.qos_group.rate.clone())
+            (
+                doc.metadata.name.clone(),
+                doc.spec.traffic_qos.qos_group.rate.clone(),
+            )
         })
         .collect()
 }
