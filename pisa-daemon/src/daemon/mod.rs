@@ -16,6 +16,7 @@ mod backoff;
 mod error;
 mod http;
 mod identity_task;
+mod memory;
 mod node;
 mod state_file;
 #[cfg(test)]
@@ -204,8 +205,11 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             }
             self.left_out = left_out.into_iter().map(|(iface, _)| iface).collect();
         }
+        let mut reread = false;
+        let quick_before = agent.quick_updates;
         let result = match self.source.read() {
             Ok(Some(sources)) => {
+                reread = true;
                 agent.update(&sources);
                 for message in &agent.source_errors {
                     warn!(%message, "claim source error");
@@ -233,6 +237,8 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
                     info!(
                         ops,
                         elapsed_ms = started.elapsed().as_millis() as u64,
+                        // Class-only edits, applied without planning every claim.
+                        quick = agent.quick_updates > quick_before,
                         "reconciled"
                     );
                 }
@@ -260,6 +266,9 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             }
             None => NodeReport::read(&agent, &[], &ReadErrors::default()),
         };
+        if reread {
+            memory::return_freed_heap();
+        }
         Some(report.claims)
     }
 }
