@@ -343,7 +343,8 @@ fn main() {
         );
     }
     println!(
-        "\n(inotify: a {QUIET_MS} ms quiet window after the last event; poll: every 100 ms, then 100 ms to settle)\n"
+        "\n(inotify: a {QUIET_MS} ms quiet window after the last event, 1 ms once the claims file \
+         is renamed into place or closed after writing; poll: every 100 ms, then 100 ms to settle)\n"
     );
 
     // 2. 1 vs 10,000 claims (and one claim changed among 10,000), and

@@ -73,7 +73,7 @@ fn edit_of(
     let in_force = statuses
         .get(&key)
         .is_some_and(|s| s.phase != Phase::Invalid);
-    if !in_force || current.origin != new.origin {
+    if !in_force || *current.origin != *new.origin {
         return None;
     }
     let edited = check_one(&new.origin, &key, new_claim, limits).ok()?;

@@ -6,7 +6,9 @@
 //! `..data` symlink swap of a Kubernetes ConfigMap mount. An event only
 //! wakes the source: what decides is a fingerprint of names and metadata,
 //! compared once a burst of events has gone quiet, so unrelated events in
-//! the directory cost a few `stat`s and no reload. Where inotify cannot be
+//! the directory cost a few `stat`s and no reload. A burst is over after
+//! 10 ms without events, or 1 ms once a claims file was closed after
+//! writing or renamed into place (its content is then complete). Where inotify cannot be
 //! had (no instances or watches left), the source polls instead, and a slow
 //! check runs either way in case a watch is lost (a directory replaced, a
 //! network file system whose remote writes inotify never sees).
@@ -28,6 +30,10 @@ use crate::spec::{load_documents, Checked, DocumentCache, Limits, SourceSnapshot
 /// fingerprint is taken (an editor writes in several steps), and the
 /// longest a burst may defer it.
 const QUIET: Duration = Duration::from_millis(10);
+/// The quiet time after a claims file was closed after writing or renamed
+/// into place: its content is complete, and only a step that follows at
+/// once (another file of a directory) is worth waiting for.
+const QUIET_AFTER_COMPLETE: Duration = Duration::from_millis(1);
 const BURST_MAX: Duration = Duration::from_millis(100);
 /// Without inotify: how often to look, and the settling time after a change.
 const POLL: Duration = Duration::from_millis(100);
@@ -151,23 +157,23 @@ impl FileSource {
                 .intersects(inotify::EventMask::IGNORED | inotify::EventMask::DELETE_SELF),
             _ => true,
         };
-        match first {
+        let mut quiet = match first {
             Err(_) => return false,
             Ok(event) if ended(&event) => {
                 self.watch = None;
                 return false;
             }
-            Ok(_) => {}
-        }
+            Ok(event) => quiet_after(&self.path, &event),
+        };
         let deadline = tokio::time::Instant::now() + BURST_MAX;
         while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout(QUIET, stream.next()).await {
+            match tokio::time::timeout(quiet, stream.next()).await {
                 Err(_) => break,
                 Ok(event) if ended(&event) => {
                     self.watch = None;
                     break;
                 }
-                Ok(_) => {}
+                Ok(event) => quiet = quiet_after(&self.path, &event),
             }
         }
         true
@@ -205,6 +211,34 @@ impl ClaimSource for FileSource {
             self.ensure_watch();
             self.next_burst().await;
         }
+    }
+}
+
+/// How long to wait for the next event after `event`: short once a claims
+/// file is complete (closed after writing, or renamed into place), the
+/// full quiet window after anything else (a write still going on).
+fn quiet_after(path: &Path, event: &Option<std::io::Result<inotify::EventOwned>>) -> Duration {
+    let Some(Ok(event)) = event else {
+        return QUIET;
+    };
+    let complete = event
+        .mask
+        .intersects(inotify::EventMask::CLOSE_WRITE | inotify::EventMask::MOVED_TO);
+    let claims_file = event.name.as_deref().is_some_and(|name| {
+        let name = Path::new(name);
+        if path.is_dir() {
+            matches!(
+                name.extension().and_then(|e| e.to_str()),
+                Some("yaml") | Some("yml")
+            )
+        } else {
+            path.file_name() == Some(name.as_os_str())
+        }
+    });
+    if complete && claims_file {
+        QUIET_AFTER_COMPLETE
+    } else {
+        QUIET
     }
 }
 
@@ -254,14 +288,14 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
 
 /// Reads every source file under `path`.
 pub fn read(path: &Path) -> Result<Vec<SourceSnapshot>, SourceError> {
-    read_with(path, load_documents)
+    read_with(path, |name, text| load_documents(name, &text))
 }
 
 /// Reads every source file under `path`, turning each file's text into
 /// documents with `load(name, text)`.
 fn read_with(
     path: &Path,
-    mut load: impl FnMut(&str, &str) -> Result<Vec<crate::spec::Document>, crate::spec::ClaimError>,
+    mut load: impl FnMut(&str, String) -> Result<Vec<crate::spec::Document>, crate::spec::ClaimError>,
 ) -> Result<Vec<SourceSnapshot>, SourceError> {
     let mut snapshots = Vec::new();
     for file in files(path)? {
@@ -274,7 +308,7 @@ fn read_with(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| file.display().to_string());
         snapshots.push(SourceSnapshot {
-            documents: load(&name, &text),
+            documents: load(&name, text),
             name,
         });
     }

@@ -48,15 +48,16 @@ impl DocumentCache {
     /// `load_documents(source, text)`, reusing what the last load parsed.
     /// A piece is reused when its text is byte for byte one of the last
     /// load's pieces: compared in place first (an edit leaves the other
-    /// pieces where they were), looked up by text when documents moved (a
-    /// claim added or removed above them), then renumbered.
-    pub fn load(&mut self, source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
-        let Some(cuts) = split(text) else {
-            return self.whole(source, text);
+    /// pieces where they were), looked up by text when the number of pieces
+    /// changed (a claim added or removed above them), then renumbered.
+    pub fn load(&mut self, source: &str, text: String) -> Result<Vec<Document>, ClaimError> {
+        let Some(cuts) = split(&text) else {
+            return self.whole(source, &text);
         };
         let old_text = std::mem::take(&mut self.text);
         let mut old = std::mem::take(&mut self.pieces);
         let mut by_text: Option<HashMap<&str, usize>> = None;
+        let piece_count = cuts.len();
         let mut pieces = Vec::with_capacity(cuts.len());
         let mut documents = Vec::with_capacity(cuts.len());
         let mut number = 0;
@@ -66,8 +67,13 @@ impl DocumentCache {
             let same_place = old
                 .get(index)
                 .is_some_and(|c| &old_text[c.range.clone()] == piece_text);
+            // With as many pieces as before, a piece that differs in place
+            // was edited; only when documents were added or removed can it
+            // be elsewhere (and the lookup by text is worth building).
             let found = if same_place {
                 Some(index)
+            } else if old.len() == piece_count {
+                None
             } else {
                 by_text
                     .get_or_insert_with(|| {
@@ -86,7 +92,7 @@ impl DocumentCache {
                     self.parsed_last += 1;
                     match parse_piece(source, number, piece_text, index == 0) {
                         Some(piece) => piece,
-                        None => return self.whole(source, text),
+                        None => return self.whole(source, &text),
                     }
                 }
             };
@@ -103,7 +109,9 @@ impl DocumentCache {
                 piece: Some(piece),
             });
         }
-        self.text = text.to_owned();
+        // Kept, not copied: a large text is its own mapping, and copying it
+        // would map and fault in another one on every load.
+        self.text = text;
         self.pieces = pieces;
         Ok(documents)
     }
@@ -125,11 +133,11 @@ fn renumbered(piece: Piece, source: &str, number: usize) -> Piece {
         return piece;
     };
     let origin = origin(source, number);
-    if document.origin != origin {
+    if *document.origin != *origin {
         if let Err(error) = &mut document.result {
             error.origin.clone_from(&origin);
         }
-        document.origin = origin;
+        document.origin = origin.into();
     }
     Piece::Document(document)
 }
@@ -189,7 +197,10 @@ fn parse_piece(source: &str, number: usize, text: &str, first: bool) -> Option<P
     }
     let origin = origin(source, number);
     let result = parse_claim(&origin, value).map(Arc::new);
-    Some(Piece::Document(Document { origin, result }))
+    Some(Piece::Document(Document {
+        origin: origin.into(),
+        result,
+    }))
 }
 
 #[cfg(test)]
@@ -198,7 +209,7 @@ mod tests {
 
     /// The cache's documents, as text, against the stream parser's.
     fn same_as_whole(cache: &mut DocumentCache, text: &str) {
-        let cached = format!("{:?}", cache.load("c.yaml", text));
+        let cached = format!("{:?}", cache.load("c.yaml", text.to_owned()));
         let whole = format!("{:?}", load_documents("c.yaml", text));
         assert_eq!(cached, whole, "for {text:?}");
     }
@@ -243,7 +254,7 @@ mod tests {
         let mut cache = DocumentCache::default();
         for first in &texts {
             for second in &texts {
-                cache.load("c.yaml", first).ok();
+                cache.load("c.yaml", first.clone()).ok();
                 same_as_whole(&mut cache, second);
             }
         }
@@ -258,9 +269,9 @@ mod tests {
                 .join("---\n")
         };
         let mut cache = DocumentCache::default();
-        let first = cache.load("c.yaml", &text("1mbit")).unwrap();
+        let first = cache.load("c.yaml", text("1mbit")).unwrap();
         assert_eq!(cache.parsed_last, 100);
-        let second = cache.load("c.yaml", &text("2mbit")).unwrap();
+        let second = cache.load("c.yaml", text("2mbit")).unwrap();
         assert_eq!(cache.parsed_last, 1);
         let unchanged = |i: usize| match (&first[i].result, &second[i].result) {
             (Ok(a), Ok(b)) => Arc::ptr_eq(a, b),
@@ -281,7 +292,7 @@ mod tests {
         };
         let mut cache = DocumentCache::default();
         cache
-            .load("c.yaml", &text(&["a", "b", "bad", "c"]))
+            .load("c.yaml", text(&["a", "b", "bad", "c"]))
             .unwrap();
         same_as_whole(&mut cache, &text(&["a", "bad", "c"]));
         assert_eq!(cache.parsed_last, 0, "b removed: bad and c renumbered");
@@ -299,15 +310,15 @@ mod tests {
     fn a_malformed_document_gives_the_whole_files_error_and_forgets_the_rest() {
         let mut cache = DocumentCache::default();
         let good = format!("{}---\n{}", claim("a", "1mbit"), claim("b", "1mbit"));
-        cache.load("c.yaml", &good).unwrap();
+        cache.load("c.yaml", good.clone()).unwrap();
         let broken = format!("{}---\nkey: [unclosed\n", claim("a", "1mbit"));
-        let error = cache.load("c.yaml", &broken).unwrap_err();
+        let error = cache.load("c.yaml", broken.clone()).unwrap_err();
         assert_eq!(
             error.to_string(),
             load_documents("c.yaml", &broken).unwrap_err().to_string()
         );
         assert!(error.to_string().contains("line"), "{error}");
-        cache.load("c.yaml", &good).unwrap();
+        cache.load("c.yaml", good.clone()).unwrap();
         assert_eq!(
             cache.parsed_last, 2,
             "nothing was kept from before the error"

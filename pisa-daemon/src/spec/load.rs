@@ -12,8 +12,9 @@ use super::{ClaimError, ClaimKey, QoSClaim, API_VERSION, KIND};
 /// One YAML document of a source.
 #[derive(Clone, Debug)]
 pub struct Document {
-    /// `file.yaml#2`: where the document came from (1-based).
-    pub origin: String,
+    /// `file.yaml#2`: where the document came from (1-based). Shared, so
+    /// handing an unchanged document out again allocates nothing.
+    pub origin: Arc<str>,
     /// Shared: an unchanged document is handed out again by the document
     /// cache without copying the claim, and the agent tells unchanged
     /// documents from changed ones by pointer before comparing values.
@@ -43,7 +44,10 @@ pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimEr
             continue; // an empty document, e.g. a trailing `---`
         }
         let result = parse_claim(&origin, value).map(Arc::new);
-        documents.push(Document { origin, result });
+        documents.push(Document {
+            origin: origin.into(),
+            result,
+        });
     }
     Ok(documents)
 }

@@ -155,7 +155,7 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
                 Some(key) => {
                     seen.entry(key.clone())
                         .or_default()
-                        .push(document.origin.clone());
+                        .push(document.origin.to_string());
                     out.invalid
                         .entry(key.clone())
                         .or_default()
@@ -167,7 +167,7 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
                 let key = key_of(claim);
                 seen.entry(key.clone())
                     .or_default()
-                    .push(document.origin.clone());
+                    .push(document.origin.to_string());
                 match check_claim(&document.origin, &key, claim, limits) {
                     Ok(valid) => {
                         out.valid.insert(key, valid);
