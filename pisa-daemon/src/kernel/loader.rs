@@ -64,6 +64,8 @@ pub struct Kernel {
     pub(super) htb_roots: BTreeMap<String, u32>,
     /// Mirror of the `SUMMARY` map.
     pub(super) summary: pisa_daemon_common::Summary,
+    /// What `RULE_PORTS` holds, counted.
+    pub(super) rule_ports: super::rule_ports::RulePorts,
     /// Entries `FLOW_TAGS` has (one per connection).
     pub(super) flow_tag_entries: u32,
 }
@@ -122,6 +124,7 @@ impl Kernel {
             netlink: None,
             htb_roots: BTreeMap::new(),
             summary: pisa_daemon_common::Summary::default(),
+            rule_ports: Default::default(),
             flow_tag_entries,
         };
         kernel.load_caches()?;

@@ -291,9 +291,7 @@ mod tests {
                 .join("---\n")
         };
         let mut cache = DocumentCache::default();
-        cache
-            .load("c.yaml", text(&["a", "b", "bad", "c"]))
-            .unwrap();
+        cache.load("c.yaml", text(&["a", "b", "bad", "c"])).unwrap();
         same_as_whole(&mut cache, &text(&["a", "bad", "c"]));
         assert_eq!(cache.parsed_last, 0, "b removed: bad and c renumbered");
         // The first document has no `---` line above it: as the new first,
