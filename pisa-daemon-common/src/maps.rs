@@ -132,26 +132,6 @@ pub const SIDE_DST: u8 = 1;
 /// (responses from the database).
 pub const SIDE_SRC: u8 = 2;
 
-/// `RULE_PORTS` holds one bit per (side, port) that some exact-port
-/// endpoint rule names, so a packet whose port no rule names skips that
-/// side's exact-port LPM lookup: the miss path of most traffic on a node,
-/// and the ephemeral-port side of every database packet.
-pub const RULE_PORT_WORDS_PER_SIDE: u32 = 65536 / 64;
-/// Entries (`u64` words) of `RULE_PORTS`: destination side, then source.
-pub const RULE_PORT_WORDS: u32 = 2 * RULE_PORT_WORDS_PER_SIDE;
-
-/// The `RULE_PORTS` word and the bit in it for `port` (host byte order) on
-/// `side` (`SIDE_DST` or `SIDE_SRC`).
-#[inline(always)]
-pub fn rule_port_bit(side: u8, port: u16) -> (u32, u64) {
-    let base = if side == SIDE_SRC {
-        RULE_PORT_WORDS_PER_SIDE
-    } else {
-        0
-    };
-    (base + u32::from(port >> 6), 1u64 << (port & 63))
-}
-
 /// Address family in keys (`EndpointMatch::family`, `FlowKey::family`).
 pub const FAMILY_V4: u8 = 4;
 pub const FAMILY_V6: u8 = 6;

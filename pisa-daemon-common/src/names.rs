@@ -20,8 +20,6 @@ pub const MAP_CLASS_PACE: &str = "CLASS_PACE";
 pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
 /// Endpoint rules: LPM trie of (side, family, protocol, port, address).
 pub const MAP_ENDPOINTS: &str = "ENDPOINTS";
-/// Ports that exact-port endpoint rules name, one bit each per side.
-pub const MAP_RULE_PORTS: &str = "RULE_PORTS";
 /// Flow tags from the SQL proxy: 5-tuple to class, with an expiry time.
 pub const MAP_FLOW_TAGS: &str = "FLOW_TAGS";
 /// Reason counters (per CPU): unmatched traffic and fail-open reasons.
@@ -45,14 +43,13 @@ pub const MAP_KERNEL_LOG: &str = "KERNEL_LOG";
 pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map the program defines, in a stable order (used for pinning and cleanup).
-pub const ALL_MAPS: [&str; 16] = [
+pub const ALL_MAPS: [&str; 15] = [
     MAP_IFACE_STATS,
     MAP_IFACE_CONFIG,
     MAP_CLASS_CONFIG,
     MAP_CLASS_PACE,
     MAP_CLASS_STATS,
     MAP_ENDPOINTS,
-    MAP_RULE_PORTS,
     MAP_FLOW_TAGS,
     MAP_REASONS,
     MAP_SUMMARY,

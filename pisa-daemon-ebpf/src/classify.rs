@@ -4,14 +4,14 @@
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::bpf_ktime_get_ns, programs::TcContext};
 use pisa_daemon_common::{
-    reason, rule_port_bit, ClassConfig, ClientMatch, EndpointMatch, FlowKey, FlowTag, Summary,
-    CLASS_STATE_ACTIVE, CLIENT_FIXED_BITS, ENDPOINT_FIXED_BITS, FAMILY_V4, PROTO_TCP,
-    RULE_FLAG_CLIENTS, RULE_FLAG_SQL, SIDE_DST, SIDE_SRC, TAG_ORIGIN_SQL,
+    reason, ClassConfig, ClientMatch, EndpointMatch, FlowKey, FlowTag, Summary, CLASS_STATE_ACTIVE,
+    CLIENT_FIXED_BITS, ENDPOINT_FIXED_BITS, FAMILY_V4, PROTO_TCP, RULE_FLAG_CLIENTS, RULE_FLAG_SQL,
+    SIDE_DST, SIDE_SRC, TAG_ORIGIN_SQL,
 };
 
 use crate::{
     identity,
-    maps::{CLASS_CONFIG, CLIENTS, ENDPOINTS, FLOW_TAGS, RULE_PORTS, SUMMARY},
+    maps::{CLASS_CONFIG, CLIENTS, ENDPOINTS, FLOW_TAGS, SUMMARY},
     parse::Packet,
     stats::count_reason,
 };
@@ -240,16 +240,6 @@ fn endpoint_rule(flow: &FlowKey, summary: &Summary, both_sides: bool) -> Candida
     better(dst, src)
 }
 
-/// Whether an exact-port rule on `side` names this port (`RULE_PORTS`):
-/// an array read the verifier inlines, against an LPM lookup. A BPF
-/// function of its own: inlined, it shifted register allocation in the
-/// debug-event path into a spill the verifier rejects.
-#[inline(never)]
-fn port_has_rules(side: u8, port_be: u16) -> bool {
-    let (word, bit) = rule_port_bit(side, u16::from_be(port_be));
-    RULE_PORTS.get(word).is_some_and(|w| *w & bit != 0)
-}
-
 #[inline(always)]
 fn side_match(
     flow: &FlowKey,
@@ -275,7 +265,7 @@ fn side_match(
             addr: *addr,
         },
     );
-    let exact = if port_rules && port_has_rules(side, port_be) {
+    let exact = if port_rules {
         match ENDPOINTS.get(&key) {
             Some(rule) => Candidate {
                 class_id: rule.class_id,

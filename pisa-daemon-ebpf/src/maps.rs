@@ -9,7 +9,7 @@ use pisa_daemon_common::{
     reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule, EndpointMatch,
     EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats, ReasonStats, SqlBudget,
     SqlEvent, Summary, FLOW_TAGS_MAP_FLAGS, MAX_CLASSES, MAX_CLIENT_RULES, MAX_ENDPOINT_RULES,
-    MAX_FLOW_TAGS, MAX_IFACES, RULE_PORT_WORDS, SQL_EVENTS_BYTES,
+    MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
 };
 
 #[btf_map]
@@ -31,9 +31,6 @@ pub static CLASS_STATS: PerCpuArray<ClassStats, { MAX_CLASSES as usize }> = PerC
 #[btf_map]
 pub static ENDPOINTS: LpmTrie<EndpointMatch, EndpointRule, { MAX_ENDPOINT_RULES as usize }> =
     LpmTrie::new();
-
-#[btf_map]
-pub static RULE_PORTS: Array<u64, { RULE_PORT_WORDS as usize }> = Array::new();
 
 #[btf_map]
 pub static FLOW_TAGS: HashMap<

@@ -168,7 +168,7 @@ fn ns_per_packet() {
     let client_fallback = time_path(&kernel, "10.9.7.9", "10.50.0.1");
     let sql_data = time_path(&kernel, "10.0.0.1", "10.1.0.3");
     // Most unmatched traffic on a node is not to a database port at all:
-    // neither of its ports is one a rule names (`RULE_PORTS`).
+    // neither of its ports is one a rule names.
     let other_port = time_program_port(kernel.program(), "10.0.0.1", "10.9.9.9", 443);
     for (path, ns) in [
         ("miss, to a port no rule names (443)", other_port),

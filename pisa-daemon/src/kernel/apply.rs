@@ -123,23 +123,7 @@ impl Dataplane for Kernel {
         if new_rule || new_sql {
             self.write_summary()?;
         }
-        if new_rule {
-            if let Some((index, value)) = self.rule_ports.add(rule) {
-                if let Err(error) = self.write_rule_port_word(index, value) {
-                    self.rule_ports.remove(rule);
-                    return Err(error);
-                }
-            }
-        }
-        if let Err(error) = self.insert_rule(rule, target) {
-            if new_rule {
-                if let Some((index, value)) = self.rule_ports.remove(rule) {
-                    // Best effort: a bit left set only costs a lookup.
-                    let _ = self.write_rule_port_word(index, value);
-                }
-            }
-            return Err(error);
-        }
+        self.insert_rule(rule, target)?;
         self.rules.insert(*rule, *target);
         if before.is_some_and(|b| b.sql) && !target.sql {
             self.summary.sql_rules = self.summary.sql_rules.saturating_sub(1);
@@ -151,12 +135,6 @@ impl Dataplane for Kernel {
     fn delete_rule(&mut self, rule: &RuleMatch) -> Result<(), KernelError> {
         self.remove_rule(rule)?;
         if let Some(target) = self.rules.remove(rule) {
-            if let Some((index, value)) = self.rule_ports.remove(rule) {
-                // A bit left set only costs a lookup; the rule is gone.
-                if let Err(error) = self.write_rule_port_word(index, value) {
-                    tracing::warn!(%error, "could not clear a port of RULE_PORTS");
-                }
-            }
             let slot = self.summary_slot(rule);
             *slot = slot.saturating_sub(1);
             if target.sql {

@@ -64,8 +64,6 @@ pub struct Kernel {
     pub(super) htb_roots: BTreeMap<String, u32>,
     /// Mirror of the `SUMMARY` map.
     pub(super) summary: pisa_daemon_common::Summary,
-    /// What `RULE_PORTS` holds, counted.
-    pub(super) rule_ports: super::rule_ports::RulePorts,
     /// Entries `FLOW_TAGS` has (one per connection).
     pub(super) flow_tag_entries: u32,
 }
@@ -124,7 +122,6 @@ impl Kernel {
             netlink: None,
             htb_roots: BTreeMap::new(),
             summary: pisa_daemon_common::Summary::default(),
-            rule_ports: Default::default(),
             flow_tag_entries,
         };
         kernel.load_caches()?;

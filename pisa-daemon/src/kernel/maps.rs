@@ -89,28 +89,9 @@ impl Kernel {
             self.summary.sql_rules += u32::from(target.sql);
         }
         self.clients = self.read_client_prefixes(&rules)?;
-        // Written before this build's program is swapped into any link
-        // (`refresh_attachments`): an upgrade from a build without the map
-        // starts with it empty, and an empty map would hide every rule.
-        self.rule_ports = super::rule_ports::RulePorts::from_rules(rules.keys());
-        for (index, value) in self.rule_ports.all_words() {
-            self.write_rule_port_word(index, value)?;
-        }
         self.rules = rules;
         self.ifaces = ifaces;
         self.write_summary()
-    }
-
-    /// One word of `RULE_PORTS`.
-    pub(super) fn write_rule_port_word(
-        &mut self,
-        index: u32,
-        value: u64,
-    ) -> Result<(), KernelError> {
-        let name = pisa_daemon_common::names::MAP_RULE_PORTS;
-        let mut map: Array<_, u64> =
-            Array::try_from(self.map_mut(name)?).map_err(map_err(name, "opening"))?;
-        map.set(index, value, 0).map_err(map_err(name, "writing"))
     }
 
     /// Publishes the rule and tag counts the program uses to skip lookups.

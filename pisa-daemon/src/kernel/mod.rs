@@ -22,7 +22,6 @@ pub mod pinned;
 mod qdisc;
 mod resize;
 pub mod route;
-mod rule_ports;
 pub mod sql_events;
 mod tags;
 
