@@ -112,6 +112,28 @@ fn detach_removes_the_link_and_cleanup_removes_everything() {
         kernel.attach_egress(&veth.host).expect("re-attaching");
         kernel.program_id()
     };
+    // A map another build pinned here (a newer release's, before a
+    // downgrade): the root is the daemon's, so cleanup removes it too.
+    let foreign = root.layout().map("NEWER_MAP");
+    sh(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            foreign.to_str().unwrap(),
+            "type",
+            "array",
+            "key",
+            "4",
+            "value",
+            "8",
+            "entries",
+            "1",
+            "name",
+            "NEWER_MAP",
+        ],
+    );
+    assert!(foreign.exists());
     let report = pinned::cleanup(&root.layout()).expect("cleanup");
     assert_eq!(report.detached, vec![veth.host.clone()]);
     assert!(!root.path.exists(), "cleanup must remove the root");

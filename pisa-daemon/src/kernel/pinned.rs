@@ -95,6 +95,12 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
             Err(e) => return Err(KernelError::io("unpinning", pin, e)),
         }
     }
+    // Whatever else is pinned here is this daemon's too, from a build that
+    // knew other objects (a map a newer release added, before a
+    // downgrade): the root is ours, so it goes with the rest.
+    for dir in [layout.links_dir(), layout.maps_dir(), layout.programs_dir()] {
+        report.unpinned += remove_other_pins(&dir)?;
+    }
     for dir in [
         layout.links_dir(),
         layout.maps_dir(),
@@ -108,6 +114,30 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
         }
     }
     Ok(report)
+}
+
+/// Unpins every entry left in `dir`; how many there were.
+fn remove_other_pins(dir: &std::path::Path) -> Result<usize, KernelError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(KernelError::io("listing", dir.to_path_buf(), e)),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| KernelError::io("listing", dir.to_path_buf(), e))?
+            .path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                info!(pin = %path.display(), "unpinned an object this build does not know");
+                removed += 1;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(KernelError::io("unpinning", path, e)),
+        }
+    }
+    Ok(removed)
 }
 
 fn configured_interfaces(layout: &PinLayout) -> Vec<String> {
