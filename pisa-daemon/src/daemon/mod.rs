@@ -228,6 +228,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             Ok(None) => agent.attach_only().map_err(ReconcileError::from),
             Err(error) => Err(ReconcileError::from(error)),
         };
+        let quick = agent.quick_updates > quick_before;
         self.metrics
             .reconcile_duration
             .observe(started.elapsed().as_secs_f64());
@@ -238,7 +239,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
                         ops,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         // Class-only edits, applied without planning every claim.
-                        quick = agent.quick_updates > quick_before,
+                        quick,
                         "reconciled"
                     );
                 }
@@ -266,7 +267,9 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             }
             None => NodeReport::read(&agent, &[], &ReadErrors::default()),
         };
-        if reread {
+        // A quick edit frees next to nothing; the full path frees a parse
+        // and a plan of every claim.
+        if reread && !quick {
             memory::return_freed_heap();
         }
         Some(report.claims)

@@ -86,20 +86,11 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
         }
     }
 
-    let mut pins = vec![layout.program(PROG_EGRESS), layout.program(PROG_INGRESS)];
-    pins.extend(ALL_MAPS.iter().map(|name| layout.map(name)));
-    for pin in pins {
-        match std::fs::remove_file(&pin) {
-            Ok(()) => report.unpinned += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(KernelError::io("unpinning", pin, e)),
-        }
-    }
-    // Whatever else is pinned here is this daemon's too, from a build that
-    // knew other objects (a map a newer release added, before a
-    // downgrade): the root is ours, so it goes with the rest.
+    // Every pin left under the root goes, including objects of a build
+    // that knew others (a map a newer release added, before a downgrade):
+    // the root is this daemon's.
     for dir in [layout.links_dir(), layout.maps_dir(), layout.programs_dir()] {
-        report.unpinned += remove_other_pins(&dir)?;
+        report.unpinned += remove_pins(&dir)?;
     }
     for dir in [
         layout.links_dir(),
@@ -116,8 +107,9 @@ pub fn cleanup(layout: &PinLayout) -> Result<CleanupReport, KernelError> {
     Ok(report)
 }
 
-/// Unpins every entry left in `dir`; how many there were.
-fn remove_other_pins(dir: &std::path::Path) -> Result<usize, KernelError> {
+/// Unpins every entry in `dir`; how many there were. Objects this build
+/// does not name are logged.
+fn remove_pins(dir: &std::path::Path) -> Result<usize, KernelError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
@@ -130,7 +122,11 @@ fn remove_other_pins(dir: &std::path::Path) -> Result<usize, KernelError> {
             .path();
         match std::fs::remove_file(&path) {
             Ok(()) => {
-                info!(pin = %path.display(), "unpinned an object this build does not know");
+                let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                let known = ALL_MAPS.contains(&name) || [PROG_EGRESS, PROG_INGRESS].contains(&name);
+                if !known {
+                    info!(pin = %path.display(), "unpinned an object this build does not know");
+                }
                 removed += 1;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

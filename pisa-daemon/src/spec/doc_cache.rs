@@ -11,11 +11,14 @@
 //! piece that is not exactly one document, malformed YAML whose error must
 //! carry the whole file's line numbers) is parsed whole instead.
 
-use std::{collections::HashMap, ops::Range, sync::Arc};
+use std::{collections::HashMap, ops::Range};
 
 use serde::Deserialize;
 
-use super::{load::parse_claim, load_documents, ClaimError, Document};
+use super::{
+    load::{document, origin},
+    load_documents, ClaimError, Document,
+};
 
 /// What a piece of text amounted to when it was parsed.
 #[derive(Clone, Debug)]
@@ -142,10 +145,6 @@ fn renumbered(piece: Piece, source: &str, number: usize) -> Piece {
     Piece::Document(document)
 }
 
-fn origin(source: &str, number: usize) -> String {
-    format!("{source}#{}", number + 1)
-}
-
 /// The text cut before each line that starts a document (`---` alone or
 /// followed by a space or tab). `None` where the cut would not match the
 /// stream parser: a directive (`%`) or a document end marker (`...`).
@@ -192,19 +191,16 @@ fn parse_piece(source: &str, number: usize, text: &str, first: bool) -> Option<P
     if stream.next().is_some() {
         return None;
     }
-    if value.is_null() {
-        return Some(Piece::Empty);
-    }
-    let origin = origin(source, number);
-    let result = parse_claim(&origin, value).map(Arc::new);
-    Some(Piece::Document(Document {
-        origin: origin.into(),
-        result,
-    }))
+    Some(match document(origin(source, number), value) {
+        Some(document) => Piece::Document(document),
+        None => Piece::Empty,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     /// The cache's documents, as text, against the stream parser's.

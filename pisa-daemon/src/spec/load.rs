@@ -27,7 +27,7 @@ pub struct Document {
 pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimError> {
     let mut documents = Vec::new();
     for (index, deserializer) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let origin = format!("{source}#{}", index + 1);
+        let origin = origin(source, index);
         let value = match serde_norway::Value::deserialize(deserializer) {
             Ok(value) => value,
             Err(e) => {
@@ -40,22 +40,30 @@ pub fn load_documents(source: &str, text: &str) -> Result<Vec<Document>, ClaimEr
                 })
             }
         };
-        if value.is_null() {
-            continue; // an empty document, e.g. a trailing `---`
-        }
-        let result = parse_claim(&origin, value).map(Arc::new);
-        documents.push(Document {
-            origin: origin.into(),
-            result,
-        });
+        documents.extend(document(origin, value));
     }
     Ok(documents)
 }
 
-pub(super) fn parse_claim(
-    origin: &str,
-    value: serde_norway::Value,
-) -> Result<QoSClaim, ClaimError> {
+/// `file.yaml#2`: the origin of the document numbered `number` (0-based).
+pub(super) fn origin(source: &str, number: usize) -> String {
+    format!("{source}#{}", number + 1)
+}
+
+/// A parsed YAML document as a claim document; `None` for an empty one
+/// (e.g. after a trailing `---`), which holds no claim.
+pub(super) fn document(origin: String, value: serde_norway::Value) -> Option<Document> {
+    if value.is_null() {
+        return None;
+    }
+    let result = parse_claim(&origin, value).map(Arc::new);
+    Some(Document {
+        origin: origin.into(),
+        result,
+    })
+}
+
+fn parse_claim(origin: &str, value: serde_norway::Value) -> Result<QoSClaim, ClaimError> {
     let claim = key_of(&value);
     let error = |field: &str, value: &str, reason: String| ClaimError {
         origin: origin.to_owned(),

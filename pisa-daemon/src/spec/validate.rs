@@ -168,7 +168,7 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
                 seen.entry(key.clone())
                     .or_default()
                     .push(document.origin.to_string());
-                match check_claim(&document.origin, &key, claim, limits) {
+                match check_one(&document.origin, &key, claim, limits) {
                     Ok(valid) => {
                         out.valid.insert(key, valid);
                     }
@@ -325,15 +325,6 @@ const QOS: &str = "spec.trafficQoS";
 /// One claim checked on its own: what `validate` does for each claim
 /// before the checks across claims.
 pub fn check_one(
-    origin: &str,
-    key: &ClaimKey,
-    claim: &QoSClaim,
-    limits: Limits,
-) -> Result<ValidClaim, Vec<ClaimError>> {
-    check_claim(origin, key, claim, limits)
-}
-
-fn check_claim(
     origin: &str,
     key: &ClaimKey,
     claim: &QoSClaim,
