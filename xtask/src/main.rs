@@ -3,12 +3,15 @@
 
 mod bench;
 mod demo;
+mod guest;
+mod kernels;
+mod matrix;
 mod previous;
 mod setup;
 mod shell;
 mod test;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -39,9 +42,23 @@ enum Task {
         #[arg(long, value_name = "N", default_value_t = 1,
               value_parser = clap::value_parser!(u32).range(1..))]
         repeat: u32,
+        /// Which kernels run the root integration suite: all (this host,
+        /// then 6.1 and 6.12 booted under QEMU), host, 6.1, 6.12, or a
+        /// comma-separated list.
+        #[arg(long, default_value = "all")]
+        kernel: String,
     },
     /// Setup, build, and shape real traffic in a throwaway network topology.
     Demo,
+    /// Boot a kernel of the test matrix under QEMU and run a shell command
+    /// in it, as root, on this machine's root filesystem.
+    Guest {
+        /// 6.1 or 6.12.
+        kernel: String,
+        /// The command, e.g. `-- 'uname -r; tc qdisc show'`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Write generated files: the QoSClaim and QoSNodeReport CRDs into manifests/crd/.
     Codegen,
     /// Run benchmarks and record them in docs/benchmarks.md.
@@ -78,6 +95,27 @@ fn codegen() -> Result<()> {
     Ok(())
 }
 
+fn guest_command(kernel: &str, command: &str) -> Result<()> {
+    let series = kernels::Series::parse(kernel)
+        .with_context(|| format!("kernel {kernel:?}: the choices are 6.1 and 6.12"))?;
+    let kernel = kernels::fetch(series)?;
+    let finished = guest::Guest {
+        kernel: &kernel,
+        cpus: 2,
+        memory_mib: 2048,
+        timeout: std::time::Duration::from_secs(1800),
+    }
+    .run(&std::env::current_dir()?, command)?;
+    match finished.status {
+        Some(0) => Ok(()),
+        Some(code) => anyhow::bail!(
+            "the command exited with {code} in the {kernel} guest",
+            kernel = kernel.version
+        ),
+        None => anyhow::bail!("the {} guest did not finish the command", kernel.version),
+    }
+}
+
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
@@ -87,9 +125,11 @@ fn main() -> Result<()> {
             filter,
             no_setup,
             repeat,
-        } => test::run(filter.as_deref(), no_setup, repeat),
+            kernel,
+        } => test::run(filter.as_deref(), no_setup, repeat, &kernel),
         Task::Demo => demo::run(),
         Task::Bench { which, args } => bench::run(&which, &args),
         Task::Codegen => codegen(),
+        Task::Guest { kernel, command } => guest_command(&kernel, &command.join(" ")),
     }
 }

@@ -33,6 +33,13 @@ pub const PACKAGES: &[&str] = &[
     "sysbench",
     // A certificate for the PostgreSQL server of the TLS identity test.
     "openssl",
+    // The kernel matrix: QEMU (TCG) boots Debian's 6.1 and 6.12 kernels with
+    // a busybox initramfs; kmod and xz-utils read their modules.
+    "qemu-system-x86",
+    "busybox-static",
+    "kmod",
+    "cpio",
+    "xz-utils",
     // A Python any user can run, for the third-party clients in tests/
     // (pyenv's Python lives under /root, which other users cannot enter).
     "python3",

@@ -12,6 +12,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::{
+    matrix::{self, Outcome, Target},
     previous, setup,
     shell::{cmd, is_root, workspace},
 };
@@ -20,7 +21,8 @@ use crate::{
 /// at a time (they share the host's routing, ports and CPU).
 const INTEGRATION: &[&str] = &["test", "--package", "pisa-daemon", "--test", "integration"];
 
-pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
+pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32, kernels: &str) -> Result<()> {
+    let targets = matrix::parse_targets(kernels)?;
     if !is_root() {
         // The integration tests attach programs and build namespaces; they
         // must not be silently skipped, so refuse up front.
@@ -32,8 +34,49 @@ pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
         previous::build()?;
     }
     if repeat > 1 {
+        if targets != [Target::Host] {
+            bail!("--repeat runs the host suite only: add --kernel host");
+        }
         return repeat_integration(filter, repeat);
     }
+    if targets.contains(&Target::Host) {
+        static_checks_and_unit_tests()?;
+    }
+    let binary = build_integration()?;
+    let mut outcomes = Vec::new();
+    for target in targets {
+        let outcome = match target {
+            Target::Host => {
+                let (args, left_out) = matrix::test_args(Target::Host, filter);
+                matrix::announce(Target::Host, &host_kernel(), &left_out);
+                let round = run_round(&binary, &args)?;
+                Outcome {
+                    target,
+                    kernel: host_kernel(),
+                    passed: round.passed,
+                    failed: round.failed,
+                    left_out,
+                    completed: round.completed,
+                    seconds: round.seconds,
+                }
+            }
+            Target::Guest(series) => matrix::run_guest(series, &binary, filter)?,
+        };
+        outcomes.push(outcome);
+    }
+    matrix::report(&outcomes)?;
+    eprintln!("xtask test: all passed");
+    Ok(())
+}
+
+fn host_kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|r| r.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// fmt, clippy and the unit tests: what fails fastest, before any kernel.
+fn static_checks_and_unit_tests() -> Result<()> {
     cmd("cargo", &["fmt", "--all", "--check"])?;
     cmd(
         "cargo",
@@ -58,18 +101,7 @@ pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32) -> Result<()> {
             "--lib",
             "--bins",
         ],
-    )?;
-    let mut args = INTEGRATION.to_vec();
-    args.push("--");
-    args.extend(libtest_args(filter));
-    cmd("cargo", &args)?;
-    eprintln!("xtask test: all passed");
-    Ok(())
-}
-
-/// The test binary's own arguments: one test at a time, and the filter.
-fn libtest_args(filter: Option<&str>) -> Vec<&str> {
-    std::iter::once("--test-threads=1").chain(filter).collect()
+    )
 }
 
 /// One run of the integration suite: the tests that failed, and whether
@@ -89,7 +121,7 @@ fn repeat_integration(filter: Option<&str>, rounds: u32) -> Result<()> {
     let mut results = Vec::new();
     for round in 1..=rounds {
         eprintln!("=== xtask test --repeat: round {round}/{rounds} ===");
-        let result = run_round(&binary, filter)?;
+        let result = run_round(&binary, &matrix::test_args(Target::Host, filter).0)?;
         eprintln!(
             "=== round {round}/{rounds}: {} passed, {} failed{} in {:.0} s ===",
             result.passed,
@@ -168,29 +200,23 @@ fn build_integration() -> Result<PathBuf> {
 
 /// Runs the suite once, echoing its output and reading libtest's
 /// `test NAME ... ok|FAILED` lines.
-fn run_round(binary: &Path, filter: Option<&str>) -> Result<Round> {
-    let args = libtest_args(filter);
+fn run_round(binary: &Path, args: &[String]) -> Result<Round> {
     let started = Instant::now();
     // cargo runs a package's tests from the package's directory.
     let mut child = Command::new(binary)
-        .args(&args)
+        .args(args)
         .current_dir(workspace().join("pisa-daemon"))
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
     let stdout = child.stdout.take().context("test stdout")?;
-    let (mut passed, mut failed) = (0, Vec::new());
+    let mut lines = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let line = line.context("reading test output")?;
         println!("{line}");
-        if let Some(rest) = line.strip_prefix("test ") {
-            if rest.ends_with(" ... ok") {
-                passed += 1;
-            } else if let Some(name) = rest.strip_suffix(" ... FAILED") {
-                failed.push(name.to_owned());
-            }
-        }
+        lines.push(line);
     }
+    let (passed, failed) = matrix::count(lines.iter().map(String::as_str));
     let status = child.wait().context("waiting for the tests")?;
     // libtest exits 101 when tests failed; anything else with no failed
     // test named (a crash, a signal) means the round did not complete.
