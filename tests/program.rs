@@ -18,6 +18,7 @@ const SKB_SIZE: usize = 192;
 const SKB_PRIORITY: usize = 32;
 const SKB_IFINDEX: usize = 40;
 const SKB_TSTAMP: usize = 152;
+const SKB_WIRE_LEN: usize = 160;
 const LOOPBACK: u32 = 1;
 
 struct Outcome {
@@ -48,9 +49,22 @@ impl Harness {
         frame: &[u8],
         ifindex: u32,
     ) -> Result<Outcome, aya::programs::ProgramError> {
+        self.try_run_with(frame, ifindex, 0)
+    }
+
+    /// `wire_len` is what the stack computed for the packet before the
+    /// egress hook (a GSO packet's segments with their headers); 0 leaves
+    /// it at the frame's length.
+    fn try_run_with(
+        &self,
+        frame: &[u8],
+        ifindex: u32,
+        wire_len: u32,
+    ) -> Result<Outcome, aya::programs::ProgramError> {
         let mut ctx_in = [0u8; SKB_SIZE];
         // ifindex 1 (lo) leaves the kernel's default device in place.
         ctx_in[SKB_IFINDEX..SKB_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx_in[SKB_WIRE_LEN..SKB_WIRE_LEN + 4].copy_from_slice(&wire_len.to_ne_bytes());
         let mut ctx_out = [0u8; SKB_SIZE];
         let mut data_out = vec![0u8; frame.len() + 256];
         let result = self.kernel.program().test_run(TestRunOptions {
@@ -451,6 +465,74 @@ fn edt_spaces_departures_by_bytes_over_rate_and_drops_beyond_horizon() {
     );
     let stats = h.stats(9);
     assert_eq!((stats.packets, stats.delayed, stats.drops), (2, 2, 1));
+}
+
+#[test]
+fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
+    // A 1000-byte GSO frame that leaves as three segments puts 3000 bytes
+    // on the wire (each segment carries its own headers); HTB charges the
+    // 3000, so EDT and police must too, or a class of TCP traffic runs
+    // several percent over its rate.
+    let mut h = Harness::new();
+    h.kernel.override_features(Features {
+        sch_fq: true,
+        ..h.kernel.features()
+    });
+    let rate = 10_000;
+    h.kernel
+        .put_class(&ClassSpec {
+            class_id: 10,
+            mode: ShapingMode::Edt,
+            rate_bytes: rate,
+            ceil_bytes: rate,
+            burst_bytes: 0,
+            priority: 3,
+            horizon_ns: 2_000_000_000,
+            claim_hash: 0,
+        })
+        .expect("edt class");
+    h.rule(Side::Destination, "10.8.0.10/32", Protocol::Tcp, 0, 10);
+    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.10", 2);
+    let header = p.bytes().len() - p.payload;
+    p = p.payload(1000 - header);
+    let frame = p.bytes();
+    let run = |wire| h.try_run_with(&frame, LOOPBACK, wire).expect("BPF_PROG_TEST_RUN");
+    // A departure is the class's pace after the packet's own cost, so the
+    // gap before a packet is what that packet was charged.
+    let first = run(0);
+    let second = run(3000);
+    let third = run(0);
+    assert_eq!(
+        second.tstamp - first.tstamp,
+        300_000_000,
+        "a 3000-byte wire length is paced as 3000 bytes, not the 1000 of skb->len"
+    );
+    assert_eq!(
+        third.tstamp - second.tstamp,
+        100_000_000,
+        "without a wire length the frame's own 1000 bytes are charged"
+    );
+    let stats = h.stats(10);
+    assert_eq!(
+        stats.bytes,
+        3 * 1000,
+        "counters count skb->len, as the interface does"
+    );
+
+    // Police: a 3000-byte bucket passes one 3000-byte GSO frame, not three.
+    h.class(11, ShapingMode::Police, 1000, 3000);
+    h.rule(Side::Destination, "10.8.0.11/32", Protocol::Tcp, 0, 11);
+    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.11", 2);
+    p = p.payload(1000 - header);
+    let frame = p.bytes();
+    let verdicts: Vec<i32> = (0..2)
+        .map(|_| {
+            h.try_run_with(&frame, LOOPBACK, 3000)
+                .expect("BPF_PROG_TEST_RUN")
+                .verdict
+        })
+        .collect();
+    assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
 }
 
 #[test]

@@ -66,14 +66,21 @@ fn try_egress(ctx: &TcContext) -> Result<i32, i32> {
     };
     let mut sql_outcome = None;
     let matched = classify::classify(ctx, &packet, &mut sql_outcome);
+    let verdict = match matched {
+        Some(matched) => shape::shape(ctx, &matched),
+        None => {
+            stats::count_reason(reason::UNMATCHED);
+            TC_ACT_OK
+        }
+    };
+    // The debug event comes after the verdict, so that no value of the
+    // packet path is live across its many formatted arguments. Before it,
+    // LLVM shared stack slots between the two, and kernels before 6.18
+    // rejected a path through them ("invalid size of register fill").
     if let Some(outcome) = sql_outcome {
         debug_events::sql::<{ debug_events::EGRESS }>(ctx, &packet.flow, outcome);
     }
-    let Some(matched) = matched else {
-        stats::count_reason(reason::UNMATCHED);
-        return Ok(TC_ACT_OK);
-    };
-    Ok(shape::shape(ctx, &matched))
+    Ok(verdict)
 }
 
 /// Sees what arrives on an interface, for SQL identity only: a connection

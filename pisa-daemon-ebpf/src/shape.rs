@@ -34,13 +34,31 @@ pub fn shape(ctx: &TcContext, matched: &Matched) -> i32 {
             count_class(matched.class_id, len, ClassEvent::Sent);
             TC_ACT_OK
         }
-        MODE_EDT | MODE_POLICE => paced(ctx, matched, len),
+        MODE_EDT | MODE_POLICE => paced(ctx, matched, len, wire_len(ctx, len)),
         _ => TC_ACT_OK,
     }
 }
 
+/// The bytes this packet puts on the wire, as HTB charges them: a GSO
+/// packet leaves as several segments, each with its own headers, which
+/// `skb->len` counts once. The stack computes the wire length before the
+/// egress hook (`qdisc_pkt_len_init`) and exposes it as `wire_len` (Linux
+/// 5.0); zero means it was not set, and then `len` is what leaves.
 #[inline(always)]
-fn paced(ctx: &TcContext, matched: &Matched, len: u64) -> i32 {
+fn wire_len(ctx: &TcContext, len: u64) -> u64 {
+    // SAFETY: readable __sk_buff field for sched_cls programs.
+    let wire = u64::from(unsafe { (*ctx.skb.skb).wire_len });
+    if wire > len {
+        wire
+    } else {
+        len
+    }
+}
+
+/// Paces (EDT) or polices the packet. The class is charged `wire` bytes;
+/// its counters count `len`, as the interface's do.
+#[inline(always)]
+fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
     let Some(pace_state) = CLASS_PACE.get_ptr_mut(matched.class_id) else {
         return TC_ACT_OK;
     };
@@ -52,7 +70,7 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64) -> i32 {
     // lower to BPF_ATOMIC cmpxchg/fetch-add, Linux 5.12+.)
     let tat = pace_state.cast::<u64>();
     let now = unsafe { bpf_ktime_get_ns() };
-    let cost = transmit_ns(len, config.rate_bytes);
+    let cost = transmit_ns(wire, config.rate_bytes);
     let burst = transmit_ns(u64::from(config.burst_bytes), config.rate_bytes);
 
     for _ in 0..PACE_CAS_ATTEMPTS {

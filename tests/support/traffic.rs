@@ -63,6 +63,27 @@ pub fn htb_direct_packets(iface: &str) -> u64 {
         .unwrap_or_else(|| panic!("no direct_packets_stat: {out}"))
 }
 
+/// Bytes the root qdisc of `iface` has sent, as qdiscs count them: the
+/// wire length (`qdisc_pkt_len`), which gives a GSO packet's every
+/// segment its headers. The interface's tx_bytes counts such a packet's
+/// headers once, so at high rates it reads a few percent under the wire.
+pub fn root_qdisc_bytes(iface: &str) -> u64 {
+    let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface, "root"]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    qdiscs[0]["bytes"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no byte counter on the root qdisc: {out}"))
+}
+
+/// Wire rate (bits/s) through the root qdisc of `iface` over `window`.
+pub fn measure_qdisc_wire_bps(iface: &str, window: Duration) -> f64 {
+    let start_bytes = root_qdisc_bytes(iface);
+    let start = Instant::now();
+    std::thread::sleep(window);
+    let bytes = root_qdisc_bytes(iface) - start_bytes;
+    bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
+}
+
 /// Wire rate (bits/s) leaving `iface` over `window`, measured with the
 /// kernel's own counters.
 pub fn measure_wire_bps(iface: &str, window: Duration) -> f64 {

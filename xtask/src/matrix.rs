@@ -96,7 +96,9 @@ impl Outcome {
 
 /// The libtest arguments for one target, and what it leaves out (printed).
 pub fn test_args(target: Target, filter: Option<&str>) -> (Vec<String>, Vec<String>) {
-    let mut args = vec!["--test-threads=1".to_owned()];
+    // No colours: a guest's console is a terminal, and the counts are read
+    // from libtest's plain `... ok` lines.
+    let mut args = vec!["--test-threads=1".to_owned(), "--color=never".to_owned()];
     let mut left_out = Vec::new();
     let mut skip = |name: &str, reason: &str| {
         args.push("--skip".into());
