@@ -320,7 +320,7 @@ fn pinned_ids(s: &Setup) -> [serde_json::Value; 3] {
     [
         id("prog", layout.program("pisa_tc_egress")),
         id("map", layout.map("CLASS_CONFIG")),
-        id("link", layout.egress_link(s.topo.to_server())),
+        egress_attachment(&s.root, s.topo.to_server()).expect("attached at egress"),
     ]
 }
 
@@ -613,4 +613,116 @@ fn live_metrics_pass_promtool_check_metrics() {
     );
     let (code, _) = http_get(&daemon.metrics, "/healthz").unwrap();
     assert_eq!(code, 200);
+}
+
+#[test]
+fn each_interface_gets_its_own_link_rate_shown_in_state_status_and_metrics() {
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    // The server side is named; the client side has no flag, so it takes
+    // the speed its device reports (a veth says 10000 Mbit/s).
+    let named = format!("{}=50mbit", s.topo.to_server());
+    let mut daemon = s.start_binary(
+        daemon_bin(),
+        19469,
+        &["--iface", s.topo.to_client(), "--link-rate", &named],
+    );
+    class_id_of(&daemon.state_file, "shop/alpha");
+    let device_mbit: u64 =
+        std::fs::read_to_string(format!("/sys/class/net/{}/speed", s.topo.to_client()))
+            .expect("the veth's speed")
+            .trim()
+            .parse()
+            .expect("speed in Mbit/s");
+    // Each HTB root's link class holds its own interface's rate.
+    let link_class = |iface: &str| {
+        sh(
+            "tc",
+            &["class", "show", "dev", iface, "classid", "5150:ffff"],
+        )
+    };
+    assert!(
+        link_class(s.topo.to_server()).contains("rate 50Mbit ceil 50Mbit"),
+        "{}",
+        link_class(s.topo.to_server())
+    );
+    let device_rate = format!(
+        "rate {}Gbit ceil {}Gbit",
+        device_mbit / 1000,
+        device_mbit / 1000
+    );
+    assert!(
+        link_class(s.topo.to_client()).contains(&device_rate),
+        "{} should hold {device_rate}",
+        link_class(s.topo.to_client())
+    );
+
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&daemon.state_file).unwrap()).unwrap();
+    assert_eq!(
+        state["link_rates"][s.topo.to_server()],
+        serde_json::json!({"rate_bytes": 50_000_000 / 8, "source": "interface"})
+    );
+    assert_eq!(
+        state["link_rates"][s.topo.to_client()],
+        serde_json::json!({"rate_bytes": device_mbit * 1_000_000 / 8, "source": "device"})
+    );
+
+    let (_, metrics) = http_get(&daemon.metrics, "/metrics").expect("metrics");
+    let series = |iface: &str, source: &str| {
+        format!("pisa_interface_link_rate_bytes{{interface=\"{iface}\",source=\"{source}\"}}")
+    };
+    assert_eq!(
+        metric_value(&metrics, &series(s.topo.to_server(), "interface")),
+        Some(6_250_000.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_value(&metrics, &series(s.topo.to_client(), "device")),
+        Some((device_mbit * 1_000_000 / 8) as f64),
+        "{metrics}"
+    );
+
+    let out = std::process::Command::new(daemon_bin())
+        .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
+        .arg(&daemon.state_file)
+        .args(["--sample-ms", "100"])
+        .env("PISA_API_SOCKET", api_socket())
+        .output()
+        .expect("status");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!("link {}: 50Mbit (interface)", s.topo.to_server())),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!(
+            "link {}: {}Gbit (device)",
+            s.topo.to_client(),
+            device_mbit / 1000
+        )),
+        "{table}"
+    );
+    let status = daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10));
+    assert!(status.success());
+
+    // A bad value is refused before anything is touched, naming the flag,
+    // the value, the reason and the form.
+    let (ok, _, stderr) = run_daemon(&[
+        "run",
+        "--iface",
+        s.topo.to_server(),
+        "--bpffs",
+        s.root.as_str(),
+        "--link-rate",
+        "eth0=fast",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("--link-rate `eth0=fast`: `fast` is not a rate")
+            && stderr.contains("IFACE=RATE"),
+        "{stderr}"
+    );
 }

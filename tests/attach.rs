@@ -83,6 +83,9 @@ fn attach_is_idempotent_and_reopening_adopts_the_same_objects() {
         assert_eq!(first.link_id, again.link_id);
         (kernel.program_id(), first.link_id)
     };
+    // Seen from outside: one TCX link, or one cls_bpf filter before TCX.
+    let attachment = egress_attachment(&root, &veth.host).expect("attached");
+    assert_eq!(attachment["prog_id"].as_u64(), Some(u64::from(program_id)));
     // A new process would do exactly this on restart.
     let mut kernel = Kernel::open(root.layout()).expect("re-opening");
     assert!(kernel.adopted());
@@ -94,6 +97,11 @@ fn attach_is_idempotent_and_reopening_adopts_the_same_objects() {
     let adopted = kernel.attach_egress(&veth.host).expect("adopting");
     assert!(adopted.adopted);
     assert_eq!(adopted.link_id, link_id, "same link after re-open");
+    assert_eq!(
+        egress_attachment(&root, &veth.host),
+        Some(attachment),
+        "the same attachment after re-open, not a second one"
+    );
     let attached = bpftool_prog_ids("pisa_tc_egress");
     assert!(attached.contains(&u64::from(program_id)));
 }
@@ -108,6 +116,7 @@ fn detach_removes_the_link_and_cleanup_removes_everything() {
         kernel.attach_egress(&veth.host).expect("attaching");
         assert!(kernel.detach_egress(&veth.host).expect("detaching"));
         assert!(!root.layout().egress_link(&veth.host).exists());
+        assert_eq!(egress_attachment(&root, &veth.host), None, "detached");
         assert!(!kernel.detach_egress(&veth.host).expect("detaching twice"));
         kernel.attach_egress(&veth.host).expect("re-attaching");
         kernel.program_id()

@@ -496,7 +496,10 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
     let header = p.bytes().len() - p.payload;
     p = p.payload(1000 - header);
     let frame = p.bytes();
-    let run = |wire| h.try_run_with(&frame, LOOPBACK, wire).expect("BPF_PROG_TEST_RUN");
+    let run = |wire| {
+        h.try_run_with(&frame, LOOPBACK, wire)
+            .expect("BPF_PROG_TEST_RUN")
+    };
     // A departure is the class's pace after the packet's own cost, so the
     // gap before a packet is what that packet was charged.
     let first = run(0);

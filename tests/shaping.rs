@@ -108,9 +108,8 @@ fn holds_rate(mode: ShapingMode, rate_mbit: u64, tolerance: f64) {
         ShapingMode::Htb => {
             // The tc view agrees: the class exists with the configured rate.
             let classes = sh("tc", &["class", "show", "dev", topo.to_server()]);
-            let expected = format!(
-                "class htb 5150:1 parent 5150:ffff leaf 8001: prio 3 rate {rate_mbit}Mbit"
-            );
+            let expected =
+                format!("class htb 5150:1 parent 5150:ffff leaf 8001: prio 3 rate {rate_mbit}Mbit");
             assert!(classes.contains(&expected), "{classes}");
         }
         _ => {
@@ -118,7 +117,10 @@ fn holds_rate(mode: ShapingMode, rate_mbit: u64, tolerance: f64) {
             assert!(qdiscs.contains("qdisc fq 5150: root"), "{qdiscs}");
             let stats = kernel.class_stats().expect("class stats");
             let delayed = stats.get(&1).map(|s| s.delayed).unwrap_or_default();
-            assert!(delayed > 0, "no packet was given a departure time: {stats:?}");
+            assert!(
+                delayed > 0,
+                "no packet was given a departure time: {stats:?}"
+            );
         }
     }
 }

@@ -110,9 +110,12 @@ pub enum Command {
         /// Serve /metrics, /healthz and /readyz here, e.g. 127.0.0.1:9464.
         #[arg(long, value_name = "ADDR", env = "PISA_METRICS_ADDR")]
         metrics_addr: Option<SocketAddr>,
-        /// Capacity classes share and borrow from on each interface (tc units).
-        #[arg(long, value_name = "RATE", default_value = "10gbit")]
-        link_rate: String,
+        /// Capacity classes share and borrow from: `IFACE=RATE` for one
+        /// interface, `RATE` for every interface not named (repeat the
+        /// flag). Without it, each interface's own speed (ethtool's), else
+        /// 10gbit. tc units, e.g. --link-rate eth0=25gbit --link-rate 1gbit.
+        #[arg(long = "link-rate", value_name = "[IFACE=]RATE")]
+        link_rates: Vec<String>,
         /// Most claims (classes) this node holds.
         #[arg(long, value_name = "N", default_value_t = 4096)]
         max_classes: usize,

@@ -15,7 +15,7 @@ use pisa_daemon::{
     daemon::{ApiConfig, NodeConfig},
     kernel::{self, features, PinLayout},
     source::{file, kube::KubeArgs, Watch},
-    spec::{units, Limits},
+    spec::{self, Limits},
 };
 use tracing::info;
 
@@ -84,7 +84,7 @@ fn dispatch(command: Command) -> Result<bool> {
             ifaces,
             bpffs,
             metrics_addr,
-            link_rate,
+            link_rates,
             max_classes,
             state_file,
             api_socket,
@@ -93,8 +93,7 @@ fn dispatch(command: Command) -> Result<bool> {
             max_flow_tags,
             kernel_log,
         } => {
-            let link_rate_bytes = units::parse_rate_bytes(&link_rate)
-                .with_context(|| format!("--link-rate `{link_rate}`"))?;
+            let link_rates = spec::parse_link_rates(&link_rates)?;
             let config = NodeConfig {
                 config,
                 config_watch: match config_watch {
@@ -116,7 +115,7 @@ fn dispatch(command: Command) -> Result<bool> {
                 ifaces,
                 bpffs,
                 metrics_addr,
-                link_rate_bytes,
+                link_rates,
                 max_classes,
                 state_file,
                 kernel_log: kernel_log == KernelLog::Debug,

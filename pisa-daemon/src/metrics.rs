@@ -278,6 +278,23 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 ConstGauge::new(1i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "pisa_interface_link_rate_bytes",
+                "Link rate (bytes/s) of each attached interface: its HTB root's rate and ceil; \
+                 source is interface (--link-rate IFACE=RATE), flag (a bare --link-rate), \
+                 device (the speed it reports) or fallback (10gbit)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, rate) in &report.link_rates {
+                let labels: Labels = vec![
+                    ("interface".into(), name.clone()),
+                    ("source".into(), rate.source.name().into()),
+                ];
+                ConstGauge::new(rate.bytes as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
         let ifaces = report.counters.interfaces.clone().unwrap_or_default();
         for (name, help, bytes) in [
             (

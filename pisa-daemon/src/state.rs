@@ -27,6 +27,10 @@ pub struct PublishedState {
     pub pid: u32,
     pub bpffs: PathBuf,
     pub interfaces: Vec<String>,
+    /// Each interface's link rate; absent in files of daemons before it
+    /// was added.
+    #[serde(default)]
+    pub link_rates: BTreeMap<String, PublishedLinkRate>,
     pub classes: Vec<PublishedClass>,
     pub claims: Vec<PublishedClaim>,
     pub source_errors: Vec<String>,
@@ -39,6 +43,15 @@ pub struct PublishedState {
     /// daemons before it was added.
     #[serde(default)]
     pub identity: PublishedIdentity,
+}
+
+/// An interface's link rate and where it came from (`interface`: its own
+/// `--link-rate IFACE=RATE`; `flag`: a bare `--link-rate`; `device`: the
+/// speed it reports; `fallback`: 10gbit).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedLinkRate {
+    pub rate_bytes: u64,
+    pub source: String,
 }
 
 /// SQL identity's counts: by outcome for the node, and for each claim.

@@ -47,6 +47,8 @@ struct Report {
     /// Client selectors and SQL identity, from the daemon's state file
     /// (absent when it cannot be read).
     selectors: Option<Selectors>,
+    /// Each interface's link rate, from the daemon's state file.
+    links: BTreeMap<String, state::PublishedLinkRate>,
 }
 
 #[derive(Serialize)]
@@ -85,6 +87,9 @@ pub fn status(
         }
     };
     report.selectors = selectors(state_file);
+    report.links = state::read(state_file)
+        .map(|published| published.link_rates)
+        .unwrap_or_default();
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -168,6 +173,7 @@ async fn from_api(
             .collect(),
         source_errors: listed.source_errors,
         selectors: None,
+        links: BTreeMap::new(),
     })
 }
 
@@ -242,6 +248,7 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
         invalid,
         source_errors: published.map(|s| s.source_errors).unwrap_or_default(),
         selectors: None,
+        links: BTreeMap::new(),
     })
 }
 
@@ -250,6 +257,13 @@ fn print_table(report: &Report) {
         println!("(no running daemon: counters from the pinned maps; claim names may be missing)");
     }
     println!("source: {}", report.source);
+    for (iface, link) in &report.links {
+        println!(
+            "link {iface}: {} ({})",
+            format_rate(link.rate_bytes),
+            link.source
+        );
+    }
     println!(
         "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<13} {:<20} {:>14} {:>12} {:>8} {:<8}",
         "CLAIM",

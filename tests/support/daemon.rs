@@ -6,7 +6,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use pisa_daemon::kernel::PinLayout;
+use pisa_daemon::kernel::{AttachMode, PinLayout};
 
 use super::{
     host::{require_tool, sh, unique},
@@ -141,6 +141,41 @@ pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
     full.extend_from_slice(args);
     let out = sh("bpftool", &full);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("bpftool JSON: {e}: {out}"))
+}
+
+/// What runs at egress of `iface` for `root`, as the kernel shows it from
+/// outside: with TCX (6.6+), the pinned link (`id`, `prog_id`); without,
+/// the cls_bpf filter on the clsact egress hook (`handle`, `prog_id`).
+/// `None` when nothing of ours is attached there.
+pub fn egress_attachment(root: &BpffsRoot, iface: &str) -> Option<serde_json::Value> {
+    match AttachMode::probe() {
+        AttachMode::Tcx => {
+            let pin = root.layout().egress_link(iface);
+            if !pin.exists() {
+                return None;
+            }
+            let link = bpftool_json(&["link", "show", "pinned", pin.to_str()?]);
+            Some(serde_json::json!({"id": link["id"], "prog_id": link["prog_id"]}))
+        }
+        AttachMode::Netlink => {
+            let out = Command::new("tc")
+                .args(["-j", "filter", "show", "dev", iface, "egress"])
+                .output()
+                .expect("running tc");
+            // No clsact qdisc (or no interface): nothing is attached.
+            let filters: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            filters.as_array()?.iter().find_map(|filter| {
+                let options = &filter["options"];
+                let ours = filter["kind"] == "bpf"
+                    && options["prog"]["name"]
+                        .as_str()
+                        .is_some_and(|name| "pisa_tc_egress".starts_with(name));
+                ours.then(|| {
+                    serde_json::json!({"handle": options["handle"], "prog_id": options["prog"]["id"]})
+                })
+            })
+        }
+    }
 }
 
 /// The entries of the pinned `FLOW_TAGS` under `root`, as `bpftool map

@@ -21,7 +21,7 @@ use crate::{
     },
     kernel::{
         self, kernel_log::KernelLog, sql_events::SqlEvents, Dataplane, Kernel, KernelError,
-        PinLayout,
+        LinkRates, PinLayout,
     },
     metrics::{KernelCollector, Metrics},
     reconcile::agent::Agent,
@@ -48,7 +48,8 @@ pub struct NodeConfig {
     pub ifaces: Vec<String>,
     pub bpffs: PathBuf,
     pub metrics_addr: Option<SocketAddr>,
-    pub link_rate_bytes: u64,
+    /// The `--link-rate` flags.
+    pub link_rates: LinkRates,
     pub max_classes: usize,
     pub state_file: PathBuf,
     /// The kernel program writes debug events, drained into the log.
@@ -170,7 +171,7 @@ fn open_agent(config: &NodeConfig) -> Result<Opened, NodeError> {
     if config.kernel_log {
         info!("kernel debug events on (--kernel-log debug): logged under target pisa_kernel");
     }
-    kernel.set_link_rate(config.link_rate_bytes);
+    kernel.set_link_rates(config.link_rates.clone());
     let features = kernel.features();
     info!(
         tcx = features.tcx,

@@ -13,7 +13,8 @@ use crate::{
     reconcile::agent::Agent,
     report::{CounterMap, NodeReport, ReadErrors},
     state::{
-        self, LatencySummary, PublishedClaim, PublishedClass, PublishedIdentity, PublishedState,
+        self, LatencySummary, PublishedClaim, PublishedClass, PublishedIdentity, PublishedLinkRate,
+        PublishedState,
     },
 };
 
@@ -53,6 +54,17 @@ impl StateFile {
             pid: std::process::id(),
             bpffs: self.bpffs.clone(),
             interfaces: report.interfaces.iter().cloned().collect(),
+            link_rates: report
+                .link_rates
+                .iter()
+                .map(|(iface, rate)| {
+                    let published = PublishedLinkRate {
+                        rate_bytes: rate.bytes,
+                        source: rate.source.name().into(),
+                    };
+                    (iface.clone(), published)
+                })
+                .collect(),
             classes: report
                 .classes
                 .iter()

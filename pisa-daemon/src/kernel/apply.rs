@@ -10,7 +10,7 @@ use super::{
     maps::to_config, Attachment, ClassSpec, Dataplane, Features, Kernel, KernelError, RuleMatch,
     ShapingMode,
 };
-use crate::model::{ClientPrefix, RuleTarget};
+use crate::model::{ClientPrefix, LinkRate, RuleTarget};
 
 impl Dataplane for Kernel {
     fn features(&self) -> Features {
@@ -50,6 +50,21 @@ impl Dataplane for Kernel {
 
     fn interfaces(&self) -> BTreeSet<String> {
         self.ifaces.clone()
+    }
+
+    fn link_rates(&self) -> BTreeMap<String, LinkRate> {
+        // An interface without our HTB root (EDT, police, nothing shaped
+        // yet) shows what its root would be set up with.
+        self.ifaces
+            .iter()
+            .map(|iface| {
+                let rate = match self.link_rates_in_force.get(iface) {
+                    Some(rate) => *rate,
+                    None => self.resolve_link_rate(iface),
+                };
+                (iface.clone(), rate)
+            })
+            .collect()
     }
 
     fn classes(&self) -> &BTreeMap<u32, ClassSpec> {

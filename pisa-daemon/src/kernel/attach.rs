@@ -319,6 +319,7 @@ impl Kernel {
                 detach_pinned(&self.layout, &iface_name)?;
                 self.ifaces.remove(&iface_name);
                 self.htb_roots.remove(&iface_name);
+                self.link_rates_in_force.remove(&iface_name);
                 released.push(iface_name);
             }
         }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
 
 use super::{Attachment, KernelError};
-use crate::model::{ClassSpec, ClientPrefix, RuleMatch, RuleTarget};
+use crate::model::{ClassSpec, ClientPrefix, LinkRate, RuleMatch, RuleTarget};
 
 /// Kernel features that decide what can be enforced where.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,6 +42,8 @@ pub trait Dataplane {
     fn detach(&mut self, iface: &str) -> Result<bool, KernelError>;
     /// Interfaces currently attached.
     fn interfaces(&self) -> BTreeSet<String>;
+    /// Each attached interface's link rate, and where it came from.
+    fn link_rates(&self) -> BTreeMap<String, LinkRate>;
     /// Active classes by id.
     fn classes(&self) -> &BTreeMap<u32, ClassSpec>;
     /// Creates or changes a class in place (map entry and, for HTB, the

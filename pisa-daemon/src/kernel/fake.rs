@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pisa_daemon_common::{ClassStats, FlowKey, FlowTag, IfaceStats};
 
 use super::{Attachment, Dataplane, Features, FlowTagWrite, KernelError};
-use crate::model::{ClassSpec, ClientPrefix, RuleMatch, RuleTarget};
+use crate::model::{ClassSpec, ClientPrefix, LinkRate, LinkRates, RuleMatch, RuleTarget};
 
 /// An in-memory `Dataplane` for reconciler tests: it records every call so
 /// tests can assert exactly which operations a change caused.
@@ -70,6 +70,13 @@ impl Dataplane for FakeDataplane {
 
     fn interfaces(&self) -> BTreeSet<String> {
         self.ifaces.clone()
+    }
+
+    fn link_rates(&self) -> BTreeMap<String, LinkRate> {
+        self.ifaces
+            .iter()
+            .map(|iface| (iface.clone(), LinkRates::default().resolve(iface, None)))
+            .collect()
     }
 
     fn classes(&self) -> &BTreeMap<u32, ClassSpec> {

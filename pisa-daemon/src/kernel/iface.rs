@@ -64,6 +64,20 @@ pub fn lookup(iface: &str) -> Result<Interface, KernelError> {
     })
 }
 
+/// The speed `iface` reports (Mbit/s in sysfs, what ethtool shows), in
+/// bytes per second; `None` where it reports none (-1 or an unreadable
+/// attribute: tunnels, bridges, loopback, a link that is down).
+pub fn speed_bytes(iface: &str) -> Option<u64> {
+    let path = std::path::Path::new("/sys/class/net")
+        .join(iface)
+        .join("speed");
+    let mbit: i64 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    u64::try_from(mbit)
+        .ok()
+        .filter(|mbit| *mbit > 0)
+        .map(|mbit| mbit * 1_000_000 / 8)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +107,12 @@ mod tests {
         let lo = lookup("lo").unwrap();
         assert_eq!(lo.ifindex, 1);
         assert!(!lo.l3_only);
+    }
+
+    #[test]
+    fn loopback_and_missing_interfaces_report_no_speed() {
+        // lo's speed attribute cannot be read (EINVAL).
+        assert_eq!(speed_bytes("lo"), None);
+        assert_eq!(speed_bytes("no-such-if0"), None);
     }
 }

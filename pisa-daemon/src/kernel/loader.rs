@@ -19,6 +19,8 @@ use pisa_daemon_common::{
 };
 use tracing::{debug, info};
 
+use crate::model::{LinkRate, LinkRates};
+
 use super::{
     attach::Hook, bpffs::PinLayout, caps, features, netlink::RtNetlink, resize, ClassSpec,
     Features, KernelError, RuleMatch, EBPF_OBJECT,
@@ -37,7 +39,6 @@ pub(super) struct LoadedProgram {
 
 /// Capacity assumed for an interface's HTB link class when none is given:
 /// 10 Gbit/s. Classes borrow up to their ceil within it.
-pub const DEFAULT_LINK_RATE_BYTES: u64 = 10_000_000_000 / 8;
 
 /// The loaded (or adopted) program and maps under one bpffs root.
 pub struct Kernel {
@@ -53,8 +54,11 @@ pub struct Kernel {
     /// Whether the pinned classifier was an earlier build, replaced now.
     upgraded: bool,
     pub(super) features: Features,
-    /// The HTB link class rate (bytes/s) on every interface.
-    pub(super) link_rate_bytes: u64,
+    /// The `--link-rate` flags; each interface's rate is resolved from
+    /// them and its device's speed when its HTB root is set up.
+    pub(super) link_rates: LinkRates,
+    /// The link rate each interface's HTB link class was written with.
+    pub(super) link_rates_in_force: BTreeMap<String, LinkRate>,
     pub(super) classes: BTreeMap<u32, ClassSpec>,
     pub(super) rules: BTreeMap<RuleMatch, crate::model::RuleTarget>,
     pub(super) clients: BTreeMap<crate::model::ClientPrefix, u32>,
@@ -114,7 +118,8 @@ impl Kernel {
             adopted,
             upgraded,
             features: features::probe(),
-            link_rate_bytes: DEFAULT_LINK_RATE_BYTES,
+            link_rates: LinkRates::default(),
+            link_rates_in_force: BTreeMap::new(),
             classes: BTreeMap::new(),
             rules: BTreeMap::new(),
             clients: BTreeMap::new(),
@@ -147,10 +152,23 @@ impl Kernel {
         Ok(())
     }
 
-    /// Sets the capacity (bytes/s) of the HTB link class on every interface:
-    /// what classes share and borrow from. Applies to classes written later.
+    /// Sets the capacity (bytes/s) of the HTB link class on every interface,
+    /// whatever the device reports: what classes share and borrow from.
+    /// Applies to interfaces set up later.
     pub fn set_link_rate(&mut self, rate_bytes: u64) {
-        self.link_rate_bytes = rate_bytes;
+        self.set_link_rates(LinkRates::uniform(rate_bytes));
+    }
+
+    /// Sets the `--link-rate` flags (see `model::LinkRates`). Applies to
+    /// interfaces set up later.
+    pub fn set_link_rates(&mut self, rates: LinkRates) {
+        self.link_rates = rates;
+    }
+
+    /// `iface`'s link rate now, from the flags and the device's speed.
+    pub(super) fn resolve_link_rate(&self, iface: &str) -> LinkRate {
+        self.link_rates
+            .resolve(iface, super::iface::speed_bytes(iface))
     }
 
     pub fn layout(&self) -> &PinLayout {

@@ -32,10 +32,11 @@ pub use dataplane::{Dataplane, Features, FlowTagWrite};
 pub use fake::FakeDataplane;
 // The shared vocabulary, re-exported where kernel code and its tests expect it.
 pub use crate::model::{
-    default_burst, ClassSpec, ClientPrefix, Protocol, RuleMatch, RuleTarget, ShapingMode, Side,
+    default_burst, ClassSpec, ClientPrefix, LinkRate, LinkRateSource, LinkRates, Protocol,
+    RuleMatch, RuleTarget, ShapingMode, Side,
 };
 pub use error::KernelError;
-pub use loader::{Kernel, DEFAULT_LINK_RATE_BYTES};
+pub use loader::Kernel;
 
 /// The eBPF object, built by `build.rs` from `pisa-daemon-ebpf` and embedded
 /// so the binary is self-contained.

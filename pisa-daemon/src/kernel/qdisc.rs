@@ -24,14 +24,15 @@ impl Kernel {
             .ok_or(KernelError::MapMissing { map: "rtnetlink" })
     }
 
-    pub(super) fn link_class(&self) -> HtbClass {
+    /// The class at the top of an interface's tree: its whole link rate.
+    pub(super) fn link_class(rate_bytes: u64) -> HtbClass {
         HtbClass {
             minor: LINK_CLASS_MINOR,
             parent_minor: 0,
-            rate_bytes: self.link_rate_bytes,
-            ceil_bytes: self.link_rate_bytes,
-            burst_bytes: default_burst(self.link_rate_bytes),
-            cburst_bytes: default_burst(self.link_rate_bytes),
+            rate_bytes,
+            ceil_bytes: rate_bytes,
+            burst_bytes: default_burst(rate_bytes),
+            cburst_bytes: default_burst(rate_bytes),
             prio: 0,
         }
     }
@@ -62,7 +63,8 @@ impl Kernel {
         if self.htb_roots.get(iface_name) == Some(&itf.ifindex) {
             return Ok(itf.ifindex);
         }
-        let link_class = self.link_class();
+        let link_rate = self.resolve_link_rate(iface_name);
+        let link_class = Self::link_class(link_rate.bytes);
         let nl = self.netlink()?;
         let nl_err = |action| netlink_err(iface_name, action);
         match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
@@ -100,6 +102,8 @@ impl Kernel {
             }
         }
         self.htb_roots.insert(iface_name.to_owned(), itf.ifindex);
+        self.link_rates_in_force
+            .insert(iface_name.to_owned(), link_rate);
         Ok(itf.ifindex)
     }
 
@@ -125,6 +129,7 @@ impl Kernel {
             RootQdisc::Ours | RootQdisc::KernelDefault { .. } => {
                 htb::create_fq_root(nl, itf.ifindex).map_err(nl_err("installing sch_fq"))?;
                 self.htb_roots.remove(iface_name);
+                self.link_rates_in_force.remove(iface_name);
                 Ok(())
             }
             RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
@@ -200,6 +205,7 @@ impl Kernel {
     /// Removes our HTB root from `iface`, if it is ours.
     pub(super) fn delete_htb_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
         self.htb_roots.remove(iface_name);
+        self.link_rates_in_force.remove(iface_name);
         let Ok(itf) = iface::lookup(iface_name) else {
             return Ok(());
         };

@@ -18,7 +18,7 @@ use pisa_daemon_common::ClassStats;
 use crate::{
     identity::{Latency, Outcome},
     kernel::{Dataplane, RuleMatch},
-    model::{LeafQueue, ShapingMode},
+    model::{LeafQueue, LinkRate, ShapingMode},
     reconcile::agent::Agent,
     spec::{ClaimKey, ClaimStatus},
 };
@@ -60,6 +60,8 @@ pub struct IdentityReport {
 pub struct NodeReport {
     /// Interfaces the classifier is attached to.
     pub interfaces: BTreeSet<String>,
+    /// Each attached interface's link rate, and where it came from.
+    pub link_rates: BTreeMap<String, LinkRate>,
     pub classes: Vec<ClassReport>,
     /// Every claim the node knows, with its phase and message.
     pub claims: BTreeMap<ClaimKey, ClaimStatus>,
@@ -119,6 +121,7 @@ impl NodeReport {
             .collect();
         Self {
             interfaces: agent.dp.interfaces(),
+            link_rates: agent.dp.link_rates(),
             classes,
             claims: agent.statuses.clone(),
             source_errors: agent.source_errors.clone(),

@@ -5,6 +5,7 @@
 mod batch;
 mod claim;
 mod doc_cache;
+mod link_rate;
 mod load;
 mod overlap;
 mod report;
@@ -16,6 +17,7 @@ mod validate;
 pub use batch::{check, Checked};
 pub use claim::*;
 pub use doc_cache::DocumentCache;
+pub use link_rate::{parse_link_rates, LinkRateError};
 pub use load::{load_documents, Document};
 pub use overlap::overlaps;
 pub use report::{QoSNodeReportResource, QoSNodeReportSpec, ReportCounts, ReportedClaim};
