@@ -320,7 +320,7 @@ fn pinned_ids(s: &Setup) -> [serde_json::Value; 3] {
     [
         id("prog", layout.program("pisa_tc_egress")),
         id("map", layout.map("CLASS_CONFIG")),
-        egress_attachment(&s.root, s.topo.to_server()).expect("attached at egress"),
+        egress_attachment(&s.root, s.topo.to_server()).expect("attached at egress")["id"].clone(),
     ]
 }
 
@@ -433,15 +433,21 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
     assert_eq!(tags["max_entries"], 65536, "one entry a connection: {tags}");
     assert_eq!(tags["flags"], 1, "BPF_F_NO_PREALLOC: {tags}");
     assert_ne!(tags["id"], old_tags["id"], "a new map");
-    let linked = bpftool_json(&["link", "show", "id", &link.to_string()])["prog_id"].clone();
-    assert_eq!(linked, new_prog, "the live link runs this build's program");
+    // The same link (TCX) or filter (before TCX) now runs this build's
+    // program: swapped in place, never detached.
+    let linked =
+        egress_attachment(&s.root, s.topo.to_server()).expect("attached")["prog_id"].clone();
+    assert_eq!(
+        linked, new_prog,
+        "the live attachment runs this build's program"
+    );
     assert_eq!(
         class_id_of(&new.state_file, "shop/alpha"),
         alpha,
         "class ids kept"
     );
     assert!(
-        s.root.layout().ingress_link(s.topo.to_server()).exists(),
+        ingress_attachment(&s.root, s.topo.to_server()).is_some(),
         "the new ingress observer is attached"
     );
     assert!(

@@ -167,4 +167,20 @@ fn foreign_attachment_from_another_root_is_refused_with_advice() {
     let msg = err.to_string();
     assert!(msg.contains("already has `pisa_tc_egress`"), "{msg}");
     assert!(msg.contains("pisa-daemon cleanup --bpffs"), "{msg}");
+    // The hand-made way out names this kernel's kind of attachment.
+    let detach = match pisa_daemon::kernel::AttachMode::probe() {
+        pisa_daemon::kernel::AttachMode::Tcx => {
+            format!("bpftool net detach tcx_egress dev {}", veth.host)
+        }
+        pisa_daemon::kernel::AttachMode::Netlink => {
+            format!("tc filter del dev {} egress pref 20816", veth.host)
+        }
+    };
+    assert!(msg.contains(&detach), "{msg}");
+    // The owner's attachment is untouched.
+    let attachment = egress_attachment(&first, &veth.host).expect("still attached");
+    assert_eq!(
+        attachment["prog_id"].as_u64(),
+        Some(u64::from(owner.program_id()))
+    );
 }

@@ -144,13 +144,35 @@ pub fn bpftool_json(args: &[&str]) -> serde_json::Value {
 }
 
 /// What runs at egress of `iface` for `root`, as the kernel shows it from
-/// outside: with TCX (6.6+), the pinned link (`id`, `prog_id`); without,
-/// the cls_bpf filter on the clsact egress hook (`handle`, `prog_id`).
-/// `None` when nothing of ours is attached there.
+/// outside: `id` is the pinned TCX link's id (6.6+) or, without TCX, the
+/// cls_bpf filter's handle on the clsact egress hook; `prog_id` is the
+/// program it runs. `None` when nothing of ours is attached there.
 pub fn egress_attachment(root: &BpffsRoot, iface: &str) -> Option<serde_json::Value> {
+    attachment(root, iface, Hook::Egress)
+}
+
+/// `egress_attachment` for the SQL-identity observer at ingress.
+pub fn ingress_attachment(root: &BpffsRoot, iface: &str) -> Option<serde_json::Value> {
+    attachment(root, iface, Hook::Ingress)
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    Egress,
+    Ingress,
+}
+
+fn attachment(root: &BpffsRoot, iface: &str, hook: Hook) -> Option<serde_json::Value> {
+    let (pin, tc_hook, program) = match hook {
+        Hook::Egress => (root.layout().egress_link(iface), "egress", "pisa_tc_egress"),
+        Hook::Ingress => (
+            root.layout().ingress_link(iface),
+            "ingress",
+            "pisa_tc_ingress",
+        ),
+    };
     match AttachMode::probe() {
         AttachMode::Tcx => {
-            let pin = root.layout().egress_link(iface);
             if !pin.exists() {
                 return None;
             }
@@ -159,20 +181,19 @@ pub fn egress_attachment(root: &BpffsRoot, iface: &str) -> Option<serde_json::Va
         }
         AttachMode::Netlink => {
             let out = Command::new("tc")
-                .args(["-j", "filter", "show", "dev", iface, "egress"])
+                .args(["-j", "filter", "show", "dev", iface, tc_hook])
                 .output()
                 .expect("running tc");
             // No clsact qdisc (or no interface): nothing is attached.
             let filters: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
             filters.as_array()?.iter().find_map(|filter| {
                 let options = &filter["options"];
+                // The kernel keeps 15 bytes of a program's name.
                 let ours = filter["kind"] == "bpf"
                     && options["prog"]["name"]
                         .as_str()
-                        .is_some_and(|name| "pisa_tc_egress".starts_with(name));
-                ours.then(|| {
-                    serde_json::json!({"handle": options["handle"], "prog_id": options["prog"]["id"]})
-                })
+                        .is_some_and(|name| !name.is_empty() && program.starts_with(name));
+                ours.then(|| serde_json::json!({"id": options["handle"], "prog_id": options["prog"]["id"]}))
             })
         }
     }

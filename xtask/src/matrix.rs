@@ -62,6 +62,7 @@ const GUEST_TESTS: &[&str] = &[
     "program::",
     "shaping::",
     "agent::kernel_state_stays_in_force_across_sigterm_and_sigkill",
+    "agent::an_upgrade_from_the_previous_release_takes_over_in_place",
     "agent::each_interface_gets_its_own_link_rate_shown_in_state_status_and_metrics",
     "cli::run_attaches_by_name_and_bpftool_prints_counters_with_field_names",
 ];

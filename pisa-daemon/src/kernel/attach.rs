@@ -72,6 +72,22 @@ impl Hook {
         }
     }
 
+    /// bpftool's name of the TCX hook (`bpftool net detach <it> dev X`).
+    fn tcx_name(self) -> &'static str {
+        match self {
+            Self::Egress => "tcx_egress",
+            Self::Ingress => "tcx_ingress",
+        }
+    }
+
+    /// tc's name of the clsact hook (`tc filter del dev X <it> pref P`).
+    fn clsact_name(self) -> &'static str {
+        match self {
+            Self::Egress => "egress",
+            Self::Ingress => "ingress",
+        }
+    }
+
     fn link_path(self, layout: &PinLayout, iface: &str) -> std::path::PathBuf {
         match self {
             Self::Egress => layout.egress_link(iface),
@@ -104,13 +120,16 @@ impl Kernel {
     pub fn attach_egress(&mut self, iface_name: &str) -> Result<Attachment, KernelError> {
         let itf = iface::lookup(iface_name)?;
         let flags = if itf.l3_only { IFACE_FLAG_L3 } else { 0 };
+        // Without TCX there is no pinned link to prove a filter is ours:
+        // this root's own record of the interface is what does.
+        let known = self.iface_configured(itf.ifindex);
         self.configure_iface(itf.ifindex, flags)?;
         let mode = AttachMode::probe();
         let mut egress = None;
         for hook in Hook::ALL {
             let hooked = match mode {
                 AttachMode::Tcx => self.attach_tcx(&itf, hook)?,
-                AttachMode::Netlink => self.attach_netlink(&itf, hook)?,
+                AttachMode::Netlink => self.attach_netlink(&itf, hook, known)?,
             };
             if hook == Hook::Egress {
                 egress = Some(hooked);
@@ -194,6 +213,7 @@ impl Kernel {
                 name: name.clone(),
                 prog_id: *prog_id,
                 root: self.layout.root().to_path_buf(),
+                detach: format!("bpftool net detach {} dev {}", hook.tcx_name(), itf.name),
             });
         }
         let program = self.program_mut(hook);
@@ -221,10 +241,14 @@ impl Kernel {
         })
     }
 
+    /// `known`: this root had configured the interface before (a restart
+    /// or an upgrade), so a filter at our priority running an earlier
+    /// program is this root's own.
     fn attach_netlink(
         &mut self,
         itf: &iface::Interface,
         hook: Hook,
+        known: bool,
     ) -> Result<Hooked, KernelError> {
         match tc::qdisc_add_clsact(&itf.name) {
             Ok(()) => {}
@@ -242,22 +266,43 @@ impl Kernel {
             ..NlOptions::default()
         };
         let upgraded = self.program_upgraded(hook);
-        let program = self.program_mut(hook);
-        let adopted = match program.attach_with_options(
+        let attached = self.program_mut(hook).attach_with_options(
             &itf.name,
             hook.attach_type(),
             TcAttachOptions::Netlink(options),
-        ) {
+        );
+        let adopted = match attached {
             Ok(link_id) => {
                 // The filter must outlive this process: forget the handle
                 // whose Drop would delete it.
-                let link = take_link(program, link_id, &itf.name)?;
+                let link = take_link(self.program_mut(hook), link_id, &itf.name)?;
                 std::mem::forget(link);
                 false
             }
             Err(aya::programs::ProgramError::TcError(tc::TcError::NetlinkError(e)))
                 if e.raw_os_error() == Some(libc::EEXIST) =>
             {
+                let our_id = self.program_id_of(hook);
+                let running = self.netlink_filter_program(itf, hook)?;
+                let theirs = running
+                    .iter()
+                    .find(|(id, _)| *id != our_id && !(upgraded && known));
+                if let Some((prog_id, name)) = theirs {
+                    // Another root's classifier (TCX kernels refuse the same
+                    // way): adopting it would shape nothing of ours.
+                    return Err(KernelError::ForeignProgram {
+                        iface: itf.name.clone(),
+                        name: name.clone(),
+                        prog_id: *prog_id,
+                        root: self.layout.root().to_path_buf(),
+                        detach: format!(
+                            "tc filter del dev {} {} pref {NETLINK_PRIORITY}",
+                            itf.name,
+                            hook.clsact_name()
+                        ),
+                    });
+                }
+                let program = self.program_mut(hook);
                 if upgraded {
                     // Our filter runs an earlier program: replace it in place.
                     let existing = SchedClassifierLink::attached(
@@ -280,6 +325,22 @@ impl Kernel {
         Ok(Hooked {
             link_id: None,
             adopted,
+        })
+    }
+
+    /// The programs the bpf filters on `itf`'s clsact `hook` run: (id, name).
+    fn netlink_filter_program(
+        &mut self,
+        itf: &iface::Interface,
+        hook: Hook,
+    ) -> Result<Vec<(u32, String)>, KernelError> {
+        let nl = self.netlink()?;
+        super::tc_filters::bpf_filter_programs(nl, itf.ifindex, hook == Hook::Egress).map_err(|e| {
+            KernelError::Netlink {
+                iface: itf.name.clone(),
+                action: "listing the filters of",
+                source: e,
+            }
         })
     }
 

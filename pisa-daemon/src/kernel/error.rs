@@ -34,13 +34,15 @@ pub enum KernelError {
         "interface `{iface}` already has `{name}` (program id {prog_id}) attached, \
          and it was not made by this daemon's bpffs root `{root}`; another Pisa-Daemon (or another \
          --bpffs root) owns it: run `pisa-daemon cleanup --bpffs <its root>`, or detach it with \
-         `bpftool net detach tcx_egress dev {iface}` (`tcx_ingress` for `pisa_tc_ingress`)"
+         `{detach}`"
     )]
     ForeignProgram {
         iface: String,
         name: String,
         prog_id: u32,
         root: PathBuf,
+        /// The command that detaches it by hand (TCX link or tc filter).
+        detach: String,
     },
 
     #[error(

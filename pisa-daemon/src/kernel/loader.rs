@@ -37,9 +37,6 @@ pub(super) struct LoadedProgram {
     pub(super) upgraded: bool,
 }
 
-/// Capacity assumed for an interface's HTB link class when none is given:
-/// 10 Gbit/s. Classes borrow up to their ceil within it.
-
 /// The loaded (or adopted) program and maps under one bpffs root.
 pub struct Kernel {
     pub(super) layout: PinLayout,
@@ -210,6 +207,12 @@ impl Kernel {
             Hook::Egress => self.upgraded,
             Hook::Ingress => self.ingress.upgraded,
         }
+    }
+
+    /// Whether this root had configured `ifindex` (attached to it) before.
+    pub(super) fn iface_configured(&mut self, ifindex: u32) -> bool {
+        self.iface_config()
+            .is_ok_and(|config| config.get(&ifindex, 0).is_ok())
     }
 
     pub(super) fn iface_config(

@@ -24,6 +24,7 @@ mod resize;
 pub mod route;
 pub mod sql_events;
 mod tags;
+mod tc_filters;
 
 pub use attach::{AttachMode, Attachment};
 pub use bpffs::PinLayout;
