@@ -538,6 +538,96 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
     assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
 }
 
+impl Harness {
+    /// A paced class with a ceil above its rate.
+    fn ceiled(&mut self, class_id: u32, mode: ShapingMode, rate: u64, ceil: u64, burst: u32) {
+        self.kernel
+            .put_class(&ClassSpec {
+                class_id,
+                mode,
+                rate_bytes: rate,
+                ceil_bytes: ceil,
+                burst_bytes: burst,
+                priority: 3,
+                horizon_ns: 2_000_000_000,
+                claim_hash: 0,
+            })
+            .expect("put_class");
+    }
+
+    fn frame_to(&self, dst: &str) -> Vec<u8> {
+        let mut p = Packet::tcp("10.9.0.1", 1, dst, 2);
+        let header = p.bytes().len() - p.payload;
+        p = p.payload(1000 - header);
+        p.bytes()
+    }
+}
+
+#[test]
+fn edt_borrows_up_to_ceil_while_the_link_has_room_and_keeps_its_rate_when_not() {
+    let mut h = Harness::new();
+    h.kernel.override_features(Features {
+        sch_fq: true,
+        ..h.kernel.features()
+    });
+    // bytes/s: a 100,000 B/s link; 1000-byte frames cost 10 ms of it.
+    h.kernel
+        .write_link_pace(LOOPBACK, 100_000)
+        .expect("link pace");
+    h.ceiled(12, ShapingMode::Edt, 10_000, 100_000, 0);
+    h.rule(Side::Destination, "10.8.0.12/32", Protocol::Tcp, 0, 12);
+    h.ceiled(13, ShapingMode::Edt, 90_000, 90_000, 0);
+    h.rule(Side::Destination, "10.8.0.13/32", Protocol::Tcp, 0, 13);
+    let (a, b) = (h.frame_to("10.8.0.12"), h.frame_to("10.8.0.13"));
+
+    let a1 = h.run_on(&a, LOOPBACK);
+    let a2 = h.run_on(&a, LOOPBACK);
+    assert_eq!(
+        a2.tstamp - a1.tstamp,
+        10_000_000,
+        "an idle link: paced at its ceil (10 ms a frame), not its rate (100 ms)"
+    );
+    // The other class fills the link: ten frames, 100 ms of it.
+    for _ in 0..10 {
+        h.run_on(&b, LOOPBACK);
+    }
+    let before = monotonic_ns().unwrap();
+    let a3 = h.run_on(&a, LOOPBACK);
+    let after = monotonic_ns().unwrap();
+    // Borrowing would wait for the link (about 130 ms); the class's own
+    // rate clock, untouched while it borrowed, sends it in 100 ms.
+    assert!(
+        a3.tstamp >= before + 100_000_000 && a3.tstamp <= after + 100_000_000,
+        "guaranteed departure 100 ms after now, got {} ms",
+        (a3.tstamp as i128 - before as i128) / 1_000_000
+    );
+    assert_eq!(h.stats(12).delayed, 3);
+}
+
+#[test]
+fn police_passes_at_its_ceil_beyond_its_burst_while_the_link_has_room() {
+    let mut h = Harness::new();
+    h.kernel
+        .write_link_pace(LOOPBACK, 100_000)
+        .expect("link pace");
+    // 1000 B/s guaranteed with a 3000-byte bucket; ceil 100,000 B/s.
+    h.ceiled(14, ShapingMode::Police, 1000, 100_000, 3000);
+    h.rule(Side::Destination, "10.8.0.14/32", Protocol::Tcp, 0, 14);
+    let frame = h.frame_to("10.8.0.14");
+    let verdicts: Vec<i32> = (0..4).map(|_| h.run_on(&frame, LOOPBACK).verdict).collect();
+    assert_eq!(
+        verdicts,
+        vec![TC_ACT_OK, TC_ACT_OK, TC_ACT_OK, TC_ACT_SHOT],
+        "the burst passes, the next frame has no credit yet"
+    );
+    // 50 ms later: at its rate a frame needs a second of credit; at its
+    // ceil it needs 10 ms, and the link has room.
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(h.run_on(&frame, LOOPBACK).verdict, TC_ACT_OK);
+    let stats = h.stats(14);
+    assert_eq!((stats.packets, stats.drops), (4, 1));
+}
+
 #[test]
 fn police_passes_the_burst_then_drops_over_rate() {
     let mut h = Harness::new();

@@ -142,6 +142,94 @@ fn edt_class_holds_20_mbit_wire_rate_within_2_percent_under_sch_fq() {
     holds_rate(ShapingMode::Edt, 20, 0.02);
 }
 
+/// EDT classes `(rate, ceil)` in Mbit/s on a 100 Mbit/s link under sch_fq,
+/// each saturated by its own iperf3 flow for 14 s. Returns each class's
+/// rate over 10 s after a 3 s start (from its counters, which count
+/// `skb->len`: a few percent under the wire for GSO packets) and the
+/// link's wire rate over the same window (the root fq's byte counter).
+fn edt_borrowing(classes: &[(u64, u64)]) -> (Vec<f64>, f64) {
+    require_root();
+    let topo = Routed::new();
+    let root = BpffsRoot::new();
+    let mut kernel = Kernel::open(root.layout()).expect("loading");
+    kernel.set_link_rate(100 * MBIT);
+    kernel.attach(topo.to_server()).expect("attach");
+    let mut flows = Vec::new();
+    for (i, (rate, ceil)) in classes.iter().enumerate() {
+        let (id, port) = (i as u32 + 1, 5201 + i as u16);
+        class(
+            &mut kernel,
+            id,
+            ShapingMode::Edt,
+            rate * MBIT,
+            ceil * MBIT,
+            64 * 1024,
+        );
+        to_server_port(&mut kernel, &topo, port, id);
+        flows.push(iperf3_server(&topo.server.ns, topo.server_ip(), port));
+    }
+    let clients: Vec<_> = (0..classes.len())
+        .map(|i| iperf3_background(&topo.client.ns, topo.server_ip(), 5201 + i as u16, 14))
+        .collect();
+    std::thread::sleep(Duration::from_secs(3));
+    let bytes = |kernel: &Kernel| {
+        let stats = kernel.class_stats().expect("class stats");
+        (1..=classes.len() as u32)
+            .map(|id| stats.get(&id).map(|s| s.bytes).unwrap_or_default())
+            .collect::<Vec<u64>>()
+    };
+    let (start, link_start, started) = (
+        bytes(&kernel),
+        root_qdisc_bytes(topo.to_server()),
+        Instant::now(),
+    );
+    std::thread::sleep(Duration::from_secs(10));
+    let (end, link_end) = (bytes(&kernel), root_qdisc_bytes(topo.to_server()));
+    let seconds = started.elapsed().as_secs_f64();
+    drop(clients);
+    let mbit = |bytes: u64| bytes as f64 * 8.0 / seconds / 1e6;
+    let rates: Vec<f64> = start.iter().zip(&end).map(|(a, b)| mbit(b - a)).collect();
+    let link = mbit(link_end - link_start);
+    eprintln!(
+        "edt classes {classes:?} on a 100 Mbit link: {rates:.1?} Mbit/s, link {link:.1} Mbit/s"
+    );
+    (rates, link)
+}
+
+/// Needs sch_fq (kernel matrix guests only, as every `edt_` test).
+#[test]
+fn edt_class_alone_borrows_up_to_its_ceil() {
+    let (rates, link) = edt_borrowing(&[(20, 100)]);
+    assert!(
+        rates[0] >= 90.0,
+        "rate 20, ceil 100, alone: {:.1} Mbit/s",
+        rates[0]
+    );
+    assert!(link <= 102.0, "the link's 100 Mbit/s: {link:.1}");
+}
+
+#[test]
+fn edt_two_borrowers_share_the_link_evenly() {
+    let (rates, link) = edt_borrowing(&[(20, 100), (20, 100)]);
+    for rate in &rates {
+        assert!(
+            (45.0..=55.0).contains(rate),
+            "each of two (rate 20, ceil 100) classes: {rates:.1?} Mbit/s"
+        );
+    }
+    assert!(link <= 102.0, "the link's 100 Mbit/s: {link:.1}");
+}
+
+#[test]
+fn edt_guaranteed_class_keeps_its_rate_against_a_borrower() {
+    let (rates, link) = edt_borrowing(&[(60, 100), (10, 100)]);
+    assert!(
+        rates[0] >= 57.0,
+        "rate 60 against a borrower: {rates:.1?} Mbit/s"
+    );
+    assert!(link <= 102.0, "both on the link's 100 Mbit/s: {link:.1}");
+}
+
 #[test]
 fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contention() {
     require_root();

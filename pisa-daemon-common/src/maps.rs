@@ -113,6 +113,17 @@ pub struct ClassPace {
     pub tat_ns: u64,
 }
 
+/// Value of `LINK_PACE`, keyed by ifindex: the interface's link rate and a
+/// clock at that rate that every paced class on it charges, so that classes
+/// borrowing up to their ceil share what the link has left. Written by the
+/// daemon when it attaches (the rate; the clock is the program's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkPace {
+    pub rate_bytes: u64,
+    pub tat_ns: u64,
+}
+
 /// Value of `CLASS_STATS` (one per CPU; sum them), indexed by class id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -467,6 +478,7 @@ mod pod {
     unsafe impl aya::Pod for IfaceConfig {}
     unsafe impl aya::Pod for ClassConfig {}
     unsafe impl aya::Pod for ClassPace {}
+    unsafe impl aya::Pod for LinkPace {}
     unsafe impl aya::Pod for ClassStats {}
     unsafe impl aya::Pod for EndpointMatch {}
     unsafe impl aya::Pod for EndpointRule {}
@@ -493,6 +505,7 @@ const _: () = {
     assert!(offset_of!(ClassConfig, mode) == 32);
     assert!(offset_of!(ClassConfig, state) == 34);
     assert!(size_of::<ClassPace>() == 8);
+    assert!(size_of::<LinkPace>() == 16);
     assert!(size_of::<ClassStats>() == 32);
     assert!(size_of::<EndpointMatch>() == 24);
     assert!(offset_of!(EndpointMatch, port_be) == 4);

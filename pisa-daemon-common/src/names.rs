@@ -16,6 +16,10 @@ pub const MAP_IFACE_CONFIG: &str = "IFACE_CONFIG";
 pub const MAP_CLASS_CONFIG: &str = "CLASS_CONFIG";
 /// Per-class pacing state shared by all CPUs (the theoretical arrival time).
 pub const MAP_CLASS_PACE: &str = "CLASS_PACE";
+/// Each class's second clock, at its ceil (EDT and police borrowing).
+pub const MAP_CLASS_CEIL_PACE: &str = "CLASS_CEIL_PACE";
+/// Each interface's link rate and clock (EDT and police borrowing).
+pub const MAP_LINK_PACE: &str = "LINK_PACE";
 /// Per-class counters (per CPU): packets, bytes, drops, delayed.
 pub const MAP_CLASS_STATS: &str = "CLASS_STATS";
 /// Endpoint rules: LPM trie of (side, family, protocol, port, address).
@@ -43,11 +47,13 @@ pub const MAP_KERNEL_LOG: &str = "KERNEL_LOG";
 pub const MAP_AYA_LOGS: &str = "AYA_LOGS";
 
 /// Every map the program defines, in a stable order (used for pinning and cleanup).
-pub const ALL_MAPS: [&str; 15] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_IFACE_STATS,
     MAP_IFACE_CONFIG,
     MAP_CLASS_CONFIG,
     MAP_CLASS_PACE,
+    MAP_CLASS_CEIL_PACE,
+    MAP_LINK_PACE,
     MAP_CLASS_STATS,
     MAP_ENDPOINTS,
     MAP_FLOW_TAGS,

@@ -61,9 +61,205 @@ pub fn beyond_horizon(decision: &PaceDecision, now_ns: u64, horizon_ns: u64) -> 
     decision.departure_ns.saturating_sub(now_ns) > horizon_ns
 }
 
+/// The three clocks a class that may borrow is paced by: its own at its
+/// rate (what it is guaranteed), its own at its ceil (what it may reach),
+/// and its interface's at the link rate (what the link has left).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Clocks {
+    pub rate_tat_ns: u64,
+    pub ceil_tat_ns: u64,
+    pub link_tat_ns: u64,
+}
+
+/// One packet's cost and the bursts, in each clock's time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Costs {
+    pub rate_ns: u64,
+    pub rate_burst_ns: u64,
+    pub ceil_ns: u64,
+    pub ceil_burst_ns: u64,
+    pub link_ns: u64,
+    pub link_burst_ns: u64,
+}
+
+/// What the borrowing pacer decided for one packet, and the clocks after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BorrowDecision {
+    pub departure_ns: u64,
+    /// Sent on borrowed time (the link had room before the class's rate
+    /// allowed it), so the class's rate clock was not charged.
+    pub borrowed: bool,
+    pub next: Clocks,
+}
+
+/// EDT (and police) with a ceil, in the manner of HTB's borrowing: a packet
+/// leaves at the earlier of its guaranteed time (the class's rate clock)
+/// and its borrowed time (the later of the class's ceil clock and the
+/// link's clock). Every packet charges the ceil and link clocks, so the
+/// class never exceeds its ceil and all classes together never exceed the
+/// link; only guaranteed packets charge the rate clock, so while a class
+/// borrows its guarantee stays available: once the link fills with other
+/// traffic, its packets leave on the rate clock again, at once.
+#[inline(always)]
+pub fn pace_borrowing(clocks: &Clocks, now_ns: u64, costs: &Costs) -> BorrowDecision {
+    let guaranteed = pace(
+        clocks.rate_tat_ns,
+        now_ns,
+        costs.rate_ns,
+        costs.rate_burst_ns,
+    );
+    let ceil = pace(
+        clocks.ceil_tat_ns,
+        now_ns,
+        costs.ceil_ns,
+        costs.ceil_burst_ns,
+    );
+    let link = pace(
+        clocks.link_tat_ns,
+        now_ns,
+        costs.link_ns,
+        costs.link_burst_ns,
+    );
+    let borrowed_departure = if ceil.departure_ns > link.departure_ns {
+        ceil.departure_ns
+    } else {
+        link.departure_ns
+    };
+    let borrowed = borrowed_departure < guaranteed.departure_ns;
+    BorrowDecision {
+        departure_ns: if borrowed {
+            borrowed_departure
+        } else {
+            guaranteed.departure_ns
+        },
+        borrowed,
+        next: Clocks {
+            rate_tat_ns: if borrowed {
+                clocks.rate_tat_ns
+            } else {
+                guaranteed.next_tat_ns
+            },
+            ceil_tat_ns: ceil.next_tat_ns,
+            link_tat_ns: link.next_tat_ns,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::vec::Vec;
+
+    const MBIT: u64 = 1_000_000 / 8;
+
+    /// Classes (rate, ceil) on one link, each offered far more than the
+    /// link in 1500-byte packets, each sending only when its last packet
+    /// has left (a window of one, as a paced flow behaves); returns the
+    /// bytes each sent over one simulated second.
+    fn simulate(link_rate: u64, classes: &[(u64, u64)]) -> Vec<u64> {
+        let size = 1500;
+        let mut link = 0;
+        let mut state: Vec<(Clocks, u64, u64)> = classes
+            .iter()
+            .map(|_| (Clocks::default(), NSEC_PER_SEC, 0))
+            .collect();
+        loop {
+            // The class whose next packet is ready first goes next.
+            let (i, _) = state
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, ready, _))| *ready)
+                .unwrap();
+            let now = state[i].1;
+            if now >= 2 * NSEC_PER_SEC {
+                break;
+            }
+            let (rate, ceil) = classes[i];
+            let mut clocks = state[i].0;
+            clocks.link_tat_ns = link;
+            let costs = Costs {
+                rate_ns: transmit_ns(size, rate),
+                ceil_ns: transmit_ns(size, ceil),
+                link_ns: transmit_ns(size, link_rate),
+                ..Costs::default()
+            };
+            let d = pace_borrowing(&clocks, now, &costs);
+            link = d.next.link_tat_ns;
+            state[i].0 = d.next;
+            state[i].1 = d.departure_ns.max(now + 1);
+            state[i].2 += size;
+        }
+        state.iter().map(|(_, _, sent)| *sent).collect()
+    }
+
+    fn mbit(bytes: u64) -> f64 {
+        bytes as f64 / MBIT as f64
+    }
+
+    #[test]
+    fn alone_a_class_borrows_up_to_its_ceil() {
+        let sent = simulate(100 * MBIT, &[(20 * MBIT, 100 * MBIT)]);
+        assert!((99.0..=100.5).contains(&mbit(sent[0])), "{}", mbit(sent[0]));
+        let sent = simulate(100 * MBIT, &[(20 * MBIT, 50 * MBIT)]);
+        assert!(
+            (49.5..=50.5).contains(&mbit(sent[0])),
+            "ceil 50: {}",
+            mbit(sent[0])
+        );
+    }
+
+    #[test]
+    fn two_borrowers_share_the_link_and_never_exceed_it() {
+        let sent = simulate(
+            100 * MBIT,
+            &[(20 * MBIT, 100 * MBIT), (20 * MBIT, 100 * MBIT)],
+        );
+        let (a, b) = (mbit(sent[0]), mbit(sent[1]));
+        assert!(
+            (45.0..=55.0).contains(&a) && (45.0..=55.0).contains(&b),
+            "{a} {b}"
+        );
+        assert!(a + b <= 100.5, "{a} + {b}");
+    }
+
+    #[test]
+    fn a_guaranteed_class_keeps_its_rate_against_a_borrower() {
+        let sent = simulate(
+            100 * MBIT,
+            &[(60 * MBIT, 100 * MBIT), (10 * MBIT, 100 * MBIT)],
+        );
+        let (a, b) = (mbit(sent[0]), mbit(sent[1]));
+        assert!(a >= 60.0, "the guarantee: {a}");
+        assert!(b >= 10.0, "the other's guarantee: {b}");
+        assert!(a + b <= 100.5, "{a} + {b}");
+    }
+
+    #[test]
+    fn without_room_on_the_link_a_class_gets_its_rate_at_once() {
+        // The link's clock is a second ahead (others filled it): the class
+        // still sends on its own rate clock, one packet's time from now.
+        let now = 10 * NSEC_PER_SEC;
+        let clocks = Clocks {
+            link_tat_ns: now + NSEC_PER_SEC,
+            ..Clocks::default()
+        };
+        let costs = Costs {
+            rate_ns: 1_000,
+            ceil_ns: 200,
+            link_ns: 200,
+            ..Costs::default()
+        };
+        let d = pace_borrowing(&clocks, now, &costs);
+        assert!(!d.borrowed);
+        assert_eq!(d.departure_ns, now + 1_000);
+        assert_eq!(d.next.rate_tat_ns, now + 1_000);
+        assert_eq!(
+            d.next.link_tat_ns,
+            now + NSEC_PER_SEC + 200,
+            "the link is charged too"
+        );
+    }
 
     #[test]
     fn transmit_ns_is_bytes_over_rate() {

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use pisa_daemon_common::{
     reason, sql_reason, ClassConfig, ClassPace, ClassStats, ClientMatch, ClientRule, EndpointMatch,
-    EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats, ReasonStats, SqlBudget,
-    SqlEvent, Summary, FLOW_TAGS_MAP_FLAGS, MAX_CLASSES, MAX_CLIENT_RULES, MAX_ENDPOINT_RULES,
-    MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
+    EndpointRule, FlowKey, FlowTag, IfaceConfig, IfaceKey, IfaceStats, LinkPace, ReasonStats,
+    SqlBudget, SqlEvent, Summary, FLOW_TAGS_MAP_FLAGS, MAX_CLASSES, MAX_CLIENT_RULES,
+    MAX_ENDPOINT_RULES, MAX_FLOW_TAGS, MAX_IFACES, SQL_EVENTS_BYTES,
 };
 
 #[btf_map]
@@ -24,6 +24,14 @@ pub static CLASS_CONFIG: Array<ClassConfig, { MAX_CLASSES as usize }> = Array::n
 
 #[btf_map]
 pub static CLASS_PACE: Array<ClassPace, { MAX_CLASSES as usize }> = Array::new();
+
+/// Each class's clock at its ceil, for borrowing (see `shape::borrowing`).
+#[btf_map]
+pub static CLASS_CEIL_PACE: Array<ClassPace, { MAX_CLASSES as usize }> = Array::new();
+
+/// Each attached interface's link rate and clock, by ifindex.
+#[btf_map]
+pub static LINK_PACE: HashMap<u32, LinkPace, { MAX_IFACES as usize }> = HashMap::new();
 
 #[btf_map]
 pub static CLASS_STATS: PerCpuArray<ClassStats, { MAX_CLASSES as usize }> = PerCpuArray::new();

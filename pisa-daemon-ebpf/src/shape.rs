@@ -8,13 +8,16 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use pisa_daemon_common::{
-    pacing::{beyond_horizon, pace, police_conforms, transmit_ns},
+    pacing::{
+        beyond_horizon, pace, pace_borrowing, police_conforms, transmit_ns, Clocks, Costs,
+        PaceDecision,
+    },
     MODE_EDT, MODE_HTB, MODE_POLICE,
 };
 
 use crate::{
     classify::Matched,
-    maps::CLASS_PACE,
+    maps::{CLASS_CEIL_PACE, CLASS_PACE, LINK_PACE},
     stats::{count_class, ClassEvent},
 };
 
@@ -70,6 +73,11 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
     // lower to BPF_ATOMIC cmpxchg/fetch-add, Linux 5.12+.)
     let tat = pace_state.cast::<u64>();
     let now = unsafe { bpf_ktime_get_ns() };
+    if config.ceil_bytes > config.rate_bytes {
+        if let Some(verdict) = borrowing(ctx, matched, len, wire, now, tat) {
+            return verdict;
+        }
+    }
     let cost = transmit_ns(wire, config.rate_bytes);
     let burst = transmit_ns(u64::from(config.burst_bytes), config.rate_bytes);
 
@@ -92,6 +100,7 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
             atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(tat, old, decision.next_tat_ns)
         };
         if swapped {
+            charge_link(ctx, wire, now);
             return send(ctx, matched, len, decision.departure_ns, now);
         }
     }
@@ -100,7 +109,122 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
     // SAFETY: see above.
     let previous = unsafe { atomic_xadd::<u64, u64, { Relaxed }>(tat, cost) };
     let departure = previous.saturating_add(cost);
+    charge_link(ctx, wire, now);
     send(ctx, matched, len, departure, now)
+}
+
+/// A class that never borrows still uses the link: its packets are charged
+/// to the link's clock, so that borrowers see only what is left.
+#[inline(always)]
+fn charge_link(ctx: &TcContext, wire: u64, now: u64) {
+    // SAFETY: the context's skb is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(link) = LINK_PACE.get_ptr_mut(&ifindex) else {
+        return;
+    };
+    // SAFETY: map value, 8-byte aligned, live for the program's run.
+    let (link_rate, link_tat) = unsafe { ((*link).rate_bytes, &raw mut (*link).tat_ns) };
+    if link_rate == 0 {
+        return;
+    }
+    let cost = transmit_ns(wire, link_rate);
+    // SAFETY: an aligned u64 of map memory.
+    let old = unsafe { core::ptr::read_volatile(link_tat) };
+    commit(link_tat, old, pace(old, now, cost, 0).next_tat_ns, cost);
+}
+
+/// A class whose ceil is above its rate, on an interface whose link rate
+/// the daemon set: paced by `pace_borrowing` on three clocks (its rate,
+/// its ceil, the link). `None` when the class or the link has no clock
+/// (an interface attached by an older build): then it is paced at its rate.
+///
+/// The clocks are read, the decision made, then each clock is written with
+/// one compare-and-swap; a clock another CPU moved meanwhile is charged
+/// this packet's cost instead, so racing CPUs can only make the class
+/// slower, never let it exceed its ceil or the link.
+#[inline(always)]
+fn borrowing(
+    ctx: &TcContext,
+    matched: &Matched,
+    len: u64,
+    wire: u64,
+    now: u64,
+    rate_tat: *mut u64,
+) -> Option<i32> {
+    let config = &matched.config;
+    let ceil_tat = CLASS_CEIL_PACE.get_ptr_mut(matched.class_id)?.cast::<u64>();
+    // SAFETY: the context's skb is valid for the program's run.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let link = LINK_PACE.get_ptr_mut(&ifindex)?;
+    // SAFETY: map values, 8-byte aligned, live for the program's run.
+    let (link_rate, link_tat) = unsafe { ((*link).rate_bytes, &raw mut (*link).tat_ns) };
+    if link_rate == 0 {
+        return None;
+    }
+    let burst = u64::from(config.burst_bytes);
+    let costs = Costs {
+        rate_ns: transmit_ns(wire, config.rate_bytes),
+        rate_burst_ns: transmit_ns(burst, config.rate_bytes),
+        ceil_ns: transmit_ns(wire, config.ceil_bytes),
+        ceil_burst_ns: transmit_ns(burst, config.ceil_bytes),
+        link_ns: transmit_ns(wire, link_rate),
+        link_burst_ns: transmit_ns(burst, link_rate),
+    };
+    // SAFETY: aligned 8-byte loads of map values (see `paced`).
+    let clocks = unsafe {
+        Clocks {
+            rate_tat_ns: core::ptr::read_volatile(rate_tat),
+            ceil_tat_ns: core::ptr::read_volatile(ceil_tat),
+            link_tat_ns: core::ptr::read_volatile(link_tat),
+        }
+    };
+    let decision = pace_borrowing(&clocks, now, &costs);
+    let chosen = PaceDecision {
+        departure_ns: decision.departure_ns,
+        next_tat_ns: decision.departure_ns,
+    };
+    let drop = if config.mode == MODE_POLICE {
+        !police_conforms(&chosen, now)
+    } else {
+        beyond_horizon(&chosen, now, config.horizon_ns)
+    };
+    if drop {
+        count_class(matched.class_id, len, ClassEvent::Dropped);
+        return Some(TC_ACT_SHOT);
+    }
+    if !decision.borrowed {
+        commit(
+            rate_tat,
+            clocks.rate_tat_ns,
+            decision.next.rate_tat_ns,
+            costs.rate_ns,
+        );
+    }
+    commit(
+        ceil_tat,
+        clocks.ceil_tat_ns,
+        decision.next.ceil_tat_ns,
+        costs.ceil_ns,
+    );
+    commit(
+        link_tat,
+        clocks.link_tat_ns,
+        decision.next.link_tat_ns,
+        costs.link_ns,
+    );
+    Some(send(ctx, matched, len, decision.departure_ns, now))
+}
+
+/// Moves a clock from `old` to `new`, or, when another CPU moved it first,
+/// adds `cost` to wherever it is now.
+#[inline(always)]
+fn commit(clock: *mut u64, old: u64, new: u64, cost: u64) {
+    // SAFETY: an aligned u64 of map memory (see `paced`).
+    let (_, swapped) = unsafe { atomic_cxchg::<u64, { Relaxed }, { Relaxed }>(clock, old, new) };
+    if !swapped {
+        // SAFETY: as above.
+        unsafe { atomic_xadd::<u64, u64, { Relaxed }>(clock, cost) };
+    }
 }
 
 #[inline(always)]

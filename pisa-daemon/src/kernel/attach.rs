@@ -124,6 +124,11 @@ impl Kernel {
         // this root's own record of the interface is what does.
         let known = self.iface_configured(itf.ifindex);
         self.configure_iface(itf.ifindex, flags)?;
+        // The link rate, resolved once here, is what the HTB root (if any)
+        // and the borrowing pacer both use, and what reports show.
+        let link_rate = self.resolve_link_rate(&itf.name);
+        self.write_link_pace(itf.ifindex, link_rate.bytes)?;
+        self.link_rates_in_force.insert(itf.name.clone(), link_rate);
         let mode = AttachMode::probe();
         let mut egress = None;
         for hook in Hook::ALL {
@@ -348,6 +353,7 @@ impl Kernel {
     /// Returns whether anything was attached.
     pub fn detach_egress(&mut self, iface_name: &str) -> Result<bool, KernelError> {
         let was_attached = detach_pinned(&self.layout, iface_name)?;
+        self.link_rates_in_force.remove(iface_name);
         let Ok(itf) = iface::lookup(iface_name) else {
             // Gone (a Pod's veth): its index is unknown now, so sweep.
             self.forget_vanished_ifindexes()?;
@@ -355,6 +361,7 @@ impl Kernel {
         };
         // Absent keys are fine: the interface may never have seen traffic.
         let _ = self.iface_config()?.remove(&itf.ifindex);
+        let _ = self.link_pace()?.remove(&itf.ifindex);
         for direction in [
             pisa_daemon_common::DIRECTION_EGRESS,
             pisa_daemon_common::DIRECTION_INGRESS,
@@ -401,6 +408,15 @@ impl Kernel {
             .collect();
         for ifindex in &configs {
             let _ = config_map.remove(ifindex);
+        }
+        let mut link_map = self.link_pace()?;
+        let links: Vec<u32> = link_map
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|ifindex| vanished(*ifindex))
+            .collect();
+        for ifindex in &links {
+            let _ = link_map.remove(ifindex);
         }
         let mut stats_map = self.iface_stats()?;
         let stats: Vec<pisa_daemon_common::IfaceKey> = stats_map

@@ -5,10 +5,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, LpmTrie, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues};
 use pisa_daemon_common::{
-    names::{MAP_CLASS_CONFIG, MAP_CLASS_PACE, MAP_CLASS_STATS, MAP_ENDPOINTS, MAP_REASONS},
-    reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, ReasonStats,
+    names::{
+        MAP_CLASS_CEIL_PACE, MAP_CLASS_CONFIG, MAP_CLASS_PACE, MAP_CLASS_STATS, MAP_ENDPOINTS,
+        MAP_LINK_PACE, MAP_REASONS,
+    },
+    reason, ClassConfig, ClassPace, ClassStats, EndpointMatch, EndpointRule, LinkPace, ReasonStats,
     CLASS_STATE_ACTIVE, MAX_CLASSES,
 };
 use tracing::info;
@@ -131,6 +134,10 @@ impl Kernel {
             .map_err(map_err(MAP_CLASS_PACE, "opening"))?;
         pace.set(class_id, ClassPace::default(), 0)
             .map_err(map_err(MAP_CLASS_PACE, "writing"))?;
+        let mut ceil: Array<_, ClassPace> = Array::try_from(self.map_mut(MAP_CLASS_CEIL_PACE)?)
+            .map_err(map_err(MAP_CLASS_CEIL_PACE, "opening"))?;
+        ceil.set(class_id, ClassPace::default(), 0)
+            .map_err(map_err(MAP_CLASS_CEIL_PACE, "writing"))?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| {
             KernelError::io("counting CPUs in", "/sys/devices/system/cpu/possible", e)
         })?;
@@ -251,6 +258,22 @@ impl Kernel {
             0
         };
         self.configure_iface(ifindex, flags)
+    }
+
+    /// Sets `ifindex`'s link rate where the pacer reads it (`LINK_PACE`),
+    /// keeping the clock the program already runs there. Attaching does
+    /// this; tests of the program call it for the device they run on.
+    pub fn write_link_pace(&mut self, ifindex: u32, rate_bytes: u64) -> Result<(), KernelError> {
+        let mut map = self.link_pace()?;
+        let tat_ns = map.get(&ifindex, 0).map(|p| p.tat_ns).unwrap_or(0);
+        map.insert(ifindex, LinkPace { rate_bytes, tat_ns }, 0)
+            .map_err(map_err(MAP_LINK_PACE, "inserting"))
+    }
+
+    pub(super) fn link_pace(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, u32, LinkPace>, KernelError> {
+        HashMap::try_from(self.map_mut(MAP_LINK_PACE)?).map_err(map_err(MAP_LINK_PACE, "opening"))
     }
 
     /// Records the interface in `IFACE_CONFIG` and copies its flags into

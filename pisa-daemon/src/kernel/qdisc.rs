@@ -63,7 +63,10 @@ impl Kernel {
         if self.htb_roots.get(iface_name) == Some(&itf.ifindex) {
             return Ok(itf.ifindex);
         }
-        let link_rate = self.resolve_link_rate(iface_name);
+        let link_rate = match self.link_rates_in_force.get(iface_name) {
+            Some(rate) => *rate,
+            None => self.resolve_link_rate(iface_name),
+        };
         let link_class = Self::link_class(link_rate.bytes);
         let nl = self.netlink()?;
         let nl_err = |action| netlink_err(iface_name, action);
@@ -102,8 +105,6 @@ impl Kernel {
             }
         }
         self.htb_roots.insert(iface_name.to_owned(), itf.ifindex);
-        self.link_rates_in_force
-            .insert(iface_name.to_owned(), link_rate);
         Ok(itf.ifindex)
     }
 
@@ -129,7 +130,6 @@ impl Kernel {
             RootQdisc::Ours | RootQdisc::KernelDefault { .. } => {
                 htb::create_fq_root(nl, itf.ifindex).map_err(nl_err("installing sch_fq"))?;
                 self.htb_roots.remove(iface_name);
-                self.link_rates_in_force.remove(iface_name);
                 Ok(())
             }
             RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
@@ -205,7 +205,6 @@ impl Kernel {
     /// Removes our HTB root from `iface`, if it is ours.
     pub(super) fn delete_htb_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
         self.htb_roots.remove(iface_name);
-        self.link_rates_in_force.remove(iface_name);
         let Ok(itf) = iface::lookup(iface_name) else {
             return Ok(());
         };
