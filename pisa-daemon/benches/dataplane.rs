@@ -75,6 +75,18 @@ fn ns_per_packet() {
     kernel
         .put_rule(&rule("10.1.0.2", 3306), &RuleTarget::class(2))
         .unwrap();
+    // EDT with a ceil above its rate on a link with a clock: the borrowing
+    // path (three clocks). The test runs go out on lo (ifindex 1).
+    kernel.write_link_pace(1, u64::MAX / 4).unwrap();
+    kernel
+        .put_class(&ClassSpec {
+            ceil_bytes: u64::MAX / 4,
+            ..class(4, ShapingMode::Edt, u64::MAX / 8)
+        })
+        .unwrap();
+    kernel
+        .put_rule(&rule("10.1.0.4", 3306), &RuleTarget::class(4))
+        .unwrap();
     // A realistic trie: 1000 more rules that these packets do not match.
     for i in 0..1000u32 {
         let addr = format!("10.200.{}.{}", i / 250, i % 250 + 1);
@@ -86,6 +98,7 @@ fn ns_per_packet() {
         ("miss (unmatched)", "10.9.9.9", "10.0.0.1"),
         ("htb hit", "10.1.0.1", "10.0.0.1"),
         ("edt hit", "10.1.0.2", "10.0.0.1"),
+        ("edt hit, borrowing (ceil > rate)", "10.1.0.4", "10.0.0.1"),
     ];
     let floor = time_floor("10.9.9.9", "10.0.0.1");
     let before: Vec<f64> = paths
