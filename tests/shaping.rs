@@ -196,6 +196,56 @@ fn edt_borrowing(classes: &[(u64, u64)]) -> (Vec<f64>, f64) {
     (rates, link)
 }
 
+/// A multiqueue device keeps its queues apart under EDT: `mq` at the root
+/// and an fq under each transmit queue (one fq at the root would serialise
+/// them behind one lock), and the shared pacer still holds the rate across
+/// flows that hash to different queues.
+#[test]
+fn edt_on_a_multiqueue_device_puts_an_fq_under_each_queue_and_holds_the_rate() {
+    require_root();
+    let topo = Routed::with_queues(4);
+    let root = BpffsRoot::new();
+    let mut kernel = shaper(&root, &topo);
+    class(
+        &mut kernel,
+        1,
+        ShapingMode::Edt,
+        20 * MBIT,
+        20 * MBIT,
+        64 * 1024,
+    );
+    to_server_port(&mut kernel, &topo, 5201, 1);
+    let qdiscs = sh("tc", &["qdisc", "show", "dev", topo.to_server()]);
+    assert!(qdiscs.contains("qdisc mq 5150: root"), "{qdiscs}");
+    let per_queue = (1..=4)
+        .filter(|q| qdiscs.contains(&format!("parent 5150:{q:x} ")))
+        .count();
+    assert_eq!(
+        (per_queue, qdiscs.matches("qdisc fq ").count()),
+        (4, 4),
+        "{qdiscs}"
+    );
+    // Four parallel streams, spread over the queues by their hashes.
+    let _server = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
+    let _client = topo.client.ns.spawn_as(
+        "iperf3 -P 4",
+        &[
+            "iperf3",
+            "-c",
+            topo.server_ip(),
+            "-p",
+            "5201",
+            "-t",
+            "13",
+            "-P",
+            "4",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let measured = measure_qdisc_wire_bps(topo.to_server(), Duration::from_secs(10));
+    assert_within("edt 20 Mbit over 4 queues, 10 s", measured, 20e6, 0.02);
+}
+
 /// Needs sch_fq (kernel matrix guests only, as every `edt_` test).
 #[test]
 fn edt_class_alone_borrows_up_to_its_ceil() {

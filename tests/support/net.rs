@@ -67,16 +67,40 @@ pub struct VethToNs {
 
 impl VethToNs {
     pub fn new() -> Self {
+        Self::with_queues(1)
+    }
+
+    /// A pair whose ends have `queues` transmit and receive queues each (a
+    /// multiqueue device, whose default root qdisc is `mq`).
+    pub fn with_queues(queues: u32) -> Self {
         let ns = Netns::new();
         let host = unique("ph");
         let peer = unique("pp");
         let octet = unique_octet();
         let host_ip = format!("10.{octet}.0.1");
         let ns_ip = format!("10.{octet}.0.2");
+        let queues = queues.to_string();
         sh(
             "ip",
             &[
-                "link", "add", &host, "type", "veth", "peer", "name", &peer, "netns", &ns.name,
+                "link",
+                "add",
+                &host,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "numtxqueues",
+                &queues,
+                "numrxqueues",
+                &queues,
+                "netns",
+                &ns.name,
             ],
         );
         let pair = Self {
@@ -157,13 +181,18 @@ pub struct Routed {
 
 impl Routed {
     pub fn new() -> Self {
+        Self::with_queues(1)
+    }
+
+    /// `new` with multiqueue veths (`queues` transmit queues a side).
+    pub fn with_queues(queues: u32) -> Self {
         let previous_forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")
             .expect("reading ip_forward")
             .trim()
             .to_owned();
         sh("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-        let client = VethToNs::new();
-        let server = VethToNs::new();
+        let client = VethToNs::with_queues(queues);
+        let server = VethToNs::with_queues(queues);
         for (side, peer_gw) in [(&client, &client.host_ip), (&server, &server.host_ip)] {
             side.ns
                 .exec(&["ip", "route", "add", "default", "via", peer_gw]);

@@ -78,7 +78,8 @@ pub enum RootQdisc {
     KernelDefault { kind: String },
     /// Our HTB tree.
     Ours,
-    /// Our sch_fq (EDT pacing), same handle major.
+    /// Our sch_fq (EDT pacing), same handle major: one fq at the root, or
+    /// `mq` with an fq under each transmit queue.
     OursFq,
     /// Somebody else's qdisc: do not touch.
     Foreign { kind: String, handle: u32 },
@@ -107,7 +108,7 @@ pub fn root_qdisc(nl: &mut RtNetlink, ifindex: u32) -> Result<RootQdisc, Netlink
         if kind == "htb" && msg.header.handle.major == HTB_MAJOR {
             return Ok(RootQdisc::Ours);
         }
-        if kind == "fq" && msg.header.handle.major == HTB_MAJOR {
+        if (kind == "fq" || kind == "mq") && msg.header.handle.major == HTB_MAJOR {
             return Ok(RootQdisc::OursFq);
         }
         if msg.header.handle.major == 0 {
@@ -174,12 +175,48 @@ pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
 /// Installs sch_fq at the root for EDT classes: fq releases each packet at
 /// its `skb->tstamp` (Linux 4.20+, "fq: add EDT support"), with fq's own
 /// defaults, including its 10 s drop horizon.
-pub fn create_fq_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
-    let message = root_message(ifindex, vec![TcAttribute::Kind("fq".into())]);
+pub fn create_fq_root(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    tx_queues: u32,
+) -> Result<(), NetlinkError> {
+    if tx_queues <= 1 {
+        let message = root_message(ifindex, vec![TcAttribute::Kind("fq".into())]);
+        return nl.request(
+            RouteNetlinkMessage::NewQueueDiscipline(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        );
+    }
+    // A multiqueue device keeps its queues (and their locks) apart: `mq` at
+    // the root and one fq under each transmit queue, which all honour the
+    // departure times one shared pacer wrote. One fq at the root would
+    // serialise every queue behind one lock, as an HTB root does.
+    let message = root_message(ifindex, vec![TcAttribute::Kind("mq".into())]);
     nl.request(
         RouteNetlinkMessage::NewQueueDiscipline(message),
         NLM_F_CREATE | NLM_F_REPLACE,
-    )
+    )?;
+    for queue in 1..=tx_queues {
+        let Ok(minor) = u16::try_from(queue) else {
+            break;
+        };
+        let message = TcMessage::from_parts(
+            header(
+                ifindex,
+                TcHandle::UNSPEC,
+                TcHandle {
+                    major: HTB_MAJOR,
+                    minor,
+                },
+            ),
+            vec![TcAttribute::Kind("fq".into())],
+        );
+        nl.request(
+            RouteNetlinkMessage::NewQueueDiscipline(message),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        )?;
+    }
+    Ok(())
 }
 
 /// Removes our root qdisc (and with it every class). The kernel restores

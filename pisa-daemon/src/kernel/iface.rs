@@ -64,6 +64,23 @@ pub fn lookup(iface: &str) -> Result<Interface, KernelError> {
     })
 }
 
+/// How many transmit queues `iface` has (`/sys/class/net/IFACE/queues/tx-*`);
+/// 1 when they cannot be counted.
+pub fn tx_queues(iface: &str) -> u32 {
+    let dir = std::path::Path::new("/sys/class/net")
+        .join(iface)
+        .join("queues");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().starts_with("tx-"))
+                .count() as u32
+        })
+        .unwrap_or(1)
+        .max(1)
+}
+
 /// The speed `iface` reports (Mbit/s in sysfs, what ethtool shows), in
 /// bytes per second; `None` where it reports none (-1 or an unreadable
 /// attribute: tunnels, bridges, loopback, a link that is down).
@@ -107,6 +124,12 @@ mod tests {
         let lo = lookup("lo").unwrap();
         assert_eq!(lo.ifindex, 1);
         assert!(!lo.l3_only);
+    }
+
+    #[test]
+    fn loopback_has_one_transmit_queue_and_a_missing_interface_counts_one() {
+        assert_eq!(tx_queues("lo"), 1);
+        assert_eq!(tx_queues("no-such-if0"), 1);
     }
 
     #[test]

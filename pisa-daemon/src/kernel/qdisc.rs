@@ -117,6 +117,7 @@ impl Kernel {
     ) -> Result<(), KernelError> {
         let itf = iface::lookup(iface_name)?;
         let htb_in_use = self.classes.values().any(|c| c.mode == ShapingMode::Htb);
+        let tx_queues = iface::tx_queues(iface_name);
         let nl = self.netlink()?;
         let nl_err = |action| netlink_err(iface_name, action);
         match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
@@ -128,7 +129,8 @@ impl Kernel {
                 iface: iface_name.to_owned(),
             }),
             RootQdisc::Ours | RootQdisc::KernelDefault { .. } => {
-                htb::create_fq_root(nl, itf.ifindex).map_err(nl_err("installing sch_fq"))?;
+                htb::create_fq_root(nl, itf.ifindex, tx_queues)
+                    .map_err(nl_err("installing sch_fq"))?;
                 self.htb_roots.remove(iface_name);
                 Ok(())
             }
