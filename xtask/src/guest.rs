@@ -129,7 +129,12 @@ impl Guest<'_> {
     /// (cached per kernel), then this run's command in a second archive;
     /// the kernel unpacks concatenated archives in order.
     fn initrd(&self, work: &Path, cwd: &Path, command: &str) -> Result<PathBuf> {
-        let base = cache_dir().join(format!("initrd-{}.cpio", self.kernel.version));
+        // Named by the first stage's text too, so that editing it rebuilds.
+        let base = cache_dir().join(format!(
+            "initrd-{}-{:016x}.cpio",
+            self.kernel.version,
+            fnv1a(INIT.as_bytes())
+        ));
         if !base.exists() {
             let tree = work.join("base");
             for dir in [
@@ -212,6 +217,12 @@ impl Guest<'_> {
         }
         Ok(())
     }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 fn decompress(tool: &str, path: &str) -> Result<Vec<u8>> {

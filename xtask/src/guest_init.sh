@@ -24,7 +24,8 @@ mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts devpts $R/dev/pts
 mount -t tmpfs shm $R/dev/shm
 mount -t tmpfs run $R/run
-mount -t tmpfs tmp $R/tmp
+# /tmp stays the overlay's: the host's files show through (a workspace
+# cloned under /tmp, as CI may, must be visible) and writes stay in RAM.
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup 2>/dev/null
 mount -t bpf bpf $R/sys/fs/bpf
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
