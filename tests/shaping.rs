@@ -143,7 +143,9 @@ fn edt_class_holds_20_mbit_wire_rate_within_2_percent_under_sch_fq() {
 }
 
 /// EDT classes `(rate, ceil)` in Mbit/s on a 100 Mbit/s link under sch_fq,
-/// each saturated by its own iperf3 flow for 14 s. Returns each class's
+/// each saturated by its own iperf3 client (two streams, so that one
+/// stream's loss recovery in a slow emulated guest does not leave its
+/// class short of offered load) for 14 s. Returns each class's
 /// rate over 10 s after a 3 s start (from its counters, which count
 /// `skb->len`: a few percent under the wire for GSO packets) and the
 /// link's wire rate over the same window (the root fq's byte counter).
@@ -169,7 +171,10 @@ fn edt_borrowing(classes: &[(u64, u64)]) -> (Vec<f64>, f64) {
         flows.push(iperf3_server(&topo.server.ns, topo.server_ip(), port));
     }
     let clients: Vec<_> = (0..classes.len())
-        .map(|i| iperf3_background(&topo.client.ns, topo.server_ip(), 5201 + i as u16, 14))
+        .map(|i| {
+            let port = 5201 + i as u16;
+            iperf3_background_with(&topo.client.ns, topo.server_ip(), port, 14, &["-P", "2"])
+        })
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     let bytes = |kernel: &Kernel| {

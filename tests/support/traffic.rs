@@ -38,6 +38,17 @@ pub fn tx_bytes(iface: &str) -> u64 {
 
 /// An iperf3 client running in the background inside `ns`.
 pub fn iperf3_background(ns: &Netns, server: &str, port: u16, seconds: u32) -> ChildGuard {
+    iperf3_background_with(ns, server, port, seconds, &[])
+}
+
+/// `iperf3_background` with extra client arguments (e.g. `-P 2`).
+pub fn iperf3_background_with(
+    ns: &Netns,
+    server: &str,
+    port: u16,
+    seconds: u32,
+    extra: &[&str],
+) -> ChildGuard {
     let port_s = port.to_string();
     let secs = seconds.to_string();
     let child = Command::new("ip")
@@ -45,6 +56,7 @@ pub fn iperf3_background(ns: &Netns, server: &str, port: u16, seconds: u32) -> C
             "netns", "exec", &ns.name, "iperf3", "-c", server, "-p", &port_s,
         ])
         .args(["-t", &secs, "-J"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
