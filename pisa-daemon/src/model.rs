@@ -6,7 +6,9 @@
 use std::net::IpAddr;
 
 mod link_rate;
-pub use link_rate::{LinkRate, LinkRateSource, LinkRates, FALLBACK_LINK_RATE_BYTES};
+pub use link_rate::{
+    interface_name_problem, LinkRate, LinkRateSource, LinkRates, FALLBACK_LINK_RATE_BYTES,
+};
 
 use pisa_daemon_common::{
     EndpointMatch, FAMILY_V4, FAMILY_V6, MODE_EDT, MODE_HTB, MODE_POLICE, PROTO_TCP, PROTO_UDP,

@@ -17,18 +17,7 @@ pub struct Interface {
 }
 
 pub fn validate_name(iface: &str) -> Result<(), KernelError> {
-    let reason = if iface.is_empty() {
-        Some("it is empty")
-    } else if iface.len() > 15 {
-        Some("it is longer than 15 bytes")
-    } else if iface.contains(['/', '\0']) || iface.chars().any(char::is_whitespace) {
-        Some("it contains '/', whitespace or NUL")
-    } else if iface == "." || iface == ".." {
-        Some("it is '.' or '..'")
-    } else {
-        None
-    };
-    match reason {
+    match crate::model::interface_name_problem(iface) {
         Some(reason) => Err(KernelError::InvalidInterfaceName {
             iface: iface.to_owned(),
             reason,

@@ -45,6 +45,23 @@ pub struct LinkRate {
     pub source: LinkRateSource,
 }
 
+/// Why `iface` cannot be an interface name (IFNAMSIZ and the characters
+/// the kernel refuses), or `None`. Shared by `--iface`, `--link-rate
+/// IFACE=RATE` and interface lookups.
+pub fn interface_name_problem(iface: &str) -> Option<&'static str> {
+    if iface.is_empty() {
+        Some("it is empty")
+    } else if iface.len() > 15 {
+        Some("it is longer than 15 bytes")
+    } else if iface.contains(['/', '\0']) || iface.chars().any(char::is_whitespace) {
+        Some("it contains '/', whitespace or NUL")
+    } else if iface == "." || iface == ".." {
+        Some("it is '.' or '..'")
+    } else {
+        None
+    }
+}
+
 /// The `--link-rate` flags: rates of named interfaces, and one for the rest.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LinkRates {

@@ -4,7 +4,7 @@
 use thiserror::Error;
 
 use super::units;
-use crate::model::LinkRates;
+use crate::model::{interface_name_problem, LinkRates};
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum LinkRateError {
@@ -18,7 +18,7 @@ pub enum LinkRateError {
         reason: String,
     },
     #[error(
-        "--link-rate `{value}`: interface name `{iface}` {reason}; \
+        "--link-rate `{value}`: interface name `{iface}` is invalid: {reason}; \
          write IFACE=RATE, e.g. eth0=25gbit"
     )]
     Interface {
@@ -75,16 +75,7 @@ pub fn parse_link_rates<S: AsRef<str>>(values: &[S]) -> Result<LinkRates, LinkRa
 }
 
 fn check_interface_name(value: &str, iface: &str) -> Result<(), LinkRateError> {
-    let reason = if iface.is_empty() {
-        Some("is empty")
-    } else if iface.len() > 15 {
-        Some("is longer than 15 bytes")
-    } else if iface.contains(['/', '\0']) || iface.chars().any(char::is_whitespace) {
-        Some("contains '/', whitespace or NUL")
-    } else {
-        None
-    };
-    match reason {
+    match interface_name_problem(iface) {
         Some(reason) => Err(LinkRateError::Interface {
             value: value.to_owned(),
             iface: iface.to_owned(),
@@ -122,7 +113,10 @@ mod tests {
             "{e}"
         );
         let e = error(&["=1gbit"]);
-        assert!(e.contains("interface name `` is empty"), "{e}");
+        assert!(
+            e.contains("interface name `` is invalid: it is empty"),
+            "{e}"
+        );
         let e = error(&["averyveryverylongname=1gbit"]);
         assert!(e.contains("longer than 15 bytes"), "{e}");
         let e = error(&["eth0=1gbit", "eth0=2gbit"]);
