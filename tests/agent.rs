@@ -156,6 +156,17 @@ fn class_id_of(state_file: &Path, claim: &str) -> u32 {
         .unwrap_or_else(|| panic!("no class for {claim} in {state}")) as u32
 }
 
+/// `pisa-daemon status` against the running daemon (its API socket).
+fn status(s: &Setup, daemon: &Daemon) -> std::process::Output {
+    std::process::Command::new(daemon_bin())
+        .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
+        .arg(&daemon.state_file)
+        .args(["--sample-ms", "100"])
+        .env("PISA_API_SOCKET", api_socket())
+        .output()
+        .expect("status")
+}
+
 fn metric_value(body: &str, prefix: &str) -> Option<f64> {
     body.lines()
         .find(|l| l.starts_with(prefix))
@@ -276,13 +287,7 @@ fn invalid_edit_keeps_last_good_state_and_reports_everywhere() {
         Some(1.0)
     );
 
-    let out = std::process::Command::new(daemon_bin())
-        .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
-        .arg(&daemon.state_file)
-        .args(["--sample-ms", "100"])
-        .env("PISA_API_SOCKET", api_socket())
-        .output()
-        .expect("status");
+    let out = status(&s, &daemon);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains("source: api unix:"),
@@ -689,13 +694,7 @@ fn each_interface_gets_its_own_link_rate_shown_in_state_status_and_metrics() {
         "{metrics}"
     );
 
-    let out = std::process::Command::new(daemon_bin())
-        .args(["status", "--bpffs", s.root.as_str(), "--state-file"])
-        .arg(&daemon.state_file)
-        .args(["--sample-ms", "100"])
-        .env("PISA_API_SOCKET", api_socket())
-        .output()
-        .expect("status");
+    let out = status(&s, &daemon);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains(&format!("link {}: 50Mbit (interface)", s.topo.to_server())),

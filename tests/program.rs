@@ -88,18 +88,38 @@ impl Harness {
     }
 
     fn class(&mut self, class_id: u32, mode: ShapingMode, rate_bytes: u64, burst_bytes: u32) {
+        self.class_with_ceil(class_id, mode, rate_bytes, rate_bytes, burst_bytes);
+    }
+
+    /// A class with its own ceil (rate = ceil in `class`).
+    fn class_with_ceil(
+        &mut self,
+        class_id: u32,
+        mode: ShapingMode,
+        rate: u64,
+        ceil: u64,
+        burst: u32,
+    ) {
         self.kernel
             .put_class(&ClassSpec {
                 class_id,
                 mode,
-                rate_bytes,
-                ceil_bytes: rate_bytes,
-                burst_bytes,
+                rate_bytes: rate,
+                ceil_bytes: ceil,
+                burst_bytes: burst,
                 priority: 3,
                 horizon_ns: 2_000_000_000,
                 claim_hash: 0,
             })
             .expect("put_class");
+    }
+
+    /// A 1000-byte TCP frame to `dst`.
+    fn frame_to(&self, dst: &str) -> Vec<u8> {
+        let mut p = Packet::tcp("10.9.0.1", 1, dst, 2);
+        let header = p.bytes().len() - p.payload;
+        p = p.payload(1000 - header);
+        p.bytes()
     }
 
     fn rule(&mut self, side: Side, cidr: &str, protocol: Protocol, port: u16, class_id: u32) {
@@ -478,24 +498,9 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
         sch_fq: true,
         ..h.kernel.features()
     });
-    let rate = 10_000;
-    h.kernel
-        .put_class(&ClassSpec {
-            class_id: 10,
-            mode: ShapingMode::Edt,
-            rate_bytes: rate,
-            ceil_bytes: rate,
-            burst_bytes: 0,
-            priority: 3,
-            horizon_ns: 2_000_000_000,
-            claim_hash: 0,
-        })
-        .expect("edt class");
+    h.class(10, ShapingMode::Edt, 10_000, 0);
     h.rule(Side::Destination, "10.8.0.10/32", Protocol::Tcp, 0, 10);
-    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.10", 2);
-    let header = p.bytes().len() - p.payload;
-    p = p.payload(1000 - header);
-    let frame = p.bytes();
+    let frame = h.frame_to("10.8.0.10");
     let run = |wire| {
         h.try_run_with(&frame, LOOPBACK, wire)
             .expect("BPF_PROG_TEST_RUN")
@@ -525,9 +530,7 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
     // Police: a 3000-byte bucket passes one 3000-byte GSO frame, not three.
     h.class(11, ShapingMode::Police, 1000, 3000);
     h.rule(Side::Destination, "10.8.0.11/32", Protocol::Tcp, 0, 11);
-    let mut p = Packet::tcp("10.9.0.1", 1, "10.8.0.11", 2);
-    p = p.payload(1000 - header);
-    let frame = p.bytes();
+    let frame = h.frame_to("10.8.0.11");
     let verdicts: Vec<i32> = (0..2)
         .map(|_| {
             h.try_run_with(&frame, LOOPBACK, 3000)
@@ -536,31 +539,6 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
         })
         .collect();
     assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
-}
-
-impl Harness {
-    /// A paced class with a ceil above its rate.
-    fn ceiled(&mut self, class_id: u32, mode: ShapingMode, rate: u64, ceil: u64, burst: u32) {
-        self.kernel
-            .put_class(&ClassSpec {
-                class_id,
-                mode,
-                rate_bytes: rate,
-                ceil_bytes: ceil,
-                burst_bytes: burst,
-                priority: 3,
-                horizon_ns: 2_000_000_000,
-                claim_hash: 0,
-            })
-            .expect("put_class");
-    }
-
-    fn frame_to(&self, dst: &str) -> Vec<u8> {
-        let mut p = Packet::tcp("10.9.0.1", 1, dst, 2);
-        let header = p.bytes().len() - p.payload;
-        p = p.payload(1000 - header);
-        p.bytes()
-    }
 }
 
 #[test]
@@ -574,9 +552,9 @@ fn edt_borrows_up_to_ceil_while_the_link_has_room_and_keeps_its_rate_when_not() 
     h.kernel
         .write_link_pace(LOOPBACK, 100_000)
         .expect("link pace");
-    h.ceiled(12, ShapingMode::Edt, 10_000, 100_000, 0);
+    h.class_with_ceil(12, ShapingMode::Edt, 10_000, 100_000, 0);
     h.rule(Side::Destination, "10.8.0.12/32", Protocol::Tcp, 0, 12);
-    h.ceiled(13, ShapingMode::Edt, 90_000, 90_000, 0);
+    h.class_with_ceil(13, ShapingMode::Edt, 90_000, 90_000, 0);
     h.rule(Side::Destination, "10.8.0.13/32", Protocol::Tcp, 0, 13);
     let (a, b) = (h.frame_to("10.8.0.12"), h.frame_to("10.8.0.13"));
 
@@ -611,7 +589,7 @@ fn police_passes_at_its_ceil_beyond_its_burst_while_the_link_has_room() {
         .write_link_pace(LOOPBACK, 100_000)
         .expect("link pace");
     // 1000 B/s guaranteed with a 3000-byte bucket; ceil 100,000 B/s.
-    h.ceiled(14, ShapingMode::Police, 1000, 100_000, 3000);
+    h.class_with_ceil(14, ShapingMode::Police, 1000, 100_000, 3000);
     h.rule(Side::Destination, "10.8.0.14/32", Protocol::Tcp, 0, 14);
     let frame = h.frame_to("10.8.0.14");
     let verdicts: Vec<i32> = (0..4).map(|_| h.run_on(&frame, LOOPBACK).verdict).collect();

@@ -48,11 +48,12 @@ pub fn run(filter: Option<&str>, no_setup: bool, repeat: u32, kernels: &str) -> 
         let outcome = match target {
             Target::Host => {
                 let (args, left_out) = matrix::test_args(Target::Host, filter);
-                matrix::announce(Target::Host, &host_kernel(), &left_out);
+                let kernel = host_kernel();
+                matrix::announce(Target::Host, &kernel, &left_out);
                 let round = run_round(&binary, &args)?;
                 Outcome {
                     target,
-                    kernel: host_kernel(),
+                    kernel,
                     passed: round.passed,
                     failed: round.failed,
                     left_out,
