@@ -626,6 +626,42 @@ fn police_passes_the_burst_then_drops_over_rate() {
 }
 
 #[test]
+fn police_passes_a_gso_packet_larger_than_its_burst_once_then_makes_it_wait() {
+    // A 3000-byte bucket against 5000-byte GSO packets (wire length): a
+    // bucket shallower than one packet would drop every one of them, and a
+    // policed TCP class would pass nothing. On a full bucket one passes;
+    // its whole cost (5 s at 1000 B/s) is owed before the next.
+    let mut h = Harness::new();
+    h.class(15, ShapingMode::Police, 1000, 3000);
+    h.rule(Side::Destination, "10.8.0.15/32", Protocol::Tcp, 0, 15);
+    let frame = h.frame_to("10.8.0.15");
+    let verdicts: Vec<i32> = (0..3)
+        .map(|_| {
+            h.try_run_with(&frame, LOOPBACK, 5000)
+                .expect("BPF_PROG_TEST_RUN")
+                .verdict
+        })
+        .collect();
+    assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT]);
+    // With a ceil (the borrowing path), the same holds on each clock.
+    h.kernel
+        .write_link_pace(LOOPBACK, 100_000)
+        .expect("link pace");
+    h.class_with_ceil(16, ShapingMode::Police, 1000, 2000, 3000);
+    h.rule(Side::Destination, "10.8.0.16/32", Protocol::Tcp, 0, 16);
+    let frame = h.frame_to("10.8.0.16");
+    let verdicts: Vec<i32> = (0..2)
+        .map(|_| {
+            h.try_run_with(&frame, LOOPBACK, 5000)
+                .expect("BPF_PROG_TEST_RUN")
+                .verdict
+        })
+        .collect();
+    assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
+    assert_eq!((h.stats(15).drops, h.stats(16).drops), (2, 1));
+}
+
+#[test]
 fn rule_pointing_at_an_inactive_class_passes_and_is_counted() {
     let mut h = Harness::new();
     h.rule(Side::Destination, "10.8.0.5/32", Protocol::Tcp, 0, 77);

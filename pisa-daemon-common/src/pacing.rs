@@ -54,6 +54,21 @@ pub fn police_conforms(decision: &PaceDecision, now_ns: u64) -> bool {
     decision.departure_ns <= now_ns
 }
 
+/// Police: the bucket is at least as deep as the packet in hand. A packet
+/// that costs more than the configured burst (a 64 KiB GSO packet against
+/// a 32 KiB bucket) would otherwise never conform, and a policed TCP class
+/// would pass nothing at all. With this it conforms on a full bucket, its
+/// whole cost is charged, and the packets after it wait for that debt: the
+/// class still averages its rate.
+#[inline(always)]
+pub fn police_burst_ns(burst_ns: u64, cost_ns: u64) -> u64 {
+    if cost_ns > burst_ns {
+        cost_ns
+    } else {
+        burst_ns
+    }
+}
+
 /// EDT: the packet is dropped when it would wait longer than the horizon
 /// (its queue would otherwise grow without bound under overload).
 #[inline(always)]
@@ -152,6 +167,28 @@ mod tests {
     use std::vec::Vec;
 
     const MBIT: u64 = 1_000_000 / 8;
+
+    #[test]
+    fn police_passes_a_packet_larger_than_its_burst_on_a_full_bucket_and_keeps_its_rate() {
+        // 1000 B/s with a 1000-byte bucket; 3000-byte packets (3 s each).
+        let (burst, cost) = (NSEC_PER_SEC, 3 * NSEC_PER_SEC);
+        let now = 100 * NSEC_PER_SEC;
+        let check = |tat: u64, at: u64| {
+            let decision = pace(tat, at, cost, police_burst_ns(burst, cost));
+            (police_conforms(&decision, at), decision.next_tat_ns)
+        };
+        assert!(
+            !police_conforms(&pace(0, now, cost, burst), now),
+            "without the rule the packet could never conform"
+        );
+        let (first, tat) = check(0, now);
+        assert!(first, "an idle class passes one oversized packet");
+        assert!(!check(tat, now + NSEC_PER_SEC).0, "then owes its cost");
+        let (later, next) = check(tat, now + 3 * NSEC_PER_SEC);
+        assert!(later, "and passes the next once the debt is paid");
+        assert_eq!(next - tat, cost, "every packet is charged in full");
+        assert_eq!(police_burst_ns(burst, burst / 2), burst);
+    }
 
     /// Classes (rate, ceil) on one link, each offered far more than the
     /// link in 1500-byte packets, each sending only when its last packet

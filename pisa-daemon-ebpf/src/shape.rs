@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use pisa_daemon_common::{
     pacing::{
-        beyond_horizon, pace, pace_borrowing, police_conforms, transmit_ns, Clocks, Costs,
-        PaceDecision,
+        beyond_horizon, pace, pace_borrowing, police_burst_ns, police_conforms, transmit_ns,
+        Clocks, Costs, PaceDecision,
     },
     MODE_EDT, MODE_HTB, MODE_POLICE,
 };
@@ -80,6 +80,11 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
     }
     let cost = transmit_ns(wire, config.rate_bytes);
     let burst = transmit_ns(u64::from(config.burst_bytes), config.rate_bytes);
+    let burst = if police {
+        police_burst_ns(burst, cost)
+    } else {
+        burst
+    };
 
     for _ in 0..PACE_CAS_ATTEMPTS {
         // An aligned 8-byte load is single-copy atomic on BPF; the CAS below
@@ -162,13 +167,29 @@ fn borrowing(
         return None;
     }
     let burst = u64::from(config.burst_bytes);
+    let police = config.mode == MODE_POLICE;
+    // Police: each bucket at least as deep as this packet (see
+    // `police_burst_ns`); EDT delays an oversized packet instead.
+    let clock = |rate: u64| {
+        let cost = transmit_ns(wire, rate);
+        let burst = transmit_ns(burst, rate);
+        let burst = if police {
+            police_burst_ns(burst, cost)
+        } else {
+            burst
+        };
+        (cost, burst)
+    };
+    let (rate_ns, rate_burst_ns) = clock(config.rate_bytes);
+    let (ceil_ns, ceil_burst_ns) = clock(config.ceil_bytes);
+    let (link_ns, link_burst_ns) = clock(link_rate);
     let costs = Costs {
-        rate_ns: transmit_ns(wire, config.rate_bytes),
-        rate_burst_ns: transmit_ns(burst, config.rate_bytes),
-        ceil_ns: transmit_ns(wire, config.ceil_bytes),
-        ceil_burst_ns: transmit_ns(burst, config.ceil_bytes),
-        link_ns: transmit_ns(wire, link_rate),
-        link_burst_ns: transmit_ns(burst, link_rate),
+        rate_ns,
+        rate_burst_ns,
+        ceil_ns,
+        ceil_burst_ns,
+        link_ns,
+        link_burst_ns,
     };
     // SAFETY: aligned 8-byte loads of map values (see `paced`).
     let clocks = unsafe {
@@ -183,7 +204,7 @@ fn borrowing(
         departure_ns: decision.departure_ns,
         next_tat_ns: decision.departure_ns,
     };
-    let drop = if config.mode == MODE_POLICE {
+    let drop = if police {
         !police_conforms(&chosen, now)
     } else {
         beyond_horizon(&chosen, now, config.horizon_ns)

@@ -4,8 +4,11 @@
 //! 1. ns per packet (BPF_PROG_TEST_RUN, 1,000,000 repeats, median of 5) for
 //!    the miss, htb-hit and edt-hit paths.
 //! 2. veth TCP throughput, unmatched traffic, program attached vs none.
-//! 3. Rate accuracy (achieved / configured wire rate) at 10/100/1000 Mbit:
+//! 3. Packet rate: 64-byte UDP, program miss and HTB hit against none.
+//! 4. Rate accuracy (achieved / configured wire rate) at 10/100/1000 Mbit:
 //!    Pisa-Daemon's HTB class against classic tc HTB + u32 and TBF.
+//! 5. Multiqueue: on a 4-queue veth, HTB's one root against `mq` with a
+//!    qdisc per queue (the device default, `edt`'s fq, `police`).
 
 // The integration tests' fixtures; a bench uses only some of them.
 #[path = "../../tests/support/mod.rs"]
@@ -616,6 +619,9 @@ fn main() {
     if wanted("accuracy") {
         rate_accuracy();
     }
+    if wanted("multiqueue") {
+        multiqueue();
+    }
 }
 
 /// Flows of the packet-rate section: one socket, this many destination
@@ -762,4 +768,251 @@ fn qdisc_wire_bps(iface: &str, window: Duration) -> f64 {
     std::thread::sleep(window);
     let bytes = qdisc_sent_bytes(iface) - start_bytes;
     bytes as f64 * 8.0 / start.elapsed().as_secs_f64()
+}
+
+/// Transmit queues of the multiqueue section's veth.
+const MQ_QUEUES: u32 = 4;
+
+/// One way the multiqueue section's veth is set up, and how it is built.
+#[derive(Clone, Copy, PartialEq)]
+enum MqSetup {
+    /// A veth's own default: no qdisc at all (`noqueue`), no program.
+    NoQueue,
+    /// What a multiqueue NIC has by default: `mq` with the default qdisc
+    /// under each queue, no program. A veth starts with `noqueue`, so the
+    /// bench adds `mq` with tc.
+    DeviceMq,
+    /// Pisa-Daemon in `htb` mode: its HTB root, one lock for every queue.
+    Htb,
+    /// Pisa-Daemon in `edt` mode: `mq` with an fq under each queue.
+    Edt,
+    /// Pisa-Daemon in `police` mode, which needs no qdisc: the device's
+    /// `mq` (added with tc after the daemon attached, as on a NIC) stays.
+    Police,
+}
+
+impl MqSetup {
+    fn label(self) -> &'static str {
+        match self {
+            MqSetup::NoQueue => "veth's own `noqueue`, no program",
+            MqSetup::DeviceMq => "NIC default: `mq`, no program (the baseline)",
+            MqSetup::Htb => "`htb`: HTB root (one lock for every queue)",
+            MqSetup::Edt => "`edt`: `mq` + fq per queue",
+            MqSetup::Police => "`police`: the device's `mq` kept",
+        }
+    }
+
+    fn mode(self) -> Option<ShapingMode> {
+        match self {
+            MqSetup::NoQueue | MqSetup::DeviceMq => None,
+            MqSetup::Htb => Some(ShapingMode::Htb),
+            MqSetup::Edt => Some(ShapingMode::Edt),
+            MqSetup::Police => Some(ShapingMode::Police),
+        }
+    }
+
+    /// Whether tc adds `mq` at the root (after the program, if any).
+    fn adds_mq(self) -> bool {
+        matches!(self, MqSetup::DeviceMq | MqSetup::Police)
+    }
+}
+
+/// Class and link rate of the multiqueue section: far above what these
+/// machines send (a veth says 10 Gbit/s, which TCP here exceeds), so the
+/// figures are the cost of the path and its locks, not of shaping.
+const MQ_RATE: u64 = 100_000 * MBIT;
+
+/// Every sender's traffic, UDP and TCP, in one class of `mode` at
+/// MQ_RATE, with the daemon's default burst (10 ms of rate).
+fn attach_mq_setup(root: &BpffsRoot, dev: &str, dst: &str, mode: ShapingMode) -> Kernel {
+    let mut kernel = Kernel::open(root.layout()).expect("loading");
+    kernel.set_link_rate(MQ_RATE);
+    kernel.attach(dev).unwrap();
+    let mut spec = class(1, mode, MQ_RATE);
+    spec.burst_bytes = (MQ_RATE / 100).min(u64::from(u32::MAX)) as u32;
+    kernel.put_class(&spec).unwrap();
+    for port in 0..FLOWS {
+        let mut rule = rule(dst, 9000 + port);
+        rule.protocol = Protocol::Udp;
+        kernel.put_rule(&rule, &RuleTarget::class(1)).unwrap();
+    }
+    for port in [5201, 5202] {
+        kernel
+            .put_rule(&rule(dst, port), &RuleTarget::class(1))
+            .unwrap();
+    }
+    kernel
+}
+
+/// The root qdisc's kind and, for `mq`, the kinds under it: what the
+/// setup really built, printed beside its figures.
+fn qdisc_tree(dev: &str) -> String {
+    let out = sh("tc", &["-j", "qdisc", "show", "dev", dev]);
+    let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
+    let kinds: Vec<String> = qdiscs
+        .as_array()
+        .expect("a list of qdiscs")
+        .iter()
+        .filter_map(|q| q["kind"].as_str().map(str::to_owned))
+        .collect();
+    let root = kinds.first().cloned().unwrap_or_default();
+    let children = kinds.len().saturating_sub(1);
+    match children {
+        0 => root,
+        _ => {
+            let child = kinds.last().cloned().unwrap_or_default();
+            format!("{root} + {children} qdiscs ({child})")
+        }
+    }
+}
+
+/// A device with several transmit queues under many flows from every CPU:
+/// what an HTB root (one qdisc lock for all queues) costs against `mq`
+/// with a qdisc per queue, the device default and `edt`'s mq + fq. Each
+/// setup is measured twice a round, 64-byte UDP from one sender thread per
+/// CPU and TCP from two iperf3 clients of 4 streams each; RUNS rounds
+/// alternate the setups; medians, and medians of the ratios to the device
+/// default within each round.
+fn multiqueue() {
+    let veth = VethToNs::with_queues(MQ_QUEUES);
+    let _servers = [
+        iperf3_server(&veth.ns, &veth.ns_ip, 5201),
+        iperf3_server(&veth.ns, &veth.ns_ip, 5202),
+    ];
+    let senders = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let sch_fq = pisa_daemon::kernel::features::probe().sch_fq;
+    let setups: Vec<MqSetup> = [
+        MqSetup::NoQueue,
+        MqSetup::DeviceMq,
+        MqSetup::Htb,
+        MqSetup::Edt,
+        MqSetup::Police,
+    ]
+    .into_iter()
+    .filter(|s| *s != MqSetup::Edt || sch_fq)
+    .collect();
+    let root = BpffsRoot::new();
+    let seconds = 2;
+    let mut pps: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut tcp: Vec<Vec<f64>> = vec![Vec::new(); setups.len()];
+    let mut trees: Vec<String> = vec![String::new(); setups.len()];
+    for _ in 0..RUNS {
+        for (index, setup) in setups.iter().enumerate() {
+            let kernel = setup
+                .mode()
+                .map(|mode| attach_mq_setup(&root, &veth.host, &veth.ns_ip, mode));
+            if setup.adds_mq() {
+                sh("tc", &["qdisc", "add", "dev", &veth.host, "root", "mq"]);
+            }
+            trees[index] = qdisc_tree(&veth.host);
+            let expected = match setup {
+                MqSetup::NoQueue => "noqueue",
+                MqSetup::Htb => "htb",
+                MqSetup::DeviceMq | MqSetup::Edt | MqSetup::Police => "mq + ",
+            };
+            assert!(
+                trees[index].starts_with(expected),
+                "{}: expected a root of {expected}, found {}",
+                setup.label(),
+                trees[index]
+            );
+            pps[index].push(parallel_udp_packets_per_second(
+                &veth.ns_ip,
+                senders,
+                seconds,
+            ));
+            tcp[index].push(parallel_tcp_goodput(&veth.ns_ip, 3));
+            drop(kernel);
+            pisa_daemon::kernel::pinned::cleanup(&root.layout()).unwrap();
+            if setup.adds_mq() {
+                sh("tc", &["qdisc", "del", "dev", &veth.host, "root"]);
+            }
+        }
+    }
+    let base = setups
+        .iter()
+        .position(|s| *s == MqSetup::DeviceMq)
+        .expect("the baseline is measured");
+    println!(
+        "### Multiqueue: one HTB root against a qdisc per queue ({MQ_QUEUES}-queue veth, \
+         {RUNS} alternating rounds, medians)\n\n\
+         Host to a namespace over a veth with {MQ_QUEUES} transmit queues. UDP: {senders} sender \
+         threads (one per CPU), {PAYLOAD}-byte packets, {FLOWS} flows each, {seconds} s. TCP: two \
+         iperf3 clients of 4 streams each, 3 s. With the program, every packet is matched into \
+         one class of the mode shown, its rate and the link's 100 Gbit/s (far above what is \
+         sent: the figures are the path's cost, locks included, not shaping). Ratios: to `mq` without a program in the \
+         same round (what a multiqueue NIC has by default), median over the rounds.{}\n",
+        if sch_fq {
+            ""
+        } else {
+            " This kernel has no sch_fq, so no `edt` row."
+        }
+    );
+    println!(
+        "| setup | qdiscs as built | UDP packets/s | × `mq` | TCP Gbit/s | × `mq` |\n\
+         |---|---|---|---|---|---|"
+    );
+    let ratio = |values: &[f64], base: &[f64]| {
+        median(
+            values
+                .iter()
+                .zip(base)
+                .map(|(a, b)| a / b)
+                .collect::<Vec<f64>>(),
+        )
+    };
+    for (index, setup) in setups.iter().enumerate() {
+        println!(
+            "| {} | {} | {:.0} | **{:.3}** | {:.2} | **{:.3}** |",
+            setup.label(),
+            trees[index],
+            median(pps[index].clone()),
+            ratio(&pps[index], &pps[base]),
+            median(tcp[index].clone()) / 1e9,
+            ratio(&tcp[index], &tcp[base]),
+        );
+    }
+    println!();
+}
+
+/// `udp_packets_per_second` from `threads` senders at once, summed.
+fn parallel_udp_packets_per_second(dst: &str, threads: usize, seconds: u64) -> f64 {
+    std::thread::scope(|scope| {
+        let senders: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| udp_packets_per_second(dst, seconds)))
+            .collect();
+        senders
+            .into_iter()
+            .map(|sender| sender.join().expect("a UDP sender"))
+            .sum()
+    })
+}
+
+/// TCP goodput (bits/s) of two iperf3 clients, 4 streams each, to the
+/// servers on ports 5201 and 5202, run at once and summed.
+fn parallel_tcp_goodput(dst: &str, seconds: u32) -> f64 {
+    let seconds = seconds.to_string();
+    let clients: Vec<std::process::Child> = ["5201", "5202"]
+        .iter()
+        .map(|port| {
+            std::process::Command::new("iperf3")
+                .args(["-c", dst, "-p", port, "-t", &seconds, "-P", "4", "-J"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("iperf3 client")
+        })
+        .collect();
+    clients
+        .into_iter()
+        .map(|client| {
+            let out = client.wait_with_output().expect("iperf3 client");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let report: serde_json::Value =
+                serde_json::from_str(&text).unwrap_or_else(|e| panic!("iperf3 JSON ({e}): {text}"));
+            report["end"]["sum_received"]["bits_per_second"]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no goodput in iperf3's report: {text}"))
+        })
+        .sum()
 }

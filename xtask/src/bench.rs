@@ -54,8 +54,9 @@ pub fn run(which: &str, args: &[String]) -> Result<()> {
 }
 
 /// The data-plane bench's rate-accuracy section (HTB, EDT, tc's HTB and
-/// TBF side by side) in the 6.12 guest of the kernel matrix, where sch_fq
-/// enforces EDT; this host has none. Recorded as its own section.
+/// TBF side by side) and its multiqueue section (HTB root against mq + fq)
+/// in the 6.12 guest of the kernel matrix, where sch_fq enforces EDT; this
+/// host has none. Recorded as its own section.
 fn edt_guest(args: &[String]) -> Result<()> {
     crate::setup::run_setup_steps()?;
     let built = std::process::Command::new("cargo")
@@ -82,7 +83,7 @@ fn edt_guest(args: &[String]) -> Result<()> {
         .find_map(|message| message["executable"].as_str().map(str::to_owned))
         .context("cargo built no `dataplane` bench executable")?;
     let kernel = crate::kernels::fetch(crate::kernels::Series::V6_12)?;
-    let mut command = format!("'{binary}' --bench accuracy");
+    let mut command = format!("'{binary}' --bench accuracy multiqueue");
     for arg in args {
         command.push_str(&format!(" '{}'", arg.replace('\'', "")));
     }
