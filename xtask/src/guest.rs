@@ -10,6 +10,7 @@
 
 use std::{
     io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -52,11 +53,9 @@ impl Guest<'_> {
         let socket = work.0.join("virtiofs.sock");
         let _virtiofsd = Virtiofsd::start(&socket)?;
         let memory = format!("{}M", self.memory_mib);
-        let timeout = self.timeout.as_secs().to_string();
         let kernel_args = "console=ttyS0 quiet loglevel=1 panic=-1 rdinit=/init";
-        let mut qemu = Command::new("timeout")
-            .args(["-k", "10", &timeout, "qemu-system-x86_64"])
-            .args(["-accel", "tcg", "-cpu", "max", "-m", &memory])
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-accel", "tcg", "-cpu", "max", "-m", &memory])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-display", "none", "-vga", "none", "-monitor", "none"])
             .args(["-serial", "stdio", "-nic", "none", "-no-reboot"])
@@ -74,10 +73,23 @@ impl Guest<'_> {
                 "node,memdev=mem",
             ])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::piped());
+        // QEMU dies with this process, however it ends (a killed xtask
+        // left guests running for their whole timeout before).
+        // SAFETY: prctl is async-signal-safe and touches no memory.
+        unsafe {
+            qemu.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let qemu = qemu
             .spawn()
             .context("starting qemu-system-x86_64 (run `cargo xtask setup`)")?;
-        let console = qemu.stdout.take().context("qemu stdout")?;
+        let mut qemu = Watchdog::start(qemu, self.timeout);
+        let console = qemu.child.stdout.take().context("qemu stdout")?;
         let (mut lines, mut status, mut inside) = (Vec::new(), None, false);
         let mut tail: Vec<String> = Vec::new();
         for line in BufReader::new(console).lines() {
@@ -104,7 +116,7 @@ impl Guest<'_> {
                 tail.push(line);
             }
         }
-        let exit = qemu.wait().context("waiting for qemu")?;
+        let exit = qemu.wait()?;
         if status.is_none() {
             eprintln!(
                 "guest {}: did not finish ({exit}); its console:\n{}",
@@ -259,6 +271,70 @@ fn write_executable(path: &Path, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// QEMU under a deadline: a thread kills it when the time is up, and
+/// dropping the watchdog (an error or a panic in xtask) kills it too.
+struct Watchdog {
+    child: Child,
+    /// Set once the child is to be reaped; the kill happens only before,
+    /// under the same lock, so it never reaches a reused pid.
+    reaped: std::sync::Arc<std::sync::Mutex<bool>>,
+}
+
+impl Watchdog {
+    fn start(child: Child, timeout: Duration) -> Self {
+        let reaped = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let pid = child.id() as libc::pid_t;
+        let flag = reaped.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(200));
+                if flag.lock().map_or(true, |reaped| *reaped) {
+                    return;
+                }
+            }
+            if let Ok(reaped) = flag.lock() {
+                if !*reaped {
+                    eprintln!("guest: no end after {} s, killing QEMU", timeout.as_secs());
+                    // SAFETY: pid is our unreaped child (see `reaped`).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        });
+        Self { child, reaped }
+    }
+
+    /// Waits for QEMU to exit, the deadline still armed: the child is
+    /// reaped under the lock, so the kill never reaches a reused pid.
+    fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        loop {
+            {
+                let mut reaped = self
+                    .reaped
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("the QEMU watchdog panicked"))?;
+                if let Some(status) = self.child.try_wait().context("waiting for qemu")? {
+                    *reaped = true;
+                    return Ok(status);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        if let Ok(mut reaped) = self.reaped.lock() {
+            if !*reaped {
+                *reaped = true;
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+    }
+}
+
 /// Debian 12's C virtiofsd (from qemu-system-common), sharing `/`.
 /// `sandbox=chroot`: its default namespace sandbox fails on this host
 /// (pivot_root: busy). It has no read-only mode; the guest mounts it `ro`.
@@ -315,5 +391,30 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_kills_a_child_that_outlives_its_deadline() {
+        let child = Command::new("sleep").arg("30").spawn().expect("sleep");
+        let started = Instant::now();
+        let status = Watchdog::start(child, Duration::from_millis(300))
+            .wait()
+            .expect("wait");
+        assert!(!status.success(), "killed, not finished: {status}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_child_that_ends_in_time_is_left_alone() {
+        let child = Command::new("true").spawn().expect("true");
+        let status = Watchdog::start(child, Duration::from_secs(30))
+            .wait()
+            .expect("wait");
+        assert!(status.success());
     }
 }
