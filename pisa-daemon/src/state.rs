@@ -129,9 +129,16 @@ pub fn write(path: &Path, state: &PublishedState) -> Result<(), StateError> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let body = serde_json::to_vec_pretty(state).map_err(|e| err(std::io::Error::other(e)))?;
+    // Streamed to the file: with 10,000 claims the JSON is several MiB,
+    // and a buffer that size (grown by doubling) would stay in the
+    // daemon's resident memory after it is freed.
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, body).map_err(err)?;
+    let file = std::fs::File::create(&tmp).map_err(err)?;
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
+    serde_json::to_writer_pretty(&mut out, state).map_err(|e| err(std::io::Error::other(e)))?;
+    use std::io::Write;
+    out.flush().map_err(err)?;
+    drop(out);
     std::fs::rename(&tmp, path).map_err(err)
 }
 

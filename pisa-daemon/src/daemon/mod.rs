@@ -174,10 +174,17 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
 
     /// One reconcile, then the statuses published to the source.
     async fn reconcile(&mut self) {
-        let Some(statuses) = self.reconcile_locked() else {
+        let Some((statuses, freed_much)) = self.reconcile_locked() else {
             return;
         };
         let errors = self.source.publish(&statuses).await;
+        // Returned only once the report and the statuses are gone too: at
+        // 10,000 claims they are MiB of their own, and trimming before
+        // they were freed left 9.5 MiB resident for good.
+        drop(statuses);
+        if freed_much {
+            memory::return_freed_heap();
+        }
         if errors.is_empty() {
             self.status_retry.succeeded();
             return;
@@ -188,9 +195,11 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
         }
     }
 
-    /// One reconcile under the agent's lock; the claims' statuses, or
-    /// `None` if the agent is unusable.
-    fn reconcile_locked(&mut self) -> Option<BTreeMap<ClaimKey, ClaimStatus>> {
+    /// One reconcile under the agent's lock; the claims' statuses and
+    /// whether it took the full path over claims read again (which frees
+    /// a parse and a plan of every claim), or `None` if the agent is
+    /// unusable.
+    fn reconcile_locked(&mut self) -> Option<(BTreeMap<ClaimKey, ClaimStatus>, bool)> {
         let started = std::time::Instant::now();
         let Ok(mut agent) = self.agent.lock() else {
             error!("agent lock poisoned");
@@ -267,12 +276,8 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             }
             None => NodeReport::read(&agent, &[], &ReadErrors::default()),
         };
-        // A quick edit frees next to nothing; the full path frees a parse
-        // and a plan of every claim.
-        if reread && !quick {
-            memory::return_freed_heap();
-        }
-        Some(report.claims)
+        // A quick edit frees next to nothing.
+        Some((report.claims, reread && !quick))
     }
 }
 

@@ -159,9 +159,9 @@ pub fn validate(documents: &[Document], limits: Limits) -> Validated {
                     out.invalid
                         .entry(key.clone())
                         .or_default()
-                        .push(error.clone());
+                        .push((**error).clone());
                 }
-                None => out.unattributed.push(error.clone()),
+                None => out.unattributed.push((**error).clone()),
             },
             Ok(claim) => {
                 let key = key_of(claim);
