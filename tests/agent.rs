@@ -670,13 +670,17 @@ fn each_interface_gets_its_own_link_rate_shown_in_state_status_and_metrics() {
 
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&daemon.state_file).unwrap()).unwrap();
+    // Two claims of 10 and 20 Mbit/s: 30 Mbit/s promised on each link.
+    let guaranteed = 30_000_000 / 8;
     assert_eq!(
         state["link_rates"][s.topo.to_server()],
-        serde_json::json!({"rate_bytes": 50_000_000 / 8, "source": "interface"})
+        serde_json::json!({"rate_bytes": 50_000_000 / 8, "source": "interface",
+                           "guaranteed_bytes": guaranteed})
     );
     assert_eq!(
         state["link_rates"][s.topo.to_client()],
-        serde_json::json!({"rate_bytes": device_mbit * 1_000_000 / 8, "source": "device"})
+        serde_json::json!({"rate_bytes": device_mbit * 1_000_000 / 8, "source": "device",
+                           "guaranteed_bytes": guaranteed})
     );
 
     let (_, metrics) = http_get(&daemon.metrics, "/metrics").expect("metrics");
@@ -693,21 +697,89 @@ fn each_interface_gets_its_own_link_rate_shown_in_state_status_and_metrics() {
         Some((device_mbit * 1_000_000 / 8) as f64),
         "{metrics}"
     );
+    let promised = |metrics: &str, iface: &str| {
+        metric_value(
+            metrics,
+            &format!("pisa_interface_guaranteed_rate_bytes{{interface=\"{iface}\"}}"),
+        )
+    };
+    assert_eq!(
+        promised(&metrics, s.topo.to_server()),
+        Some(guaranteed as f64)
+    );
+    assert_eq!(
+        promised(&metrics, s.topo.to_client()),
+        Some(guaranteed as f64)
+    );
 
     let out = status(&s, &daemon);
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains(&format!("link {}: 50Mbit (interface)", s.topo.to_server())),
+        table.contains(&format!(
+            "link {}: 50Mbit (interface), guaranteed 30Mbit (60%)\n",
+            s.topo.to_server()
+        )),
         "{table}"
     );
     assert!(
         table.contains(&format!(
-            "link {}: {}Gbit (device)",
+            "link {}: {}Gbit (device), guaranteed 30Mbit (0%)\n",
             s.topo.to_client(),
             device_mbit / 1000
         )),
         "{table}"
     );
+    assert!(!table.contains("oversubscribed"), "{table}");
+
+    // 40 + 20 Mbit/s on a 50 Mbit/s link: applied (the claims are valid;
+    // the node is too small for them), and said once in the log, in
+    // status and in the metric.
+    s.write_claims("40mbit", "20mbit");
+    wait_until(
+        "the new rates in the state file",
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&daemon.state_file).is_ok_and(|text| {
+                text.contains(&format!("\"guaranteed_bytes\": {}", 60_000_000 / 8))
+            })
+        },
+    );
+    let table = String::from_utf8_lossy(&status(&s, &daemon).stdout).into_owned();
+    assert!(
+        table.contains(&format!(
+            "link {}: 50Mbit (interface), guaranteed 60Mbit (120%): oversubscribed",
+            s.topo.to_server()
+        )),
+        "{table}"
+    );
+    let (_, metrics) = http_get(&daemon.metrics, "/metrics").expect("metrics");
+    assert_eq!(
+        promised(&metrics, s.topo.to_server()),
+        Some((60_000_000 / 8) as f64)
+    );
+    assert_eq!(
+        table.matches("oversubscribed").count(),
+        1,
+        "only the 50 Mbit/s link: {table}"
+    );
+    let log = daemon.guard.stderr_text();
+    assert_eq!(
+        log.matches("oversubscribed: the classes' rates add up")
+            .count(),
+        1,
+        "logged once, on the change: {log}"
+    );
+    let line = log
+        .lines()
+        .find(|line| line.contains("oversubscribed: the classes"))
+        .unwrap_or_default();
+    for field in [
+        format!("iface={}", s.topo.to_server()),
+        "guaranteed=60Mbit".into(),
+        "link=50Mbit".into(),
+    ] {
+        assert!(line.contains(&field), "{field} in {line}");
+    }
     let status = daemon
         .guard
         .signal_and_wait(SIGTERM, Duration::from_secs(10));

@@ -295,6 +295,21 @@ impl<D: Dataplane + Send + 'static> Collector for KernelCollector<D> {
                 ConstGauge::new(rate.bytes as i64).encode(family.encode_family(&labels)?)?;
             }
         }
+        {
+            let mut family = encoder.encode_descriptor(
+                "pisa_interface_guaranteed_rate_bytes",
+                "The classes' rates added up (bytes/s), on each attached interface (every class \
+                 applies on every interface); above pisa_interface_link_rate_bytes the link is \
+                 oversubscribed and not every guarantee can hold at once",
+                None,
+                MetricType::Gauge,
+            )?;
+            for name in report.link_rates.keys() {
+                let labels: Labels = vec![("interface".into(), name.clone())];
+                ConstGauge::new(i64::try_from(report.guaranteed_bytes).unwrap_or(i64::MAX))
+                    .encode(family.encode_family(&labels)?)?;
+            }
+        }
         let ifaces = report.counters.interfaces.clone().unwrap_or_default();
         for (name, help, bytes) in [
             (

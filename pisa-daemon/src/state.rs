@@ -52,6 +52,10 @@ pub struct PublishedState {
 pub struct PublishedLinkRate {
     pub rate_bytes: u64,
     pub source: String,
+    /// The classes' rates added up: what the link has promised. Absent
+    /// (0) in files of daemons before it was added.
+    #[serde(default)]
+    pub guaranteed_bytes: u64,
 }
 
 /// SQL identity's counts: by outcome for the node, and for each claim.

@@ -252,17 +252,35 @@ fn from_pinned(bpffs: &Path, state_file: &Path, sample: Duration) -> Result<Repo
     })
 }
 
+/// `link eth0: 10Gbit (device), guaranteed 3Gbit (30%)`, and a warning
+/// when the classes' rates add up to more than the link.
+fn link_line(iface: &str, link: &state::PublishedLinkRate) -> String {
+    let mut line = format!(
+        "link {iface}: {} ({}), guaranteed {}",
+        format_rate(link.rate_bytes),
+        link.source,
+        format_rate(link.guaranteed_bytes)
+    );
+    if link.rate_bytes > 0 {
+        let percent = u128::from(link.guaranteed_bytes) * 100 / u128::from(link.rate_bytes);
+        line.push_str(&format!(" ({percent}%)"));
+    }
+    if link.guaranteed_bytes > link.rate_bytes {
+        line.push_str(
+            ": oversubscribed, the classes' rates add up to more than the link, so not every \
+             guarantee can hold while all of them are busy",
+        );
+    }
+    line
+}
+
 fn print_table(report: &Report) {
     if !report.daemon_running {
         println!("(no running daemon: counters from the pinned maps; claim names may be missing)");
     }
     println!("source: {}", report.source);
     for (iface, link) in &report.links {
-        println!(
-            "link {iface}: {} ({})",
-            format_rate(link.rate_bytes),
-            link.source
-        );
+        println!("{}", link_line(iface, link));
     }
     println!(
         "{:<28} {:>5} {:<6} {:>10} {:>10} {:<12} {:<13} {:<20} {:>14} {:>12} {:>8} {:<8}",
@@ -333,5 +351,38 @@ fn print_selectors(selectors: &Selectors) {
         .sum();
     if unread > 0 {
         println!("SQL starts the kernel could not hand up: {unread} (see pisa_sql_identity_kernel_events_total)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(rate_bytes: u64, guaranteed_bytes: u64) -> state::PublishedLinkRate {
+        state::PublishedLinkRate {
+            rate_bytes,
+            source: "interface".into(),
+            guaranteed_bytes,
+        }
+    }
+
+    #[test]
+    fn a_link_line_shows_the_share_promised_and_says_when_it_is_oversubscribed() {
+        assert_eq!(
+            link_line("eth0", &link(6_250_000, 3_750_000)),
+            "link eth0: 50Mbit (interface), guaranteed 30Mbit (60%)"
+        );
+        let over = link_line("eth0", &link(6_250_000, 7_500_000));
+        assert!(
+            over.starts_with(
+                "link eth0: 50Mbit (interface), guaranteed 60Mbit (120%): oversubscribed"
+            ),
+            "{over}"
+        );
+        assert_eq!(
+            link_line("eth0", &link(6_250_000, 6_250_000)),
+            "link eth0: 50Mbit (interface), guaranteed 50Mbit (100%)",
+            "exactly full is not oversubscribed"
+        );
     }
 }

@@ -19,6 +19,27 @@ mod identity_task;
 mod memory;
 mod node;
 mod state_file;
+/// Logs an interface once when the classes' rates come to add up to more
+/// than its link, and once when they no longer do; `known` holds the
+/// interfaces the last report found oversubscribed.
+fn note_oversubscription(known: &mut BTreeSet<String>, report: &NodeReport) {
+    let now: BTreeSet<String> = report.oversubscribed().map(str::to_owned).collect();
+    for iface in now.difference(known) {
+        let link = report.link_rates.get(iface).map_or(0, |link| link.bytes);
+        warn!(
+            %iface,
+            guaranteed = %format_rate(report.guaranteed_bytes),
+            link = %format_rate(link),
+            "oversubscribed: the classes' rates add up to more than the link, so not every \
+             guarantee can hold while all classes are busy"
+        );
+    }
+    for iface in known.difference(&now) {
+        info!(%iface, "no longer oversubscribed");
+    }
+    *known = now;
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -41,6 +62,7 @@ use crate::{
     reconcile::agent::Agent,
     report::{NodeReport, ReadErrors},
     source::ClaimSource,
+    spec::units::format_rate,
     spec::{ClaimKey, ClaimStatus, Phase},
 };
 
@@ -86,6 +108,9 @@ pub struct Daemon<D: Dataplane, S: ClaimSource> {
     retry: Backoff,
     status_retry: Backoff,
     resync: Duration,
+    /// Interfaces the last report found oversubscribed: a change is
+    /// logged once, not at every reconcile.
+    oversubscribed: BTreeSet<String>,
 }
 
 impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
@@ -107,6 +132,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             retry: Backoff::new(RETRY_MIN, RETRY_MAX),
             status_retry: Backoff::new(RETRY_MIN, RETRY_MAX),
             resync: RESYNC,
+            oversubscribed: BTreeSet::new(),
         }
     }
 
@@ -276,6 +302,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             }
             None => NodeReport::read(&agent, &[], &ReadErrors::default()),
         };
+        note_oversubscription(&mut self.oversubscribed, &report);
         // A quick edit frees next to nothing.
         Some((report.claims, reread && !quick))
     }

@@ -61,6 +61,7 @@ impl StateFile {
                     let published = PublishedLinkRate {
                         rate_bytes: rate.bytes,
                         source: rate.source.name().into(),
+                        guaranteed_bytes: report.guaranteed_bytes,
                     };
                     (iface.clone(), published)
                 })

@@ -62,6 +62,9 @@ pub struct NodeReport {
     pub interfaces: BTreeSet<String>,
     /// Each attached interface's link rate, and where it came from.
     pub link_rates: BTreeMap<String, LinkRate>,
+    /// The classes' rates added up (bytes/s): what every attached
+    /// interface has promised, since each class applies on each of them.
+    pub guaranteed_bytes: u64,
     pub classes: Vec<ClassReport>,
     /// Every claim the node knows, with its phase and message.
     pub claims: BTreeMap<ClaimKey, ClaimStatus>,
@@ -81,6 +84,16 @@ pub struct NodeReport {
 }
 
 impl NodeReport {
+    /// Interfaces whose link is smaller than the rates the classes are
+    /// guaranteed: neither HTB nor the pacer can keep every guarantee
+    /// there at once when every class is busy.
+    pub fn oversubscribed(&self) -> impl Iterator<Item = &str> {
+        self.link_rates
+            .iter()
+            .filter(|(_, link)| self.guaranteed_bytes > link.bytes)
+            .map(|(iface, _)| iface.as_str())
+    }
+
     /// The agent's state with the counter maps in `reads`, read now.
     pub fn read<D: Dataplane>(agent: &Agent<D>, reads: &[CounterMap], errors: &ReadErrors) -> Self {
         let counters = Counters::read(&agent.dp, reads, errors);
@@ -119,9 +132,13 @@ impl NodeReport {
                 }
             })
             .collect();
+        let guaranteed_bytes = agent.plan.classes.values().fold(0u64, |sum, planned| {
+            sum.saturating_add(planned.spec.rate_bytes)
+        });
         Self {
             interfaces: agent.dp.interfaces(),
             link_rates: agent.dp.link_rates(),
+            guaranteed_bytes,
             classes,
             claims: agent.statuses.clone(),
             source_errors: agent.source_errors.clone(),
