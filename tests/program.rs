@@ -115,6 +115,19 @@ impl Harness {
     }
 
     /// A 1000-byte TCP frame to `dst`.
+    /// The verdicts of `count` runs of `frame` on the loopback device, each
+    /// with the wire length `wire_len` (a GSO packet's, when above the
+    /// frame's own length).
+    fn verdicts_with(&self, frame: &[u8], wire_len: u32, count: usize) -> Vec<i32> {
+        (0..count)
+            .map(|_| {
+                self.try_run_with(frame, LOOPBACK, wire_len)
+                    .expect("BPF_PROG_TEST_RUN")
+                    .verdict
+            })
+            .collect()
+    }
+
     fn frame_to(&self, dst: &str) -> Vec<u8> {
         let mut p = Packet::tcp("10.9.0.1", 1, dst, 2);
         let header = p.bytes().len() - p.payload;
@@ -531,13 +544,7 @@ fn edt_and_police_charge_the_wire_bytes_of_a_gso_packet() {
     h.class(11, ShapingMode::Police, 1000, 3000);
     h.rule(Side::Destination, "10.8.0.11/32", Protocol::Tcp, 0, 11);
     let frame = h.frame_to("10.8.0.11");
-    let verdicts: Vec<i32> = (0..2)
-        .map(|_| {
-            h.try_run_with(&frame, LOOPBACK, 3000)
-                .expect("BPF_PROG_TEST_RUN")
-                .verdict
-        })
-        .collect();
+    let verdicts = h.verdicts_with(&frame, 3000, 2);
     assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
 }
 
@@ -635,13 +642,7 @@ fn police_passes_a_gso_packet_larger_than_its_burst_once_then_makes_it_wait() {
     h.class(15, ShapingMode::Police, 1000, 3000);
     h.rule(Side::Destination, "10.8.0.15/32", Protocol::Tcp, 0, 15);
     let frame = h.frame_to("10.8.0.15");
-    let verdicts: Vec<i32> = (0..3)
-        .map(|_| {
-            h.try_run_with(&frame, LOOPBACK, 5000)
-                .expect("BPF_PROG_TEST_RUN")
-                .verdict
-        })
-        .collect();
+    let verdicts = h.verdicts_with(&frame, 5000, 3);
     assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT, TC_ACT_SHOT]);
     // With a ceil (the borrowing path), the same holds on each clock.
     h.kernel
@@ -650,13 +651,7 @@ fn police_passes_a_gso_packet_larger_than_its_burst_once_then_makes_it_wait() {
     h.class_with_ceil(16, ShapingMode::Police, 1000, 2000, 3000);
     h.rule(Side::Destination, "10.8.0.16/32", Protocol::Tcp, 0, 16);
     let frame = h.frame_to("10.8.0.16");
-    let verdicts: Vec<i32> = (0..2)
-        .map(|_| {
-            h.try_run_with(&frame, LOOPBACK, 5000)
-                .expect("BPF_PROG_TEST_RUN")
-                .verdict
-        })
-        .collect();
+    let verdicts = h.verdicts_with(&frame, 5000, 2);
     assert_eq!(verdicts, vec![TC_ACT_OK, TC_ACT_SHOT]);
     assert_eq!((h.stats(15).drops, h.stats(16).drops), (2, 1));
 }

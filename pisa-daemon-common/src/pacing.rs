@@ -62,11 +62,7 @@ pub fn police_conforms(decision: &PaceDecision, now_ns: u64) -> bool {
 /// class still averages its rate.
 #[inline(always)]
 pub fn police_burst_ns(burst_ns: u64, cost_ns: u64) -> u64 {
-    if cost_ns > burst_ns {
-        cost_ns
-    } else {
-        burst_ns
-    }
+    burst_ns.max(cost_ns)
 }
 
 /// EDT: the packet is dropped when it would wait longer than the horizon

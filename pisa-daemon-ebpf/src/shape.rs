@@ -78,13 +78,12 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
             return verdict;
         }
     }
-    let cost = transmit_ns(wire, config.rate_bytes);
-    let burst = transmit_ns(u64::from(config.burst_bytes), config.rate_bytes);
-    let burst = if police {
-        police_burst_ns(burst, cost)
-    } else {
-        burst
-    };
+    let (cost, burst) = cost_and_burst(
+        wire,
+        u64::from(config.burst_bytes),
+        config.rate_bytes,
+        police,
+    );
 
     for _ in 0..PACE_CAS_ATTEMPTS {
         // An aligned 8-byte load is single-copy atomic on BPF; the CAS below
@@ -116,6 +115,20 @@ fn paced(ctx: &TcContext, matched: &Matched, len: u64, wire: u64) -> i32 {
     let departure = previous.saturating_add(cost);
     charge_link(ctx, wire, now);
     send(ctx, matched, len, departure, now)
+}
+
+/// A packet's cost and the bucket's depth, in the time of a clock at
+/// `rate`. Police: the bucket is at least as deep as the packet (see
+/// `police_burst_ns`); EDT delays an oversized packet instead.
+#[inline(always)]
+fn cost_and_burst(wire: u64, burst_bytes: u64, rate: u64, police: bool) -> (u64, u64) {
+    let cost = transmit_ns(wire, rate);
+    let burst = transmit_ns(burst_bytes, rate);
+    if police {
+        (cost, police_burst_ns(burst, cost))
+    } else {
+        (cost, burst)
+    }
 }
 
 /// A class that never borrows still uses the link: its packets are charged
@@ -168,18 +181,7 @@ fn borrowing(
     }
     let burst = u64::from(config.burst_bytes);
     let police = config.mode == MODE_POLICE;
-    // Police: each bucket at least as deep as this packet (see
-    // `police_burst_ns`); EDT delays an oversized packet instead.
-    let clock = |rate: u64| {
-        let cost = transmit_ns(wire, rate);
-        let burst = transmit_ns(burst, rate);
-        let burst = if police {
-            police_burst_ns(burst, cost)
-        } else {
-            burst
-        };
-        (cost, burst)
-    };
+    let clock = |rate: u64| cost_and_burst(wire, burst, rate, police);
     let (rate_ns, rate_burst_ns) = clock(config.rate_bytes);
     let (ceil_ns, ceil_burst_ns) = clock(config.ceil_bytes);
     let (link_ns, link_burst_ns) = clock(link_rate);

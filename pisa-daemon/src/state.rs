@@ -140,8 +140,7 @@ pub fn write(path: &Path, state: &PublishedState) -> Result<(), StateError> {
     let file = std::fs::File::create(&tmp).map_err(err)?;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
     serde_json::to_writer_pretty(&mut out, state).map_err(|e| err(std::io::Error::other(e)))?;
-    use std::io::Write;
-    out.flush().map_err(err)?;
+    std::io::Write::flush(&mut out).map_err(err)?;
     drop(out);
     std::fs::rename(&tmp, path).map_err(err)
 }

@@ -19,27 +19,6 @@ mod identity_task;
 mod memory;
 mod node;
 mod state_file;
-/// Logs an interface once when the classes' rates come to add up to more
-/// than its link, and once when they no longer do; `known` holds the
-/// interfaces the last report found oversubscribed.
-fn note_oversubscription(known: &mut BTreeSet<String>, report: &NodeReport) {
-    let now: BTreeSet<String> = report.oversubscribed().map(str::to_owned).collect();
-    for iface in now.difference(known) {
-        let link = report.link_rates.get(iface).map_or(0, |link| link.bytes);
-        warn!(
-            %iface,
-            guaranteed = %format_rate(report.guaranteed_bytes),
-            link = %format_rate(link),
-            "oversubscribed: the classes' rates add up to more than the link, so not every \
-             guarantee can hold while all classes are busy"
-        );
-    }
-    for iface in known.difference(&now) {
-        info!(%iface, "no longer oversubscribed");
-    }
-    *known = now;
-}
-
 #[cfg(test)]
 mod tests;
 
@@ -341,4 +320,25 @@ async fn sleep_until(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Logs an interface once when the classes' rates come to add up to more
+/// than its link, and once when they no longer do; `known` holds the
+/// interfaces the last report found oversubscribed.
+fn note_oversubscription(known: &mut BTreeSet<String>, report: &NodeReport) {
+    let now: BTreeSet<String> = report.oversubscribed().map(str::to_owned).collect();
+    for iface in now.difference(known) {
+        let link = report.link_rates.get(iface).map_or(0, |link| link.bytes);
+        warn!(
+            %iface,
+            guaranteed = %format_rate(report.guaranteed_bytes),
+            link = %format_rate(link),
+            "oversubscribed: the classes' rates add up to more than the link, so not every \
+             guarantee can hold while all classes are busy"
+        );
+    }
+    for iface in known.difference(&now) {
+        info!(%iface, "no longer oversubscribed");
+    }
+    *known = now;
 }
