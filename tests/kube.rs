@@ -180,6 +180,37 @@ fn wait_for(daemon: &mut ChildGuard, what: &str, mut check: impl FnMut() -> bool
     });
 }
 
+/// Waits up to 30 s for the claim `catalogue`'s aggregate status to pass
+/// `check`; on a timeout the failure shows the status, the reports and the
+/// daemon's last requests, which is what tells a missed report from a
+/// missed aggregation.
+fn wait_for_aggregate(
+    daemon: &mut ChildGuard,
+    api: &FakeApi,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        daemon.assert_running();
+        if check(&claim_status(api)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let requests = api.call("GET", "/control/requests", None);
+    let recent: Vec<&Value> = requests
+        .as_array()
+        .map(|all| all.iter().rev().take(25).rev().collect())
+        .unwrap_or_default();
+    panic!(
+        "timed out after 30s waiting for {what}\nclaim status: {:#}\nreports: {:#}\nlast requests: {:#?}",
+        claim_status(api),
+        api.call("GET", "/control/objects/qosnodereports", None),
+        recent
+    );
+}
+
 #[test]
 fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     require_root();
@@ -429,10 +460,12 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     let mut bad = claim(&server_ip);
     bad["spec"]["trafficQoS"]["qos_group"]["rate"] = json!("20mbit");
     api.put("qosclaims", "catalogue", bad);
-    wait_for(&mut daemon, "generation 2 rejected on the node", || {
-        let status = claim_status(&api);
-        status["observedGeneration"] == 2 && status["nodesFailed"] == 1
-    });
+    wait_for_aggregate(
+        &mut daemon,
+        &api,
+        "generation 2 rejected on the node",
+        |status| status["observedGeneration"] == 2 && status["nodesFailed"] == 1,
+    );
     let status = claim_status(&api);
     assert_eq!(status["nodesApplied"], 0);
     assert_eq!(status["conditions"][0]["reason"], "NodesFailed");
@@ -464,10 +497,12 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     fixed["spec"]["trafficQoS"]["qos_group"]["rate"] = json!("20mbit");
     fixed["spec"]["trafficQoS"]["qos_group"]["ceil"] = json!("40mbit");
     api.put("qosclaims", "catalogue", fixed);
-    wait_for(&mut daemon, "generation 3 applied on the node", || {
-        let status = claim_status(&api);
-        status["observedGeneration"] == 3 && status["nodesApplied"] == 1
-    });
+    wait_for_aggregate(
+        &mut daemon,
+        &api,
+        "generation 3 applied on the node",
+        |status| status["observedGeneration"] == 3 && status["nodesApplied"] == 1,
+    );
     assert_eq!(claim_status(&api)["conditions"][0]["status"], "True");
     let leases = api.call("GET", "/control/objects/leases", None);
     assert_eq!(leases[0]["spec"]["holderIdentity"], NODE);
