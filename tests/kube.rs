@@ -443,6 +443,17 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
     );
     api.delete("pods", "app-0");
     sh("ip", &["link", "del", net.to_client()]);
+    let report_writes = |api: &FakeApi| {
+        api.patches()
+            .iter()
+            .filter(|p| {
+                p["path"]
+                    .as_str()
+                    .is_some_and(|p| p.contains("/qosnodereports/"))
+            })
+            .count()
+    };
+    let reports_before_restart = report_writes(&api);
     let mut daemon = start_daemon(&api, &root, &dir.0);
     wait_for(&mut daemon, "the vanished veth's pin released", || {
         !client_link.exists()
@@ -456,7 +467,12 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
 
     // A bad spec (generation 2: rate above ceil) is reported as rejected
     // by the restarted daemon, which renews the Lease it held; the
-    // aggregate counts the node as failed and names it.
+    // aggregate counts the node as failed and names it. The daemon has
+    // read generation 1 first (its first report is out), so this is an
+    // edit it rejects while the last good version stays in force.
+    wait_for(&mut daemon, "the restarted daemon's first report", || {
+        report_writes(&api) > reports_before_restart
+    });
     let mut bad = claim(&server_ip);
     bad["spec"]["trafficQoS"]["qos_group"]["rate"] = json!("20mbit");
     api.put("qosclaims", "catalogue", bad);
@@ -479,6 +495,11 @@ fn the_daemon_follows_its_nodes_pods_and_applies_claims_from_the_api_server() {
             .as_str()
             .is_some_and(|m| m.starts_with("rejected on node-a: ")),
         "{degraded}"
+    );
+    let kept = pisa_daemon::kernel::pinned::classes(&root.layout()).expect("pinned classes");
+    assert!(
+        kept.values().any(|class| class.rate_bytes == 1_250_000),
+        "generation 1's 10 Mbit class stays in force: {kept:?}"
     );
     let reports = api.call("GET", "/control/objects/qosnodereports", None);
     let entry = &reports[0]["spec"]["claims"][0];

@@ -323,11 +323,20 @@ fn settle(
     status.class_id = Some(*id);
     status.client_prefixes = plan.client_counts.get(key).copied().unwrap_or(0);
     let claim = effective.get(key);
+    if status.phase == Phase::Invalid {
+        // The version kept in force describes the class, but the status
+        // names the generation that was rejected: the aggregate counts a
+        // node as failed only for the claim's current generation, so the
+        // kept one's would leave the node "pending" for good.
+        if let Some(claim) = claim {
+            let rejected = status.observed_generation;
+            fill(status, claim);
+            status.observed_generation = rejected;
+        }
+        return;
+    }
     if let Some(claim) = claim {
         fill(status, claim);
-    }
-    if status.phase == Phase::Invalid {
-        return;
     }
     match (failed, claim) {
         (Some(e), _) => {
@@ -525,6 +534,37 @@ mod tests {
         assert!(rates.contains(&1_250_000), "db keeps 10mbit: {rates:?}");
         assert!(rates.contains(&250_000), "other moved to 2mbit: {rates:?}");
         assert_eq!(a.validity(), (1, 1));
+    }
+
+    /// A kube claim's generation, as the kube source renders it.
+    fn claim_at(generation: i64, rate: &str) -> String {
+        claim("db", rate, "10.0.0.1").replace(
+            "metadata: {name: db}",
+            &format!("metadata: {{name: db, generation: {generation}}}"),
+        )
+    }
+
+    #[test]
+    fn an_invalid_edit_reports_the_rejected_generation_not_the_kept_one() {
+        let mut a = agent();
+        a.update(&[source("kube:default/db", &claim_at(1, "10mbit"))]);
+        a.reconcile().unwrap();
+        let key = ClaimKey::new("default", "db");
+        assert_eq!(a.statuses[&key].observed_generation, Some(1));
+        a.update(&[source("kube:default/db", &claim_at(2, "10mps"))]);
+        a.reconcile().unwrap();
+        let db = &a.statuses[&key];
+        assert_eq!(db.phase, Phase::Invalid);
+        assert_eq!(db.observed_generation, Some(2), "{db:?}");
+        assert_eq!(db.rate_bytes, Some(1_250_000), "the kept version's rate");
+        // Fixed at generation 3: applied, and says so.
+        a.update(&[source("kube:default/db", &claim_at(3, "20mbit"))]);
+        a.reconcile().unwrap();
+        let db = &a.statuses[&key];
+        assert_eq!(
+            (db.phase, db.observed_generation),
+            (Phase::Applied, Some(3))
+        );
     }
 
     #[test]
