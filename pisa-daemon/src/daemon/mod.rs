@@ -14,6 +14,7 @@
 
 mod backoff;
 mod error;
+mod held_file;
 mod http;
 mod identity_task;
 mod memory;
@@ -30,6 +31,7 @@ use std::{
 
 pub use backoff::Backoff;
 pub use error::{Reason, ReconcileError};
+pub use held_file::{HeldFile, HeldFileError};
 pub use node::{run_node, ApiConfig, NodeConfig, NodeError};
 pub use state_file::StateFile;
 use tokio::{sync::mpsc, time::Instant};
@@ -78,6 +80,9 @@ pub struct Daemon<D: Dataplane, S: ClaimSource> {
     left_out: BTreeSet<String>,
     metrics: Arc<Metrics>,
     state_file: Option<StateFile>,
+    /// Where the claims held at their last good version are kept for the
+    /// next run.
+    held_file: Option<HeldFile>,
     /// The last reconcile's error (text, reason), republished with counters.
     last_error: Option<(String, String)>,
     /// What the state file last showed of the counters that move between
@@ -106,6 +111,7 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
             left_out: BTreeSet::new(),
             metrics,
             state_file: None,
+            held_file: None,
             last_error: None,
             state_mark: None,
             retry: Backoff::new(RETRY_MIN, RETRY_MAX),
@@ -119,6 +125,13 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
     /// at every resync (for `pisa-daemon status`).
     pub fn with_state_file(mut self, state_file: StateFile) -> Self {
         self.state_file = Some(state_file);
+        self
+    }
+
+    /// Writes the claims held at their last good version to this file
+    /// whenever they change, for the next run (`HeldFile::restore`).
+    pub fn with_held_file(mut self, held_file: HeldFile) -> Self {
+        self.held_file = Some(held_file);
         self
     }
 
@@ -266,6 +279,9 @@ impl<D: Dataplane, S: ClaimSource> Daemon<D, S> {
                 error!(%error, reason = reason.label(), retry_in_ms = retry_in.as_millis() as u64,
                        "reconcile failed");
             }
+        }
+        if let Some(held_file) = &mut self.held_file {
+            held_file.save_if_changed(&agent);
         }
         self.last_error = result
             .as_ref()

@@ -13,7 +13,7 @@ use std::{
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{http, identity_task, Control, Daemon, Reason, SharedAgent, StateFile};
+use super::{http, identity_task, Control, Daemon, HeldFile, Reason, SharedAgent, StateFile};
 use crate::{
     api::{
         server::{self as api_server, ApiError},
@@ -120,16 +120,21 @@ pub async fn run_node(
         bpffs: config.bpffs.clone(),
         read_errors,
     };
+    let held_file = HeldFile::beside(&config.state_file);
+    if let Ok(mut agent) = agent.lock() {
+        held_file.restore(&mut agent);
+    }
+    let files = (state_file, held_file);
     match (&config.config, &config.kube) {
         (Some(path), _) => {
             let source = FileSource::new(path.clone(), config.config_watch);
-            run_loop(&agent, source, &metrics, &state_file, control).await;
+            run_loop(&agent, source, &metrics, &files, control).await;
         }
         (None, Some(kube)) => {
             let source = KubeClaimSource::connect(kube).await?;
-            run_loop(&agent, source, &metrics, &state_file, control).await;
+            run_loop(&agent, source, &metrics, &files, control).await;
         }
-        (None, None) => run_loop(&agent, NoSource, &metrics, &state_file, control).await,
+        (None, None) => run_loop(&agent, NoSource, &metrics, &files, control).await,
     }
     let _ = stop_api.send(true);
     for task in api_tasks {
@@ -145,11 +150,12 @@ async fn run_loop<S: ClaimSource>(
     agent: &SharedAgent<Kernel>,
     source: S,
     metrics: &Arc<Metrics>,
-    state_file: &StateFile,
+    (state_file, held_file): &(StateFile, HeldFile),
     control: mpsc::Receiver<Control>,
 ) {
     Daemon::new(agent.clone(), source, metrics.clone())
         .with_state_file(state_file.clone())
+        .with_held_file(held_file.clone())
         .run(control)
         .await;
 }

@@ -4,11 +4,17 @@
 //! An invalid claim is rejected whole, but if it was valid before, its last
 //! good version stays in force. A source whose YAML cannot be read at all
 //! keeps every claim it held. Claims that disappear from a readable source
-//! are removed.
+//! are removed. The last good versions held this way survive a restart
+//! (`held`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{apply, converge, edits::class_only_edits, ApplyError, Op};
+use super::{
+    apply, converge,
+    edits::class_only_edits,
+    held::{self, HeldClaim},
+    ApplyError, Op,
+};
 use crate::{
     identity::IdentityStats,
     kernel::{Dataplane, KernelError},
@@ -49,6 +55,11 @@ pub struct Agent<D: Dataplane> {
     /// The kernel holds exactly `plan` on `ifaces`: the last reconcile
     /// succeeded and nothing was attached or detached since.
     in_sync: bool,
+    /// The last good document of each claim held in force although its
+    /// current version is not valid: what a restart needs to keep it.
+    held: BTreeMap<ClaimKey, HeldClaim>,
+    /// Bumped whenever `held` changes, so it is written out only then.
+    held_changes: u64,
 }
 
 impl<D: Dataplane> Agent<D> {
@@ -71,7 +82,32 @@ impl<D: Dataplane> Agent<D> {
             last_sources: Vec::new(),
             class_edits: None,
             in_sync: false,
+            held: BTreeMap::new(),
+            held_changes: 0,
         }
+    }
+
+    /// The claims held in force at their last good version, and a count
+    /// that moves whenever they change.
+    pub fn held(&self) -> (impl Iterator<Item = &HeldClaim>, u64) {
+        (self.held.values(), self.held_changes)
+    }
+
+    /// Takes the claims a previous run held at their last good version,
+    /// before the first update: each is validated again and held in force
+    /// until its source has a valid version or no longer has it. Returns
+    /// the keys taken and the errors of those dropped.
+    pub fn restore_held(
+        &mut self,
+        previous: Vec<HeldClaim>,
+    ) -> (Vec<ClaimKey>, Vec<crate::spec::ClaimError>) {
+        let (valid, errors) = held::revalidate(previous, self.limits);
+        let keys = valid.keys().cloned().collect();
+        for (key, (document, claim)) in valid {
+            self.effective.insert(key.clone(), claim);
+            self.held.insert(key, document);
+        }
+        (keys, errors)
     }
 
     /// (valid, invalid) claim counts of the last update.
@@ -93,10 +129,10 @@ impl<D: Dataplane> Agent<D> {
         } else {
             None
         };
-        self.last_sources = sources.to_vec();
+        let previous = std::mem::replace(&mut self.last_sources, sources.to_vec());
         match edits {
             Some(edits) => self.take_class_edits(edits),
-            None => self.update_all(sources),
+            None => self.update_all(sources, &previous),
         }
     }
 
@@ -109,13 +145,16 @@ impl<D: Dataplane> Agent<D> {
             if let Some(status) = self.statuses.get_mut(&claim.key) {
                 fill(status, &claim);
             }
+            if self.held.remove(&claim.key).is_some() {
+                self.held_changes += 1;
+            }
             keys.push(claim.key.clone());
             self.effective.insert(claim.key.clone(), claim);
         }
         self.class_edits = Some(keys);
     }
 
-    fn update_all(&mut self, sources: &[SourceSnapshot]) {
+    fn update_all(&mut self, sources: &[SourceSnapshot], previous: &[SourceSnapshot]) {
         let mut checked = check(sources, self.limits);
         let broken: BTreeSet<&str> = checked
             .unreadable
@@ -136,6 +175,8 @@ impl<D: Dataplane> Agent<D> {
         let valid_count = effective.len();
         let mut statuses = BTreeMap::new();
         let invalid_generations = generations_of(sources, &validated.invalid);
+        // Claims in force at a last good version rather than their current one.
+        let mut holding = Vec::new();
         for (key, errors) in &validated.invalid {
             let kept = self.effective.get(key).cloned();
             let mut message = errors
@@ -146,6 +187,7 @@ impl<D: Dataplane> Agent<D> {
             if let Some(kept) = kept {
                 message.push_str("; the last good version stays in force");
                 effective.insert(key.clone(), kept);
+                holding.push(key);
             }
             let mut invalid = status(key, Phase::Invalid, message, None);
             invalid.observed_generation = invalid_generations.get(key).copied().flatten();
@@ -159,7 +201,23 @@ impl<D: Dataplane> Agent<D> {
                 && !validated.invalid.contains_key(key)
             {
                 effective.insert(key.clone(), claim.clone());
+                holding.push(key);
             }
+        }
+        let held: BTreeMap<ClaimKey, HeldClaim> = holding
+            .into_iter()
+            .filter_map(|key| {
+                let document = self
+                    .held
+                    .get(key)
+                    .cloned()
+                    .or_else(|| held::find(previous, key))?;
+                Some((key.clone(), document))
+            })
+            .collect();
+        if held != self.held {
+            self.held = held;
+            self.held_changes += 1;
         }
         for (key, claim) in &effective {
             statuses.entry(key.clone()).or_insert_with(|| {
@@ -565,6 +623,91 @@ mod tests {
             (db.phase, db.observed_generation),
             (Phase::Applied, Some(3))
         );
+    }
+
+    fn held_rates(a: &Agent<FakeDataplane>) -> Vec<(String, String)> {
+        a.held()
+            .0
+            .map(|h| {
+                let rate = h.claim.spec.traffic_qos.qos_group.rate.clone();
+                (h.origin.to_string(), format!("{rate:?}"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_claim_held_at_its_last_good_version_is_remembered_until_valid_again() {
+        let mut a = agent();
+        a.update(&[source("kube:default/db", &claim_at(1, "10mbit"))]);
+        a.reconcile().unwrap();
+        let (_, unchanged) = a.held();
+        assert!(held_rates(&a).is_empty());
+        a.update(&[source("kube:default/db", &claim_at(2, "10mps"))]);
+        let (_, changed) = a.held();
+        assert_ne!(changed, unchanged);
+        let held = held_rates(&a);
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].0, "kube:default/db#1");
+        assert!(held[0].1.contains("10mbit"), "{held:?}");
+        // Still invalid: the same document stays held, nothing to write.
+        a.update(&[source("kube:default/db", &claim_at(3, "20mps"))]);
+        assert_eq!(a.held().1, changed);
+        assert!(held_rates(&a)[0].1.contains("10mbit"));
+        a.update(&[source("kube:default/db", &claim_at(4, "20mbit"))]);
+        assert!(held_rates(&a).is_empty());
+    }
+
+    #[test]
+    fn a_restarted_agent_holds_what_the_last_one_held_and_drops_it_once_valid() {
+        let mut before = agent();
+        before.update(&[source("kube:default/db", &claim_at(1, "10mbit"))]);
+        before.reconcile().unwrap();
+        before.update(&[source("kube:default/db", &claim_at(2, "10mps"))]);
+        // Through the file's JSON, as a restart reads it.
+        let json = serde_json::to_string(&held::HeldFileOut::of(before.held().0)).unwrap();
+        let file: held::HeldFileIn = serde_json::from_str(&json).unwrap();
+
+        let mut after = agent();
+        let (taken, dropped) = after.restore_held(file.into_held());
+        assert_eq!(taken, vec![ClaimKey::new("default", "db")]);
+        assert!(dropped.is_empty(), "{dropped:?}");
+        after.update(&[source("kube:default/db", &claim_at(2, "10mps"))]);
+        after.reconcile().unwrap();
+        let db = &after.statuses[&ClaimKey::new("default", "db")];
+        assert_eq!((db.phase, db.observed_generation), (Phase::Invalid, Some(2)));
+        assert!(db.message.contains("last good version stays in force"));
+        let rates: Vec<u64> = after.dp.classes.values().map(|c| c.rate_bytes).collect();
+        assert_eq!(rates, vec![1_250_000], "generation 1's 10mbit in force");
+        assert_eq!(held_rates(&after).len(), 1, "still held, for the next restart");
+
+        // Valid again: that version applies and nothing is held.
+        after.update(&[source("kube:default/db", &claim_at(3, "20mbit"))]);
+        after.reconcile().unwrap();
+        assert!(held_rates(&after).is_empty());
+        let rates: Vec<u64> = after.dp.classes.values().map(|c| c.rate_bytes).collect();
+        assert_eq!(rates, vec![2_500_000]);
+    }
+
+    #[test]
+    fn a_restored_claim_that_its_source_no_longer_has_goes() {
+        let mut before = agent();
+        before.update(&[source("c.yaml", &claim("db", "10mbit", "10.0.0.1"))]);
+        before.reconcile().unwrap();
+        before.update(&[source("c.yaml", "apiVersion: [broken\n")]);
+        let held = before.held().0.cloned().collect::<Vec<_>>();
+        assert_eq!(held.len(), 1, "an unreadable file holds its claims");
+
+        let mut after = agent();
+        after.restore_held(held.clone());
+        // Still unreadable after the restart: held, and in the kernel.
+        after.update(&[source("c.yaml", "apiVersion: [broken\n")]);
+        after.reconcile().unwrap();
+        assert_eq!(after.dp.classes.len(), 1);
+        // Readable without it: it goes.
+        after.update(&[source("c.yaml", &claim("other", "1mbit", "10.0.0.2"))]);
+        after.reconcile().unwrap();
+        assert!(held_rates(&after).is_empty());
+        assert!(!after.effective.contains_key(&ClaimKey::new("default", "db")));
     }
 
     #[test]

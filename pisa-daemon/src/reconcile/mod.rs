@@ -4,6 +4,7 @@
 
 pub mod agent;
 mod edits;
+pub mod held;
 
 use std::collections::BTreeSet;
 
