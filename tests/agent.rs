@@ -304,14 +304,61 @@ fn invalid_edit_keeps_last_good_state_and_reports_everywhere() {
         "{table}"
     );
 
-    let status = daemon
+    let exited = daemon
         .guard
         .signal_and_wait(SIGTERM, Duration::from_secs(10));
-    assert!(status.success());
+    assert!(exited.success());
     let log = daemon.guard.stderr_text();
     assert!(
         log.contains("invalid claim") && log.contains("unknown unit `mps`"),
         "{log}"
+    );
+
+    // Restarted while alpha is still invalid: the last good version the
+    // previous run held was written beside the state file, so the new
+    // daemon holds it too instead of removing the class.
+    let held_file = s.dir.0.join("state.last-good.json");
+    let held: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&held_file).expect("the held claims file"))
+            .expect("held claims JSON");
+    assert_eq!(held["claims"].as_array().map(Vec::len), Some(1), "{held}");
+    assert_eq!(held["claims"][0]["claim"]["metadata"]["name"], "alpha");
+    assert_eq!(
+        held["claims"][0]["claim"]["spec"]["trafficQoS"]["qos_group"]["rate"],
+        "10mbit"
+    );
+    let mut daemon = s.start(19465);
+    assert_eq!(
+        tc_class(s.topo.to_server(), alpha).map(|(rate, _)| rate),
+        Some("10Mbit".to_owned()),
+        "alpha's last good version stays in force across the restart"
+    );
+    let table = String::from_utf8_lossy(&status(&s, &daemon).stdout).into_owned();
+    assert!(table.contains("INVALID shop/alpha"), "{table}");
+    assert!(
+        table.contains("the last good version stays in force"),
+        "{table}"
+    );
+    // Fixed: the new version applies and nothing is held any more.
+    s.write_claims("30mbit", "25mbit");
+    wait_until("alpha's fixed rate", Duration::from_secs(2), || {
+        tc_class(s.topo.to_server(), alpha).is_some_and(|(rate, _)| rate == "30Mbit")
+    });
+    wait_until(
+        "the held claims file removed",
+        Duration::from_secs(2),
+        || !held_file.exists(),
+    );
+    let exited = daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10));
+    assert!(exited.success());
+    assert!(
+        daemon
+            .guard
+            .stderr_text()
+            .contains("holding the last good version held before the restart"),
+        "the restart says what it holds"
     );
 }
 

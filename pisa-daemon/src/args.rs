@@ -119,7 +119,9 @@ pub enum Command {
         /// Most claims (classes) this node holds.
         #[arg(long, value_name = "N", default_value_t = 4096)]
         max_classes: usize,
-        /// Where the daemon publishes its state for `status`.
+        /// Where the daemon publishes its state for `status`. Claims held at
+        /// their last good version are kept beside it for the next run
+        /// (state.json -> state.last-good.json).
         #[arg(long, value_name = "PATH", default_value = DEFAULT_STATE_FILE)]
         state_file: PathBuf,
         /// Unix socket of the gRPC API (mode 0600), or `none` for no socket.

@@ -674,11 +674,18 @@ mod tests {
         after.update(&[source("kube:default/db", &claim_at(2, "10mps"))]);
         after.reconcile().unwrap();
         let db = &after.statuses[&ClaimKey::new("default", "db")];
-        assert_eq!((db.phase, db.observed_generation), (Phase::Invalid, Some(2)));
+        assert_eq!(
+            (db.phase, db.observed_generation),
+            (Phase::Invalid, Some(2))
+        );
         assert!(db.message.contains("last good version stays in force"));
         let rates: Vec<u64> = after.dp.classes.values().map(|c| c.rate_bytes).collect();
         assert_eq!(rates, vec![1_250_000], "generation 1's 10mbit in force");
-        assert_eq!(held_rates(&after).len(), 1, "still held, for the next restart");
+        assert_eq!(
+            held_rates(&after).len(),
+            1,
+            "still held, for the next restart"
+        );
 
         // Valid again: that version applies and nothing is held.
         after.update(&[source("kube:default/db", &claim_at(3, "20mbit"))]);
@@ -707,7 +714,9 @@ mod tests {
         after.update(&[source("c.yaml", &claim("other", "1mbit", "10.0.0.2"))]);
         after.reconcile().unwrap();
         assert!(held_rates(&after).is_empty());
-        assert!(!after.effective.contains_key(&ClaimKey::new("default", "db")));
+        assert!(!after
+            .effective
+            .contains_key(&ClaimKey::new("default", "db")));
     }
 
     #[test]
