@@ -51,6 +51,13 @@ fn to_server(kernel: &mut Kernel, topo: &Routed, protocol: Protocol, port: u16, 
         .expect("put_rule");
 }
 
+/// Bytes the program has counted into class `id` (offered: before the
+/// qdisc, which may still drop them).
+fn class_bytes(kernel: &Kernel, id: u32) -> u64 {
+    let stats = kernel.class_stats().expect("class stats");
+    stats.get(&id).map(|s| s.bytes).unwrap_or_default()
+}
+
 fn assert_within(what: &str, measured_bps: f64, expected_bps: f64, tolerance: f64) {
     let ratio = measured_bps / expected_bps;
     eprintln!(
@@ -182,9 +189,8 @@ fn edt_borrowing(classes: &[(u64, u64)]) -> (Vec<f64>, f64) {
         .collect();
     std::thread::sleep(Duration::from_secs(3));
     let bytes = |kernel: &Kernel| {
-        let stats = kernel.class_stats().expect("class stats");
         (1..=classes.len() as u32)
-            .map(|id| stats.get(&id).map(|s| s.bytes).unwrap_or_default())
+            .map(|id| class_bytes(kernel, id))
             .collect::<Vec<u64>>()
     };
     let (start, link_start, started) = (
@@ -334,14 +340,6 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     // lends to class 1; so class 1 is held to the larger of its rate and
     // the link less what class 2 offered (the program's counters count
     // what is offered, before the qdisc).
-    let class_bytes = |kernel: &Kernel, id: u32| {
-        kernel
-            .class_stats()
-            .expect("class stats")
-            .get(&id)
-            .map(|s| s.bytes)
-            .unwrap_or_default()
-    };
     let _flood = iperf3_background_with(
         &topo.client.ns,
         topo.server_ip(),

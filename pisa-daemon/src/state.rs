@@ -126,23 +126,27 @@ pub enum StateError {
 }
 
 pub fn write(path: &Path, state: &PublishedState) -> Result<(), StateError> {
-    let err = |source| StateError::Write {
+    write_json(path, state).map_err(|source| StateError::Write {
         path: path.to_path_buf(),
         source,
-    };
+    })
+}
+
+/// Writes `value` as JSON to `path` by rename, so a reader never sees half
+/// a file. Streamed to the file: with 10,000 claims the state is several
+/// MiB, and a buffer that size (grown by doubling) would stay in the
+/// daemon's resident memory after it is freed.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(err)?;
+        std::fs::create_dir_all(dir)?;
     }
-    // Streamed to the file: with 10,000 claims the JSON is several MiB,
-    // and a buffer that size (grown by doubling) would stay in the
-    // daemon's resident memory after it is freed.
     let tmp = path.with_extension("json.tmp");
-    let file = std::fs::File::create(&tmp).map_err(err)?;
+    let file = std::fs::File::create(&tmp)?;
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, file);
-    serde_json::to_writer_pretty(&mut out, state).map_err(|e| err(std::io::Error::other(e)))?;
-    std::io::Write::flush(&mut out).map_err(err)?;
+    serde_json::to_writer_pretty(&mut out, value).map_err(std::io::Error::other)?;
+    std::io::Write::flush(&mut out)?;
     drop(out);
-    std::fs::rename(&tmp, path).map_err(err)
+    std::fs::rename(&tmp, path)
 }
 
 pub fn read(path: &Path) -> Result<PublishedState, StateError> {

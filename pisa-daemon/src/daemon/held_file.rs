@@ -14,6 +14,7 @@ use crate::{
         agent::Agent,
         held::{HeldClaim, HeldFileIn, HeldFileOut},
     },
+    state,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -53,10 +54,6 @@ impl HeldFile {
             path: state_file.with_extension("last-good.json"),
             written: None,
         }
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// The claims a previous run held; none if it left no file.
@@ -118,7 +115,7 @@ impl HeldFile {
                 _ => Ok(()),
             }
         } else {
-            write_atomically(&self.path, &file)
+            state::write_json(&self.path, &file)
         };
         match result {
             Ok(()) => self.written = Some(changes),
@@ -131,14 +128,4 @@ impl HeldFile {
             }
         }
     }
-}
-
-fn write_atomically(path: &Path, file: &HeldFileOut<'_>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let staging = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(file).map_err(std::io::Error::other)?;
-    std::fs::write(&staging, body)?;
-    std::fs::rename(&staging, path)
 }

@@ -124,17 +124,16 @@ pub async fn run_node(
     if let Ok(mut agent) = agent.lock() {
         held_file.restore(&mut agent);
     }
-    let files = (state_file, held_file);
     match (&config.config, &config.kube) {
         (Some(path), _) => {
             let source = FileSource::new(path.clone(), config.config_watch);
-            run_loop(&agent, source, &metrics, &files, control).await;
+            run_loop(&agent, source, &metrics, state_file, held_file, control).await;
         }
         (None, Some(kube)) => {
             let source = KubeClaimSource::connect(kube).await?;
-            run_loop(&agent, source, &metrics, &files, control).await;
+            run_loop(&agent, source, &metrics, state_file, held_file, control).await;
         }
-        (None, None) => run_loop(&agent, NoSource, &metrics, &files, control).await,
+        (None, None) => run_loop(&agent, NoSource, &metrics, state_file, held_file, control).await,
     }
     let _ = stop_api.send(true);
     for task in api_tasks {
@@ -150,12 +149,13 @@ async fn run_loop<S: ClaimSource>(
     agent: &SharedAgent<Kernel>,
     source: S,
     metrics: &Arc<Metrics>,
-    (state_file, held_file): &(StateFile, HeldFile),
+    state_file: StateFile,
+    held_file: HeldFile,
     control: mpsc::Receiver<Control>,
 ) {
     Daemon::new(agent.clone(), source, metrics.clone())
-        .with_state_file(state_file.clone())
-        .with_held_file(held_file.clone())
+        .with_state_file(state_file)
+        .with_held_file(held_file)
         .run(control)
         .await;
 }
