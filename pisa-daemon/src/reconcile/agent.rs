@@ -490,10 +490,10 @@ fn selector_summary(claim: &ValidClaim, client_prefixes: usize) -> String {
 
 fn fill(status: &mut ClaimStatus, claim: &ValidClaim) {
     status.observed_generation = claim.generation;
-    status.mode = Some(claim.mode.name().to_owned());
+    status.mode = Some(claim.mode.name());
     status.rate_bytes = Some(claim.rate_bytes);
     status.ceil_bytes = Some(claim.ceil_bytes);
-    status.priority = Some(claim.priority.name().to_owned());
+    status.priority = Some(claim.priority.name());
 }
 
 #[cfg(test)]

@@ -24,10 +24,10 @@ pub struct ClaimStatus {
     pub message: String,
     pub class_id: Option<u32>,
     pub observed_generation: Option<i64>,
-    pub mode: Option<String>,
+    pub mode: Option<&'static str>,
     pub rate_bytes: Option<u64>,
     pub ceil_bytes: Option<u64>,
-    pub priority: Option<String>,
+    pub priority: Option<&'static str>,
     /// Client prefixes in force for the claim on this node.
     pub client_prefixes: usize,
 }
