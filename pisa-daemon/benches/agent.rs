@@ -370,7 +370,11 @@ fn main() {
         std::thread::sleep(Duration::from_secs(2));
         let rss = rss_kib(&cold.guard);
         if count == 10_000 && mode == "htb" {
-            one_change = Some(one_change_among(&mut cold, &root, &config));
+            let changes = one_change_among(&mut cold, &root, &config);
+            // Each change reads the 10,000-claim file again: what it leaves
+            // resident shows here, against `rss` before the changes.
+            std::thread::sleep(Duration::from_secs(2));
+            one_change = Some((changes, rss, rss_kib(&cold.guard)));
             write_atomically(&config, &body);
         }
         cold.guard.signal_and_wait(15, Duration::from_secs(30));
@@ -396,17 +400,18 @@ fn main() {
         );
     }
     println!();
-    let (enforced, ops, logged) = one_change.expect("the 10,000-claim run");
+    let ((enforced, ops, logged), rss_before, rss_after) =
+        one_change.expect("the 10,000-claim run");
     println!(
         "### Agent: one claim changed among 10,000 ({CHANGES} changes of its rate, inotify)\n"
     );
-    println!("| write to the new rate in CLASS_CONFIG, median | p99 | max | operations per change (logged) | reconcile, logged median |");
-    println!("|---|---|---|---|---|");
+    println!("| write to the new rate in CLASS_CONFIG, median | p99 | max | operations per change (logged) | reconcile, logged median | RSS before the changes | RSS 2 s after the last |");
+    println!("|---|---|---|---|---|---|---|");
     let mut distinct_ops: Vec<u64> = ops.clone();
     distinct_ops.sort();
     distinct_ops.dedup();
     println!(
-        "| {:.1} ms | {:.1} ms | {:.1} ms | {} | {} ms |\n",
+        "| {:.1} ms | {:.1} ms | {:.1} ms | {} | {} ms | {:.1} MiB | {:.1} MiB |\n",
         median(enforced.clone()),
         percentile(enforced.clone(), 0.99),
         enforced.iter().cloned().fold(0.0, f64::max),
@@ -416,6 +421,8 @@ fn main() {
             .collect::<Vec<_>>()
             .join(", "),
         median(logged.iter().map(|&m| m as f64).collect()),
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
     );
 
     // 4. CPU at rest: 10,000 claims applied, then 30 s of nothing.

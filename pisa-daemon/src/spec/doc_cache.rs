@@ -76,9 +76,7 @@ impl DocumentCache {
         for (index, range) in cuts.into_iter().enumerate() {
             let piece_text = &text[range];
             let fingerprint = self.fingerprint(piece_text);
-            let same_place = old
-                .get(index)
-                .is_some_and(|c| c.fingerprint == fingerprint);
+            let same_place = old.get(index).is_some_and(|c| c.fingerprint == fingerprint);
             // With as many pieces as before, a piece that differs in place
             // was edited; only when documents were added or removed can it
             // be elsewhere (and the lookup by text is worth building).
