@@ -80,10 +80,10 @@ fn statuses(generations: &[i64]) -> BTreeMap<ClaimKey, ClaimStatus> {
                 message: format!("class {} in force", index + 1),
                 class_id: Some(index as u32 + 1),
                 observed_generation: Some(*generation),
-                mode: Some("htb".into()),
+                mode: Some("htb"),
                 rate_bytes: Some(1_250_000),
                 ceil_bytes: Some(12_500_000),
-                priority: Some("guaranteed".into()),
+                priority: Some("guaranteed"),
                 client_prefixes: 0,
             };
             (key, status)
