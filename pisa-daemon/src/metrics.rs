@@ -176,8 +176,8 @@ impl<D: Dataplane + Send + 'static> std::fmt::Debug for KernelCollector<D> {
 
 fn class_labels(class: &ClassReport) -> Labels {
     vec![
-        ("namespace".into(), class.claim.namespace.clone()),
-        ("claim".into(), class.claim.name.clone()),
+        ("namespace".into(), class.claim.namespace.to_string()),
+        ("claim".into(), class.claim.name.to_string()),
         ("class".into(), class.class_id.to_string()),
         ("mode".into(), class.mode.name().into()),
     ]
@@ -412,8 +412,8 @@ fn encode_identity(
     for (claim, counts) in &identity.claims {
         for (outcome, count) in counts {
             let labels: Labels = vec![
-                ("namespace".into(), claim.namespace.clone()),
-                ("claim".into(), claim.name.clone()),
+                ("namespace".into(), claim.namespace.to_string()),
+                ("claim".into(), claim.name.to_string()),
                 ("outcome".into(), outcome.label().into()),
             ];
             ConstCounter::new(*count).encode(family.encode_family(&labels)?)?;
@@ -457,8 +457,8 @@ fn encode_identity(
     )?;
     for (claim, count) in &report.client_prefixes {
         let labels: Labels = vec![
-            ("namespace".into(), claim.namespace.clone()),
-            ("claim".into(), claim.name.clone()),
+            ("namespace".into(), claim.namespace.to_string()),
+            ("claim".into(), claim.name.to_string()),
         ];
         ConstGauge::new(*count as i64).encode(family.encode_family(&labels)?)?;
     }

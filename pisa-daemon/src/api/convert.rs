@@ -174,8 +174,8 @@ pub fn mode(mode: ShapingMode) -> pb::Mode {
 
 pub fn claim_ref(key: &ClaimKey) -> pb::ClaimRef {
     pb::ClaimRef {
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
+        namespace: key.namespace.to_string(),
+        name: key.name.to_string(),
     }
 }
 

@@ -152,7 +152,7 @@ impl Harness {
             .values()
             .map(|p| {
                 let rate = agent.dp.classes[&p.spec.class_id].rate_bytes;
-                (p.claim.name.clone(), rate)
+                (p.claim.name.to_string(), rate)
             })
             .collect()
     }

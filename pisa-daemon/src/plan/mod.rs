@@ -185,7 +185,7 @@ fn share_rules(
                 class_id,
                 endpoints,
                 clients: claim.clients.clone(),
-                selector: selector.clone(),
+                selector: (**selector).clone(),
                 direction: claim.direction,
             });
             continue;
@@ -420,10 +420,10 @@ mod tests {
             port: 0,
         }];
         let mut reports = claim("db", "reports", 1000, &["10.0.0.5"]);
-        reports.sql = Some(SqlMatch {
+        reports.sql = Some(Box::new(SqlMatch {
             users: vec!["reporter".into()],
             ..SqlMatch::default()
-        });
+        }));
         let p = plan(&claims(vec![wide, reports]), &BTreeMap::new());
         let host_rule = p
             .rules
@@ -451,10 +451,10 @@ mod tests {
     fn a_sql_claim_beside_the_endpoint_owner_flags_the_owner_rule() {
         let orders = claim("db", "orders", 1000, &["10.0.0.5"]);
         let mut reports = claim("db", "reports", 1000, &["10.0.0.5"]);
-        reports.sql = Some(SqlMatch {
+        reports.sql = Some(Box::new(SqlMatch {
             users: vec!["reporter".into()],
             ..SqlMatch::default()
-        });
+        }));
         let p = plan(&claims(vec![orders, reports]), &BTreeMap::new());
         let target = p.rules.values().next().unwrap();
         assert_eq!(p.rules.len(), 1);

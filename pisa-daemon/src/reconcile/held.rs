@@ -34,7 +34,7 @@ pub fn find(sources: &[SourceSnapshot], key: &ClaimKey) -> Option<HeldClaim> {
         .flatten()
         .find_map(|document| {
             let claim = document.result.as_ref().ok()?;
-            (claim.metadata.name == key.name && key_of(claim) == *key).then(|| HeldClaim {
+            (*claim.metadata.name == *key.name && key_of(claim) == *key).then(|| HeldClaim {
                 origin: document.origin.clone(),
                 claim: claim.clone(),
             })

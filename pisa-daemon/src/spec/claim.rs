@@ -3,7 +3,7 @@
 //! optional. Unknown fields under `spec` are errors: a typo must never be
 //! silently ignored.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -14,18 +14,20 @@ pub use super::status::{NodeStatus, QoSClaimStatus};
 pub const API_VERSION: &str = "core.database-mesh.io/v1alpha1";
 pub const KIND: &str = "QoSClaim";
 
-/// `namespace/name`: how claims are identified everywhere.
+/// `namespace/name`: how claims are identified everywhere. The two names
+/// are shared, not copied: a key is kept in the claims in force, their
+/// statuses, the plan and the overlaps, a claim each.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ClaimKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
 }
 
 impl ClaimKey {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+    pub fn new(namespace: impl AsRef<str>, name: impl AsRef<str>) -> Self {
         Self {
-            namespace: namespace.into(),
-            name: name.into(),
+            namespace: Arc::from(namespace.as_ref()),
+            name: Arc::from(name.as_ref()),
         }
     }
 

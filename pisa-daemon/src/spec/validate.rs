@@ -3,7 +3,7 @@
 //! set) the valid choices. Invalid claims are rejected whole; the other
 //! claims are unaffected.
 
-use std::{collections::BTreeMap, fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc};
 
 use super::{
     units::{self, format_rate},
@@ -64,7 +64,8 @@ impl fmt::Display for ClaimError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ValidClaim {
     pub key: ClaimKey,
-    pub origin: String,
+    /// Shared with the document it came from: kept a claim each.
+    pub origin: Arc<str>,
     pub generation: Option<i64>,
     /// The VirtualDatabase service it binds to.
     pub binding: String,
@@ -83,7 +84,7 @@ pub struct ValidClaim {
     /// Client Pods by label, resolved to addresses by the planner (`--kube`).
     pub pod_clients: Vec<PodClients>,
     /// Connections selected by SQL identity.
-    pub sql: Option<SqlMatch>,
+    pub sql: Option<Box<SqlMatch>>,
 }
 
 impl ValidClaim {
@@ -209,7 +210,7 @@ fn reject_duplicates(out: &mut Validated, seen: &BTreeMap<ClaimKey, Vec<String>>
                     origin: origin.clone(),
                     claim: Some(key.clone()),
                     field: "metadata.name".into(),
-                    value: key.name.clone(),
+                    value: key.name.to_string(),
                     reason: format!(
                         "duplicate claim: {key} is also defined at {}; a claim must be defined once",
                         others.join(", ")
@@ -243,7 +244,7 @@ fn reject_shared_endpoints(out: &mut Validated) {
         out.reject(
             &key,
             ClaimError {
-                origin,
+                origin: origin.to_string(),
                 claim: Some(key.clone()),
                 field: "spec.trafficQoS.endpoints".into(),
                 value: describe_rule(&rule),
@@ -261,7 +262,7 @@ fn reject_over_capacity(out: &mut Validated, max_classes: usize) {
         .valid
         .iter()
         .skip(max_classes)
-        .map(|(k, c)| (k.clone(), c.origin.clone()))
+        .map(|(k, c)| (k.clone(), c.origin.to_string()))
         .collect();
     for (key, origin) in over {
         out.reject(
@@ -270,7 +271,7 @@ fn reject_over_capacity(out: &mut Validated, max_classes: usize) {
                 origin,
                 claim: Some(key.clone()),
                 field: "metadata.name".into(),
-                value: key.name.clone(),
+                value: key.name.to_string(),
                 reason: format!(
                     "more claims than the configured maximum of {max_classes} classes \
                      (--max-classes); claims are admitted in namespace/name order"
@@ -325,7 +326,7 @@ const QOS: &str = "spec.trafficQoS";
 /// One claim checked on its own: what `validate` does for each claim
 /// before the checks across claims.
 pub fn check_one(
-    origin: &str,
+    origin: &Arc<str>,
     key: &ClaimKey,
     claim: &QoSClaim,
     limits: Limits,
@@ -447,7 +448,7 @@ pub fn check_one(
     };
     Ok(ValidClaim {
         key: key.clone(),
-        origin: origin.to_owned(),
+        origin: Arc::clone(origin),
         generation: claim.metadata.generation,
         binding: qos.name.clone(),
         rate_bytes,
@@ -459,7 +460,8 @@ pub fn check_one(
         rules,
         clients,
         pod_clients,
-        sql,
+        // Boxed: most claims have none, and a `ValidClaim` is kept a claim each.
+        sql: sql.map(Box::new),
     })
 }
 
