@@ -87,7 +87,7 @@ fn claim(rate: &str) -> Value {
 fn statuses(generation: i64, phase: Phase) -> std::collections::BTreeMap<ClaimKey, ClaimStatus> {
     let key = ClaimKey::new("shop", "orders");
     let status = ClaimStatus {
-        claim: key.to_string(),
+        claim: key.clone(),
         phase,
         message: "m".into(),
         class_id: Some(1),

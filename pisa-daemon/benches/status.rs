@@ -75,7 +75,7 @@ fn statuses(generations: &[i64]) -> BTreeMap<ClaimKey, ClaimStatus> {
         .map(|(index, generation)| {
             let key = ClaimKey::new(NAMESPACE, claim_name(index));
             let status = ClaimStatus {
-                claim: key.to_string(),
+                claim: key.clone(),
                 phase: Phase::Applied,
                 message: format!("class {} in force", index + 1),
                 class_id: Some(index as u32 + 1),

@@ -94,7 +94,7 @@ pub struct PublishedClaim {
 impl From<&ClaimStatus> for PublishedClaim {
     fn from(s: &ClaimStatus) -> Self {
         Self {
-            claim: s.claim.clone(),
+            claim: s.claim.to_string(),
             phase: format!("{:?}", s.phase),
             message: s.message.clone(),
             class_id: s.class_id,

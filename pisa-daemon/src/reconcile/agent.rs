@@ -456,7 +456,7 @@ fn status(
     claim: Option<&ValidClaim>,
 ) -> ClaimStatus {
     let mut status = ClaimStatus {
-        claim: key.to_string(),
+        claim: key.clone(),
         phase,
         message,
         class_id: None,

@@ -5,6 +5,8 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::ClaimKey;
+
 /// What this node made of a claim: the agent decides it, every report
 /// (Kubernetes status, state file, API, logs) renders it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -19,7 +21,9 @@ pub enum Phase {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ClaimStatus {
-    pub claim: String,
+    /// The key itself (its names shared), written as `namespace/name`.
+    #[serde(serialize_with = "as_text")]
+    pub claim: ClaimKey,
     pub phase: Phase,
     pub message: String,
     pub class_id: Option<u32>,
@@ -127,4 +131,8 @@ impl From<Phase> for NodePhase {
             Phase::Pending => Self::Pending,
         }
     }
+}
+
+fn as_text<S: serde::Serializer>(key: &ClaimKey, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(key)
 }

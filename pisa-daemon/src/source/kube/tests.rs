@@ -246,7 +246,7 @@ fn a_bad_object_becomes_an_invalid_document_not_a_broken_list() {
 
 fn status(phase: Phase, generation: i64, message: &str) -> ClaimStatus {
     ClaimStatus {
-        claim: String::new(),
+        claim: ClaimKey::new("", ""),
         phase,
         message: message.into(),
         class_id: Some(7),
