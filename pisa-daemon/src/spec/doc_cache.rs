@@ -43,11 +43,13 @@ enum Piece {
 /// 10,000 claims; XXH3 hashes the same 2.5 MB in a fraction of one.)
 type Fingerprint = u128;
 
-/// A piece of the last text loaded: its fingerprint, and what it parsed to.
+/// A piece of the last text loaded: its fingerprint, what it parsed to,
+/// and the document number it had (its origin says it).
 #[derive(Debug)]
 struct Cached {
     fingerprint: Fingerprint,
     piece: Option<Piece>,
+    number: usize,
 }
 
 /// The pieces of one source's last text, kept from one load to the next.
@@ -109,9 +111,13 @@ impl DocumentCache {
                     .get(&fingerprint)
                     .copied()
             };
-            let reused = found.and_then(|j| old[j].piece.take());
+            let reused = found.and_then(|j| Some((old[j].piece.take()?, old[j].number)));
             let piece = match reused {
-                Some(piece) => renumbered(piece, source, number),
+                // Same number, same origin: nothing to redo (an edit leaves
+                // every other piece so, and formatting 10,000 origins to
+                // compare them cost a quick edit milliseconds).
+                Some((piece, was)) if was == number => piece,
+                Some((piece, _)) => renumbered(piece, source, number),
                 None => {
                     self.parsed_last += 1;
                     match parse_piece(source, number, piece_text, index == 0) {
@@ -120,6 +126,7 @@ impl DocumentCache {
                     }
                 }
             };
+            let piece_number = number;
             match &piece {
                 Piece::Nothing => {}
                 Piece::Empty => number += 1,
@@ -131,6 +138,7 @@ impl DocumentCache {
             pieces.push(Cached {
                 fingerprint,
                 piece: Some(piece),
+                number: piece_number,
             });
         }
         self.pieces = pieces;
