@@ -164,7 +164,22 @@ pub fn run_guest(series: Series, binary: &Path, filter: Option<&str>) -> Result<
         timeout: Duration::from_secs(30 * 60),
     };
     // cargo runs a package's tests from the package's directory.
-    let finished = guest.run(&crate::shell::workspace().join("pisa-daemon"), &command)?;
+    let dir = crate::shell::workspace().join("pisa-daemon");
+    let mut finished = guest.run(&dir, &command)?;
+    if crashed_in_text_patching(&finished) {
+        // Seen once in CI (2026-12-07, 6.12, 11 s in): an `int3` Oops in
+        // `__netif_receive_skb_core` while the kernel was switching a static
+        // branch on. Multi-threaded TCG does not always make another vCPU see
+        // the temporary breakpoint as the kernel's own; no program of ours
+        // can put an int3 in kernel text. One more boot, said out loud; a
+        // second crash fails the run.
+        eprintln!(
+            "guest {}: the kernel trapped on an int3 in its own text (TCG's \
+             cross-CPU code patching), booting it once more",
+            kernel.version
+        );
+        finished = guest.run(&dir, &command)?;
+    }
     let (passed, failed) = count(finished.lines.iter().map(String::as_str));
     Ok(Outcome {
         target: Target::Guest(series),
@@ -178,6 +193,12 @@ pub fn run_guest(series: Series, binary: &Path, filter: Option<&str>) -> Result<
         completed: finished.status == Some(0) || finished.status == Some(101),
         seconds: finished.seconds,
     })
+}
+
+/// The guest died of a breakpoint trap in kernel text before the command
+/// finished.
+fn crashed_in_text_patching(finished: &crate::guest::Finished) -> bool {
+    finished.status.is_none() && finished.lines.iter().any(|l| l.contains("Oops: int3"))
 }
 
 pub fn announce(target: Target, kernel: &str, left_out: &[String]) {
@@ -241,4 +262,31 @@ pub fn report(outcomes: &[Outcome]) -> Result<()> {
         bail!("the integration suite failed on: {}", bad.join(", "));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest::Finished;
+
+    fn finished(status: Option<i32>, lines: &[&str]) -> Finished {
+        Finished {
+            lines: lines.iter().map(|l| l.to_string()).collect(),
+            status,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn only_a_guest_that_died_of_an_int3_trap_is_booted_again() {
+        let oops = "test a ... [   10.56] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI";
+        assert!(crashed_in_text_patching(&finished(None, &[oops])));
+        // Died of something else, or finished (passed or failed): no retry.
+        assert!(!crashed_in_text_patching(&finished(
+            None,
+            &["BUG: unable to handle page fault"]
+        )));
+        assert!(!crashed_in_text_patching(&finished(Some(101), &[oops])));
+        assert!(!crashed_in_text_patching(&finished(Some(0), &[])));
+    }
 }
