@@ -91,6 +91,10 @@ fn build_ebpf(workspace: &Path) -> Result<PathBuf> {
             // rejects ("number of funcs in func_info doesn't match").
             "--config",
             "profile.release.package.aya-ebpf.debug=2",
+            // The daemon's release profile links with LTO; the BPF object
+            // keeps bpf-linker's own linking, as it always had.
+            "--config",
+            "profile.release.lto=false",
             "--package",
             "pisa-daemon-ebpf",
             "-Z",
