@@ -3,7 +3,7 @@
 //! optional. Unknown fields under `spec` are errors: a typo must never be
 //! silently ignored.
 
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, fmt, sync::Arc};
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -57,13 +57,31 @@ impl fmt::Display for ClaimKey {
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct QoSClaim {
-    pub api_version: String,
-    pub kind: String,
+    /// The constant every claim carries is shared, not copied (two
+    /// allocations a claim otherwise, kept for as long as the claim is).
+    #[serde(deserialize_with = "shared_text")]
+    pub api_version: Cow<'static, str>,
+    #[serde(deserialize_with = "shared_text")]
+    pub kind: Cow<'static, str>,
     pub metadata: ObjectMeta,
     pub spec: QoSClaimSpec,
     /// Written by the cluster; tolerated and ignored on input.
+    /// Boxed: almost never there, and 72 bytes inline in every claim.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_norway::Value>,
+    pub status: Option<Box<serde_norway::Value>>,
+}
+
+/// `apiVersion` or `kind` as read: the expected value as the constant,
+/// anything else as written (validation names it in its error).
+fn shared_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Cow<'static, str>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok(match text.as_str() {
+        API_VERSION => Cow::Borrowed(API_VERSION),
+        KIND => Cow::Borrowed(KIND),
+        _ => Cow::Owned(text),
+    })
 }
 
 /// Kubernetes object metadata. Only `name`, `namespace` and `generation`
@@ -201,7 +219,7 @@ pub struct TrafficQoS {
     /// by the node with no proxy. TLS connections, and connections opened
     /// before the daemon started, stay in the endpoint's class.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sql: Option<SqlSelector>,
+    pub sql: Option<Box<SqlSelector>>,
 }
 
 /// One set of clients: a network (`cidr`), or Pods by label (`--kube`
