@@ -6,9 +6,11 @@
 use std::net::IpAddr;
 
 mod link_rate;
+mod packed;
 pub use link_rate::{
     interface_name_problem, LinkRate, LinkRateSource, LinkRates, FALLBACK_LINK_RATE_BYTES,
 };
+pub use packed::packed;
 
 use pisa_daemon_common::{
     EndpointMatch, FAMILY_V4, FAMILY_V6, MODE_EDT, MODE_HTB, MODE_POLICE, PROTO_TCP, PROTO_UDP,

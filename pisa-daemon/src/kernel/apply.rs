@@ -211,6 +211,13 @@ impl Dataplane for Kernel {
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
         self.read_reason_stats()
     }
+
+    fn compact(&mut self) {
+        use crate::model::packed;
+        self.classes = packed(std::mem::take(&mut self.classes));
+        self.rules = packed(std::mem::take(&mut self.rules));
+        self.clients = packed(std::mem::take(&mut self.clients));
+    }
 }
 
 impl Kernel {

@@ -72,4 +72,7 @@ pub trait Dataplane {
     fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError>;
     /// Removes every flow tag; returns how many there were.
     fn clear_flow_tags(&mut self) -> Result<usize, KernelError>;
+    /// Repacks what the dataplane remembers of the kernel after a full
+    /// reconcile (`model::packed`); nothing to do for one that keeps little.
+    fn compact(&mut self) {}
 }

@@ -142,6 +142,10 @@ pub fn plan(claims: &BTreeMap<ClaimKey, ValidClaim>, existing: &BTreeMap<u32, Cl
         }
     }
     share_rules(claims, &ids, &mut out);
+    // Kept until the next full reconcile: packed (model::packed).
+    out.classes = crate::model::packed(out.classes);
+    out.rules = crate::model::packed(out.rules);
+    out.ids = crate::model::packed(out.ids);
     out
 }
 

@@ -231,8 +231,9 @@ impl<D: Dataplane> Agent<D> {
         } else {
             crate::spec::overlaps(&effective)
         };
-        self.effective = effective;
-        self.statuses = statuses;
+        // Kept until the next full read: packed (model::packed).
+        self.effective = crate::model::packed(effective);
+        self.statuses = crate::model::packed(statuses);
     }
 
     /// Sets the interfaces to shape: `required` ones (the operator's
@@ -358,6 +359,7 @@ impl<D: Dataplane> Agent<D> {
         }
         self.identity.retain_claims(&plan.sql);
         self.plan = plan;
+        self.dp.compact();
         self.in_sync = result.is_ok();
         let count = result?;
         self.ready = true;
