@@ -41,6 +41,9 @@ pub struct Finished {
     /// out of time before the command finished.
     pub status: Option<i32>,
     pub seconds: f64,
+    /// The console outside the command: the boot, and whatever the kernel
+    /// printed after the command's output ended (a crash report).
+    pub console: Vec<String>,
 }
 
 impl Guest<'_> {
@@ -134,6 +137,7 @@ impl Guest<'_> {
             lines,
             status,
             seconds: started.elapsed().as_secs_f64(),
+            console: tail,
         })
     }
 
