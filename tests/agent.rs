@@ -115,7 +115,8 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
 /// `tc -s class show` for one HTB class: (rate text, sent bytes).
 fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
     let out = sh("tc", &["-s", "class", "show", "dev", iface]);
-    let handle = format!("class htb 5150:{class_id:x} ");
+    let leaf = pisa_daemon_common::htb_tree::leaf_handle(class_id);
+    let handle = format!("class htb {:x}:{:x} ", leaf >> 16, leaf & 0xFFFF);
     let mut lines = out.lines();
     while let Some(line) = lines.next() {
         if !line.starts_with(&handle) {

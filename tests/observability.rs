@@ -394,7 +394,9 @@ fn bpftool_shows_every_map_with_btf_field_names_and_the_configured_values() {
     assert_eq!(value["mode"], pisa_daemon_common::MODE_HTB, "{class}");
     assert_eq!(
         value["htb_handle"],
-        (0x5150u64 << 16) | class["key"].as_u64().unwrap(),
+        u64::from(pisa_daemon_common::htb_tree::leaf_handle(
+            class["key"].as_u64().unwrap() as u32
+        )),
         "{class}"
     );
 

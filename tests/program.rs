@@ -442,7 +442,8 @@ fn htb_class_sets_priority_to_its_handle_and_counts() {
     for _ in 0..3 {
         let out = h.run(&p);
         assert_eq!(out.verdict, TC_ACT_OK);
-        assert_eq!(out.priority, 0x5150_0141);
+        // Class 321 (0x141) is a leaf of group 2, whose qdisc is 5202:.
+        assert_eq!(out.priority, 0x5202_0141);
         assert_eq!(out.tstamp, 0, "htb never stamps departure times");
     }
     let stats = h.stats(321);

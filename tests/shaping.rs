@@ -30,6 +30,8 @@ fn class(kernel: &mut Kernel, id: u32, mode: ShapingMode, rate: u64, ceil: u64, 
             claim_hash: 0,
         })
         .expect("put_class");
+    // The end of a batch of one: the leaf's group takes its new sum.
+    kernel.flush().expect("flush");
 }
 
 fn to_server_port(kernel: &mut Kernel, topo: &Routed, port: u16, class_id: u32) {
@@ -119,9 +121,16 @@ fn holds_rate(mode: ShapingMode, rate_mbit: u64, tolerance: f64) {
         ShapingMode::Htb => {
             // The tc view agrees: the class exists with the configured rate.
             let classes = sh("tc", &["class", "show", "dev", topo.to_server()]);
-            let expected =
-                format!("class htb 5150:1 parent 5150:ffff leaf 8001: prio 3 rate {rate_mbit}Mbit");
-            assert!(classes.contains(&expected), "{classes}");
+            // Class 1 is a leaf of group 0 (its qdisc 5200:), whose class
+            // under the link class guarantees the leaf's rate.
+            for expected in [
+                format!("class htb 5200:1 parent 5200:ffff leaf 1001: prio 3 rate {rate_mbit}Mbit"),
+                format!(
+                    "class htb 5150:4000 parent 5150:ffff leaf 5200: prio 3 rate {rate_mbit}Mbit"
+                ),
+            ] {
+                assert!(classes.contains(&expected), "{expected} not in {classes}");
+            }
         }
         _ => {
             // The departure times are enforced by the daemon's sch_fq root.
@@ -499,7 +508,8 @@ fn cleanup_leaves_no_program_pin_or_qdisc_behind() {
 fn leaf_queue(iface: &str, id: u32) -> serde_json::Value {
     let out = sh("tc", &["-s", "-j", "qdisc", "show", "dev", iface]);
     let qdiscs: serde_json::Value = serde_json::from_str(&out).expect("tc JSON");
-    let parent = format!("5150:{id:x}");
+    let leaf = pisa_daemon_common::htb_tree::leaf_handle(id);
+    let parent = format!("{:x}:{:x}", leaf >> 16, leaf & 0xFFFF);
     qdiscs
         .as_array()
         .expect("tc qdisc list")
@@ -521,7 +531,7 @@ fn every_htb_class_gets_a_short_queue_of_its_own_that_bounds_its_backlog() {
     let expected = pisa_daemon::model::LeafQueue::for_class(ceil, fq_codel);
     let queue = leaf_queue(topo.to_server(), 1);
     assert_eq!(queue["kind"], expected.kind(), "{queue}");
-    assert_eq!(queue["handle"], "8001:", "{queue}");
+    assert_eq!(queue["handle"], "1001:", "{queue}");
     if let pisa_daemon::model::LeafQueue::Bfifo { limit_bytes } = expected {
         // 5 ms at the 400 Mbit ceil.
         assert_eq!(limit_bytes, 250_000);
@@ -538,7 +548,7 @@ fn every_htb_class_gets_a_short_queue_of_its_own_that_bounds_its_backlog() {
         64 * 1024,
     );
     let changed = leaf_queue(topo.to_server(), 1);
-    assert_eq!(changed["handle"], "8001:");
+    assert_eq!(changed["handle"], "1001:");
     if !fq_codel {
         assert_eq!(changed["options"]["limit"], 500_000, "{changed}");
     }

@@ -7,6 +7,7 @@
 //! moves a field breaks the build instead of silently corrupting a pinned map.
 #![no_std]
 
+pub mod htb_tree;
 pub mod maps;
 pub mod names;
 pub mod pacing;

@@ -7,6 +7,9 @@ pub const PROG_EGRESS: &str = "pisa_tc_egress";
 /// The ingress observer: sees connection starts that arrive on an
 /// interface (it never shapes or drops).
 pub const PROG_INGRESS: &str = "pisa_tc_ingress";
+/// The classifier at the root of the HTB tree: hands each packet to the
+/// group holding its class's leaf (see `htb_tree`).
+pub const PROG_HTB_GROUP: &str = "pisa_htb_group";
 
 /// Per-interface, per-direction packet and byte counters (per CPU).
 pub const MAP_IFACE_STATS: &str = "IFACE_STATS";

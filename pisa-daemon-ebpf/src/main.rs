@@ -102,6 +102,19 @@ pub fn pisa_tc_ingress(ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
+/// The filter at the root of the HTB tree, run by cls_bpf in classic mode
+/// (not direct action): its return value is the class id. HTB finds a leaf
+/// by `skb->priority` only among its own classes, and the leaves live in
+/// the groups' qdiscs, so the root needs this one step: the priority's
+/// major names the group. Anything else returns 0, "no match", and takes
+/// the root's unshaped direct queue.
+#[classifier]
+pub fn pisa_htb_group(ctx: TcContext) -> i32 {
+    // SAFETY: reading a field of the skb the kernel passed in.
+    let priority = unsafe { (*ctx.skb.skb).priority };
+    pisa_daemon_common::htb_tree::group_class_for(priority) as i32
+}
+
 /// Does nothing: the floor the dataplane bench measures beside the real
 /// programs (what `BPF_PROG_TEST_RUN` costs per run by itself), so their
 /// figures read as a cost above it. The daemon never loads it.

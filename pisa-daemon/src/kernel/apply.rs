@@ -33,6 +33,7 @@ impl Dataplane for Kernel {
             // Adopted interfaces already hold their leaves; new ones do not.
             self.write_htb_leaf(iface_name, class, attachment.adopted)?;
         }
+        self.finish_flat_tree_migration(iface_name)?;
         if let Some(edt) = self.classes.values().find(|c| c.mode == ShapingMode::Edt) {
             let class_id = edt.class_id;
             self.ensure_fq_root(iface_name, class_id)?;
@@ -210,6 +211,10 @@ impl Dataplane for Kernel {
 
     fn reason_stats(&self) -> Result<Vec<u64>, KernelError> {
         self.read_reason_stats()
+    }
+
+    fn flush(&mut self) -> Result<(), KernelError> {
+        self.flush_groups()
     }
 
     fn compact(&mut self) {

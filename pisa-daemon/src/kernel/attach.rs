@@ -387,6 +387,8 @@ impl Kernel {
                 detach_pinned(&self.layout, &iface_name)?;
                 self.ifaces.remove(&iface_name);
                 self.htb_roots.remove(&iface_name);
+                self.htb_groups.remove(&iface_name);
+                self.flat_leaves.remove(&iface_name);
                 self.link_rates_in_force.remove(&iface_name);
                 released.push(iface_name);
             }

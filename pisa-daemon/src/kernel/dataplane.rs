@@ -72,6 +72,13 @@ pub trait Dataplane {
     fn delete_flow_tags(&mut self, keys: &[FlowKey]) -> Result<(), KernelError>;
     /// Removes every flow tag; returns how many there were.
     fn clear_flow_tags(&mut self) -> Result<usize, KernelError>;
+    /// Writes what the dataplane keeps over several classes and so
+    /// defers to the end of a batch of operations (an HTB group's rate is
+    /// the sum of its leaves'). `reconcile::apply` calls it after every
+    /// batch, including one that stopped at a failure.
+    fn flush(&mut self) -> Result<(), KernelError> {
+        Ok(())
+    }
     /// Repacks what the dataplane remembers of the kernel after a full
     /// reconcile (`model::packed`); nothing to do for one that keeps little.
     fn compact(&mut self) {}

@@ -1,17 +1,14 @@
 //! The HTB tree the `htb` shaping mode relies on, built over rtnetlink.
+//! Its shape (two levels: groups of 128 leaves, each group its own htb
+//! qdisc) and every handle in it are in `pisa_daemon_common::htb_tree`.
 //!
-//! ```text
-//! <MAJOR>:      root qdisc htb, default 0 (unclassified -> direct queue, unshaped)
-//! └─ <MAJOR>:ffff   link class: rate = ceil = the interface's capacity
-//!    ├─ <MAJOR>:<class id>   one leaf per QoS class: rate, ceil, burst, cburst, prio
-//!    │  └─ <0x8000|id>:      its queue: fq_codel, or a bfifo of a few ms at ceil
-//!    └─ …
-//! ```
-//!
-//! The program picks the leaf by writing `skb->priority = MAJOR:<class id>`;
-//! HTB honours that before any filter (htb_classify). Traffic no class
-//! claims keeps `skb->priority` untouched and goes to HTB's direct queue,
-//! which is never rate-limited: unmatched traffic is not shaped.
+//! The program picks the leaf by writing `skb->priority = <group>:<class
+//! id>`. The root qdisc's one filter (`pisa_htb_group`, cls_bpf) hands the
+//! packet to its group's class, and the group's htb finds the leaf by the
+//! same priority (htb_classify honours it before any filter). Traffic no
+//! class claims keeps `skb->priority` untouched, matches nothing, and goes
+//! to the root's direct queue, which is never rate-limited: unmatched
+//! traffic is not shaped.
 //!
 //! Rates change with `tc class change` semantics (RTM_NEWTCLASS without
 //! NLM_F_CREATE): HTB updates the class in place and its queue is kept, so
@@ -19,22 +16,18 @@
 
 use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
-    tc::{TcAttribute, TcHandle, TcHeader, TcMessage, TcOption},
+    tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption},
     RouteNetlinkMessage,
 };
+use pisa_daemon_common::htb_tree::{leaf_handle, leaf_queue_major};
+pub use pisa_daemon_common::htb_tree::{HTB_MAJOR, LINK_CLASS_MINOR};
 
 use super::netlink::{NetlinkError, RtNetlink};
 use crate::model::LeafQueue;
 
-/// The HTB qdisc handle major Pisa-Daemon owns ("0x5150" reads "PISA"-ish
-/// and is unlikely to collide with hand-made trees, which favour 1:).
-pub const HTB_MAJOR: u16 = 0x5150;
-/// Minor of the link class every QoS class hangs under.
-pub const LINK_CLASS_MINOR: u16 = 0xFFFF;
-
 /// `skb->priority` value that puts a packet in class `class_id`'s leaf.
 pub const fn htb_handle(class_id: u32) -> u32 {
-    ((HTB_MAJOR as u32) << 16) | (class_id & 0xFFFF)
+    leaf_handle(class_id)
 }
 
 /// HTB's time unit: the kernel converts `buffer` with PSCHED_TICKS2NS,
@@ -61,6 +54,8 @@ const DIRECT_QLEN: u32 = 10_000;
 /// One HTB class as the kernel should hold it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HtbClass {
+    /// The major of the htb qdisc the class lives in (its parent's too).
+    pub major: u16,
     pub minor: u16,
     pub parent_minor: u16,
     pub rate_bytes: u64,
@@ -147,6 +142,43 @@ fn header(ifindex: u32, handle: TcHandle, parent: TcHandle) -> TcHeader {
 
 /// Installs the root HTB qdisc (replacing a kernel default root qdisc).
 pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError> {
+    let message = root_message(ifindex, htb_qdisc_attributes());
+    nl.request(
+        RouteNetlinkMessage::NewQueueDiscipline(message),
+        NLM_F_CREATE | NLM_F_REPLACE,
+    )
+}
+
+/// Installs group `major`'s htb qdisc inside class `HTB_MAJOR:parent_minor`.
+/// One that is there already (an adopted tree) is left as it is.
+pub fn create_group_qdisc(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    major: u16,
+    parent_minor: u16,
+) -> Result<(), NetlinkError> {
+    let message = TcMessage::from_parts(
+        header(
+            ifindex,
+            TcHandle { major, minor: 0 },
+            TcHandle {
+                major: HTB_MAJOR,
+                minor: parent_minor,
+            },
+        ),
+        htb_qdisc_attributes(),
+    );
+    match nl.request(
+        RouteNetlinkMessage::NewQueueDiscipline(message),
+        NLM_F_CREATE | NLM_F_EXCL,
+    ) {
+        Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+/// `tc qdisc ... htb default 0 direct_qlen 10000`.
+fn htb_qdisc_attributes() -> Vec<TcAttribute> {
     let mut glob = Vec::with_capacity(20);
     for field in [3u32, 10, 0, 0, 0] {
         // version 3, rate2quantum 10, defcls 0 (direct), debug, direct_pkts
@@ -159,15 +191,51 @@ pub fn create_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
             DIRECT_QLEN.to_ne_bytes().to_vec(),
         )),
     ];
-    let message = root_message(
-        ifindex,
+    vec![
+        TcAttribute::Kind("htb".into()),
+        TcAttribute::Options(options),
+    ]
+}
+
+/// `ETH_P_ALL`, in the network byte order `tcm_info` carries it in.
+const ETH_P_ALL_BE: u16 = 0x0003u16.to_be();
+/// The root filter's preference and handle: there is only ever one.
+const GROUP_FILTER_PREF: u16 = 1;
+const GROUP_FILTER_HANDLE: u32 = 1;
+
+/// Installs (or swaps in place) the root qdisc's one filter: program
+/// `prog_fd` under cls_bpf in classic mode, whose return value is the
+/// class. A replace swaps the program atomically, so a restarted daemon's
+/// copy takes over without a packet missing its group.
+pub fn write_group_filter(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    prog_fd: u32,
+    prog_name: &str,
+) -> Result<(), NetlinkError> {
+    let mut message = TcMessage::from_parts(
+        header(
+            ifindex,
+            TcHandle {
+                major: 0,
+                minor: GROUP_FILTER_HANDLE as u16,
+            },
+            TcHandle {
+                major: HTB_MAJOR,
+                minor: 0,
+            },
+        ),
         vec![
-            TcAttribute::Kind("htb".into()),
-            TcAttribute::Options(options),
+            TcAttribute::Kind("bpf".into()),
+            TcAttribute::Options(vec![
+                TcOption::Bpf(TcFilterBpfOption::ProgFd(prog_fd)),
+                TcOption::Bpf(TcFilterBpfOption::ProgName(prog_name.to_owned())),
+            ]),
         ],
     );
+    message.header.info = (u32::from(GROUP_FILTER_PREF) << 16) | u32::from(ETH_P_ALL_BE);
     nl.request(
-        RouteNetlinkMessage::NewQueueDiscipline(message),
+        RouteNetlinkMessage::NewTrafficFilter(message),
         NLM_F_CREATE | NLM_F_REPLACE,
     )
 }
@@ -226,23 +294,17 @@ pub fn delete_root(nl: &mut RtNetlink, ifindex: u32) -> Result<(), NetlinkError>
     nl.request(RouteNetlinkMessage::DelQueueDiscipline(message), 0)
 }
 
-/// The handle major of the queue inside leaf `minor`: one per class, in a
-/// range of its own (class ids stay below 0x4000) so it never meets ours
-/// or anyone else's root.
-pub const fn leaf_queue_major(minor: u16) -> u16 {
-    0x8000 | (minor & 0x3FFF)
-}
-
 /// `TCA_OPTIONS` (linux/rtnetlink.h): bfifo takes a bare `struct
 /// tc_fifo_qopt { __u32 limit; }` there, not nested attributes.
 const TCA_OPTIONS: u16 = 2;
 
-/// Installs (or changes in place) the queue inside leaf `minor`. Replacing
-/// a queue of the same kind changes it in place and keeps its packets.
+/// Installs (or changes in place) the queue inside class `class_id`'s
+/// leaf. Replacing a queue of the same kind changes it in place and keeps
+/// its packets.
 pub fn write_leaf_queue(
     nl: &mut RtNetlink,
     ifindex: u32,
-    minor: u16,
+    class_id: u32,
     queue: LeafQueue,
 ) -> Result<(), NetlinkError> {
     let mut attributes = vec![TcAttribute::Kind(queue.kind().into())];
@@ -252,29 +314,35 @@ pub fn write_leaf_queue(
             limit_bytes.to_ne_bytes().to_vec(),
         )));
     }
-    let message = TcMessage::from_parts(leaf_queue_header(ifindex, minor), attributes);
+    let message = TcMessage::from_parts(leaf_queue_header(ifindex, class_id), attributes);
     nl.request(
         RouteNetlinkMessage::NewQueueDiscipline(message),
         NLM_F_CREATE | NLM_F_REPLACE,
     )
 }
 
-/// Removes the queue inside leaf `minor`; HTB falls back to its default.
-pub fn delete_leaf_queue(nl: &mut RtNetlink, ifindex: u32, minor: u16) -> Result<(), NetlinkError> {
-    let message = TcMessage::from_parts(leaf_queue_header(ifindex, minor), vec![]);
+/// Removes the queue inside class `class_id`'s leaf; HTB falls back to
+/// its default.
+pub fn delete_leaf_queue(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    class_id: u32,
+) -> Result<(), NetlinkError> {
+    let message = TcMessage::from_parts(leaf_queue_header(ifindex, class_id), vec![]);
     nl.request(RouteNetlinkMessage::DelQueueDiscipline(message), 0)
 }
 
-fn leaf_queue_header(ifindex: u32, minor: u16) -> TcHeader {
+fn leaf_queue_header(ifindex: u32, class_id: u32) -> TcHeader {
+    let leaf = leaf_handle(class_id);
     header(
         ifindex,
         TcHandle {
-            major: leaf_queue_major(minor),
+            major: leaf_queue_major(class_id),
             minor: 0,
         },
         TcHandle {
-            major: HTB_MAJOR,
-            minor,
+            major: (leaf >> 16) as u16,
+            minor: leaf as u16,
         },
     )
 }
@@ -298,11 +366,11 @@ pub fn write_class(
         header(
             ifindex,
             TcHandle {
-                major: HTB_MAJOR,
+                major: class.major,
                 minor: class.minor,
             },
             TcHandle {
-                major: HTB_MAJOR,
+                major: class.major,
                 minor: class.parent_minor,
             },
         ),
@@ -318,25 +386,23 @@ pub fn write_class(
     nl.request(RouteNetlinkMessage::NewTrafficClass(message), flags)
 }
 
-pub fn delete_class(nl: &mut RtNetlink, ifindex: u32, minor: u16) -> Result<(), NetlinkError> {
+/// Removes class `major:minor`, with its queue (or, for a group's class,
+/// the group's qdisc and every leaf in it).
+pub fn delete_class(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    major: u16,
+    minor: u16,
+) -> Result<(), NetlinkError> {
     let message = TcMessage::from_parts(
-        header(
-            ifindex,
-            TcHandle {
-                major: HTB_MAJOR,
-                minor,
-            },
-            TcHandle {
-                major: HTB_MAJOR,
-                minor: LINK_CLASS_MINOR,
-            },
-        ),
+        header(ifindex, TcHandle { major, minor }, TcHandle::UNSPEC),
         vec![],
     );
     nl.request(RouteNetlinkMessage::DelTrafficClass(message), 0)
 }
 
-/// Minors of the HTB classes present on `ifindex` under our qdisc.
+/// Minors of the classes present on `ifindex` in our root qdisc (the
+/// groups' classes live in qdiscs of their own and are not listed).
 pub fn class_minors(nl: &mut RtNetlink, ifindex: u32) -> Result<Vec<u16>, NetlinkError> {
     let mut request = TcMessage::default();
     request.header.index = ifindex as i32;
@@ -405,13 +471,14 @@ mod tests {
 
     #[test]
     fn handle_puts_class_id_in_the_minor() {
-        assert_eq!(htb_handle(7), 0x5150_0007);
-        assert_eq!(htb_handle(16383), 0x5150_3FFF);
+        assert_eq!(htb_handle(7), 0x5200_0007);
+        assert_eq!(htb_handle(16383), 0x527F_3FFF);
     }
 
     #[test]
     fn htb_opt_has_kernel_layout() {
         let class = HtbClass {
+            major: HTB_MAJOR,
             minor: 2,
             parent_minor: LINK_CLASS_MINOR,
             rate_bytes: 1_250_000,
@@ -441,6 +508,7 @@ mod tests {
     #[test]
     fn rates_above_u32_use_64_bit_attributes() {
         let class = HtbClass {
+            major: HTB_MAJOR,
             minor: 2,
             parent_minor: LINK_CLASS_MINOR,
             rate_bytes: 10_000_000_000,

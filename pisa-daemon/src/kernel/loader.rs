@@ -14,7 +14,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use pisa_daemon_common::{
-    names::{ALL_MAPS, MAP_FLOW_TAGS, MAP_IFACE_CONFIG, MAP_IFACE_STATS},
+    names::{ALL_MAPS, MAP_FLOW_TAGS, MAP_IFACE_CONFIG, MAP_IFACE_STATS, PROG_HTB_GROUP},
     IfaceConfig, IfaceKey, IfaceStats, DEFAULT_FLOW_TAG_CONNECTIONS,
 };
 use tracing::{debug, info};
@@ -63,6 +63,13 @@ pub struct Kernel {
     pub(super) netlink: Option<RtNetlink>,
     /// Interfaces whose HTB root is known to be in place, by ifindex.
     pub(super) htb_roots: BTreeMap<String, u32>,
+    /// The HTB groups in place on each interface, as last written.
+    pub(super) htb_groups: BTreeMap<String, BTreeMap<u16, super::htb::HtbClass>>,
+    /// Groups whose leaves changed since the last `flush_groups`.
+    pub(super) stale_groups: BTreeSet<u16>,
+    /// Leaves of an earlier release's flat tree found on an adopted
+    /// interface, removed once their classes live in groups.
+    pub(super) flat_leaves: BTreeMap<String, Vec<u16>>,
     /// Mirror of the `SUMMARY` map.
     pub(super) summary: pisa_daemon_common::Summary,
     /// Entries `FLOW_TAGS` has (one per connection).
@@ -123,6 +130,9 @@ impl Kernel {
             ifaces: BTreeSet::new(),
             netlink: None,
             htb_roots: BTreeMap::new(),
+            htb_groups: BTreeMap::new(),
+            stale_groups: BTreeSet::new(),
+            flat_leaves: BTreeMap::new(),
             summary: pisa_daemon_common::Summary::default(),
             flow_tag_entries,
         };
@@ -271,7 +281,28 @@ fn load_object(
         .map_err(|source| KernelError::Load { source })?;
     let egress = load_program(&mut ebpf, layout, Hook::Egress, maps_replaced)?;
     let ingress = load_program(&mut ebpf, layout, Hook::Ingress, maps_replaced)?;
+    load_group_classifier(&mut ebpf)?;
     Ok((ebpf, egress, ingress))
+}
+
+/// Loads the HTB root's group classifier. It is not pinned: the root
+/// filter holds it, and each start swaps its own copy in (`htb_groups`).
+fn load_group_classifier(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let err = |action: &'static str| {
+        move |source| KernelError::Program {
+            program: PROG_HTB_GROUP,
+            action,
+            source,
+        }
+    };
+    let program: &mut SchedClassifier = ebpf
+        .program_mut(PROG_HTB_GROUP)
+        .ok_or(KernelError::ProgramMissing {
+            program: PROG_HTB_GROUP,
+        })?
+        .try_into()
+        .map_err(err("typing"))?;
+    program.load().map_err(err("loading (verifier)"))
 }
 
 /// Loads `hook`'s program from the embedded object and compares it with

@@ -13,6 +13,7 @@ mod error;
 mod fake;
 pub mod features;
 pub mod htb;
+mod htb_groups;
 pub mod iface;
 pub mod kernel_log;
 mod loader;

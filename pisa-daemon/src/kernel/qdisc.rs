@@ -4,6 +4,11 @@
 
 use tracing::debug;
 
+use pisa_daemon_common::{
+    htb_tree::{group_of, group_qdisc_major, GROUP_CLASS_MINOR_BASE, HTB_MAJOR},
+    names::PROG_HTB_GROUP,
+};
+
 use super::{
     default_burst,
     htb::{self, ClassWrite, HtbClass, RootQdisc, LINK_CLASS_MINOR},
@@ -25,8 +30,9 @@ impl Kernel {
     }
 
     /// The class at the top of an interface's tree: its whole link rate.
-    pub(super) fn link_class(rate_bytes: u64) -> HtbClass {
+    pub(super) fn link_class(major: u16, rate_bytes: u64) -> HtbClass {
         HtbClass {
+            major,
             minor: LINK_CLASS_MINOR,
             parent_minor: 0,
             rate_bytes,
@@ -67,7 +73,12 @@ impl Kernel {
             Some(rate) => *rate,
             None => self.resolve_link_rate(iface_name),
         };
-        let link_class = Self::link_class(link_rate.bytes);
+        let link_class = Self::link_class(HTB_MAJOR, link_rate.bytes);
+        // A tree set up again (the interface was re-created, or is new)
+        // holds none of the groups remembered for it.
+        self.htb_groups.remove(iface_name);
+        self.flat_leaves.remove(iface_name);
+        let group_filter = self.group_classifier_fd()?;
         let nl = self.netlink()?;
         let nl_err = |action| netlink_err(iface_name, action);
         match htb::root_qdisc(nl, itf.ifindex).map_err(nl_err("reading root qdisc"))? {
@@ -89,12 +100,25 @@ impl Kernel {
                 };
                 htb::write_class(nl, itf.ifindex, &link_class, write)
                     .map_err(nl_err("writing the link class"))?;
+                htb::write_group_filter(nl, itf.ifindex, group_filter, PROG_HTB_GROUP)
+                    .map_err(nl_err("installing the group filter"))?;
+                // Leaves straight under the link class are an earlier
+                // release's flat tree: `attach` moves them into groups.
+                let flat: Vec<u16> = minors
+                    .into_iter()
+                    .filter(|minor| *minor < GROUP_CLASS_MINOR_BASE)
+                    .collect();
+                if !flat.is_empty() {
+                    self.flat_leaves.insert(iface_name.to_owned(), flat);
+                }
             }
             RootQdisc::KernelDefault { kind } => {
                 debug!(iface = iface_name, replaced = %kind, "installing HTB root");
                 htb::create_root(nl, itf.ifindex).map_err(nl_err("creating the HTB root qdisc"))?;
                 htb::write_class(nl, itf.ifindex, &link_class, ClassWrite::Create)
                     .map_err(nl_err("creating the link class"))?;
+                htb::write_group_filter(nl, itf.ifindex, group_filter, PROG_HTB_GROUP)
+                    .map_err(nl_err("installing the group filter"))?;
             }
             RootQdisc::Foreign { kind, handle } => {
                 return Err(KernelError::ForeignQdisc {
@@ -132,6 +156,7 @@ impl Kernel {
                 htb::create_fq_root(nl, itf.ifindex, tx_queues)
                     .map_err(nl_err("installing sch_fq"))?;
                 self.htb_roots.remove(iface_name);
+                self.htb_groups.remove(iface_name);
                 Ok(())
             }
             RootQdisc::Foreign { kind, handle } => Err(KernelError::ForeignQdisc {
@@ -142,7 +167,8 @@ impl Kernel {
         }
     }
 
-    /// Writes one leaf. `likely_exists` picks the first attempt (change in
+    /// Writes one leaf, in its group (made first if the interface has no
+    /// such group yet). `likely_exists` picks the first attempt (change in
     /// place, or create); the other is the fallback, so no class dump is
     /// needed and 10,000 classes cost 10,000 requests, not 10,000 dumps.
     pub(super) fn write_htb_leaf(
@@ -152,7 +178,10 @@ impl Kernel {
         likely_exists: bool,
     ) -> Result<(), KernelError> {
         let ifindex = self.ensure_htb_root(iface_name, class.class_id)?;
+        let group = group_of(class.class_id);
+        self.ensure_group(iface_name, ifindex, group, class)?;
         let leaf = HtbClass {
+            major: group_qdisc_major(group),
             minor: class.class_id as u16,
             parent_minor: LINK_CLASS_MINOR,
             rate_bytes: class.rate_bytes,
@@ -163,29 +192,20 @@ impl Kernel {
         };
         let queue = LeafQueue::for_class(class.ceil_bytes, self.features.fq_codel);
         let nl = self.netlink()?;
-        let (first, second) = if likely_exists {
-            (ClassWrite::Change, ClassWrite::Create)
-        } else {
-            (ClassWrite::Create, ClassWrite::Change)
-        };
-        let result = match htb::write_class(nl, ifindex, &leaf, first) {
-            // Change of a missing class, or create of an existing one.
-            Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EEXIST)) => {
-                htb::write_class(nl, ifindex, &leaf, second)
-            }
-            other => other,
-        };
-        result.map_err(netlink_err(iface_name, "writing an HTB class"))?;
-        match htb::write_leaf_queue(nl, ifindex, leaf.minor, queue) {
+        write_class_either_way(nl, ifindex, &leaf, likely_exists)
+            .map_err(netlink_err(iface_name, "writing an HTB class"))?;
+        match htb::write_leaf_queue(nl, ifindex, class.class_id, queue) {
             // A queue of another kind under the same handle (fq_codel became
             // available since): replace it whole.
             Err(e) if e.errno() == Some(libc::EINVAL) => {
-                htb::delete_leaf_queue(nl, ifindex, leaf.minor)
-                    .and_then(|()| htb::write_leaf_queue(nl, ifindex, leaf.minor, queue))
+                htb::delete_leaf_queue(nl, ifindex, class.class_id)
+                    .and_then(|()| htb::write_leaf_queue(nl, ifindex, class.class_id, queue))
             }
             other => other,
         }
-        .map_err(netlink_err(iface_name, "writing the queue of an HTB class"))
+        .map_err(netlink_err(iface_name, "writing the queue of an HTB class"))?;
+        self.stale_groups.insert(group);
+        Ok(())
     }
 
     pub(super) fn delete_htb_leaf(
@@ -193,11 +213,13 @@ impl Kernel {
         iface_name: &str,
         class_id: u32,
     ) -> Result<(), KernelError> {
+        let group = group_of(class_id);
+        self.stale_groups.insert(group);
         let Ok(itf) = iface::lookup(iface_name) else {
             return Ok(()); // the interface is gone, and its classes with it
         };
         let nl = self.netlink()?;
-        match htb::delete_class(nl, itf.ifindex, class_id as u16) {
+        match htb::delete_class(nl, itf.ifindex, group_qdisc_major(group), class_id as u16) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EINVAL)) => Ok(()),
             Err(source) => Err(netlink_err(iface_name, "deleting an HTB class")(source)),
@@ -207,6 +229,8 @@ impl Kernel {
     /// Removes our HTB root from `iface`, if it is ours.
     pub(super) fn delete_htb_root(&mut self, iface_name: &str) -> Result<(), KernelError> {
         self.htb_roots.remove(iface_name);
+        self.htb_groups.remove(iface_name);
+        self.flat_leaves.remove(iface_name);
         let Ok(itf) = iface::lookup(iface_name) else {
             return Ok(());
         };
@@ -215,8 +239,30 @@ impl Kernel {
     }
 }
 
+/// Writes `class` by change or by create, trying first the one `likely_exists`
+/// suggests: a change of a missing class fails with ENOENT, a create of
+/// an existing one with EEXIST, and then the other is the right write.
+pub(super) fn write_class_either_way(
+    nl: &mut RtNetlink,
+    ifindex: u32,
+    class: &HtbClass,
+    likely_exists: bool,
+) -> Result<(), super::netlink::NetlinkError> {
+    let (first, second) = if likely_exists {
+        (ClassWrite::Change, ClassWrite::Create)
+    } else {
+        (ClassWrite::Create, ClassWrite::Change)
+    };
+    match htb::write_class(nl, ifindex, class, first) {
+        Err(e) if matches!(e.errno(), Some(libc::ENOENT) | Some(libc::EEXIST)) => {
+            htb::write_class(nl, ifindex, class, second)
+        }
+        other => other,
+    }
+}
+
 /// Wraps an rtnetlink failure with the interface and what was being done.
-fn netlink_err(
+pub(super) fn netlink_err(
     iface: &str,
     action: &'static str,
 ) -> impl FnOnce(super::netlink::NetlinkError) -> KernelError {

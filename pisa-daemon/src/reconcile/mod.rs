@@ -24,6 +24,9 @@ pub enum Op {
     DeleteClient(ClientPrefix),
     DeleteClass(u32),
     Detach(String),
+    /// What the dataplane defers to the end of a batch (`Dataplane::flush`):
+    /// `apply` runs it after every batch; `diff` never plans it.
+    Flush,
 }
 
 /// Operations that turn `dp`'s state into `plan` on `ifaces`. Ordered so
@@ -87,25 +90,30 @@ pub struct ApplyError {
 }
 
 /// Applies `ops` in order, stopping at the first failure (the next
-/// reconcile retries from the then-current kernel state).
+/// reconcile retries from the then-current kernel state), then flushes
+/// what the dataplane deferred, for the part that went in too.
 pub fn apply<D: Dataplane + ?Sized>(dp: &mut D, ops: &[Op]) -> Result<(), ApplyError> {
-    for op in ops {
-        let result = match op {
-            Op::Attach(iface) => dp.attach(iface).map(|_| ()),
-            Op::PutClass(class) => dp.put_class(class),
-            Op::PutClient(client, id) => dp.put_client(client, *id),
-            Op::PutRule(rule, target) => dp.put_rule(rule, target),
-            Op::DeleteRule(rule) => dp.delete_rule(rule),
-            Op::DeleteClient(client) => dp.delete_client(client),
-            Op::DeleteClass(id) => dp.delete_class(*id),
-            Op::Detach(iface) => dp.detach(iface).map(|_| ()),
-        };
-        result.map_err(|source| ApplyError {
-            op: op.clone(),
-            source,
-        })?;
-    }
-    Ok(())
+    let applied = ops.iter().try_for_each(|op| apply_one(dp, op));
+    let flushed = apply_one(dp, &Op::Flush);
+    applied.and(flushed)
+}
+
+fn apply_one<D: Dataplane + ?Sized>(dp: &mut D, op: &Op) -> Result<(), ApplyError> {
+    let result = match op {
+        Op::Attach(iface) => dp.attach(iface).map(|_| ()),
+        Op::PutClass(class) => dp.put_class(class),
+        Op::PutClient(client, id) => dp.put_client(client, *id),
+        Op::PutRule(rule, target) => dp.put_rule(rule, target),
+        Op::DeleteRule(rule) => dp.delete_rule(rule),
+        Op::DeleteClient(client) => dp.delete_client(client),
+        Op::DeleteClass(id) => dp.delete_class(*id),
+        Op::Detach(iface) => dp.detach(iface).map(|_| ()),
+        Op::Flush => dp.flush(),
+    };
+    result.map_err(|source| ApplyError {
+        op: op.clone(),
+        source,
+    })
 }
 
 /// Diffs and applies in one step; returns how many operations it took.
