@@ -112,11 +112,21 @@ fn http_get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((code, body))
 }
 
-/// `tc -s class show` for one HTB class: (rate text, sent bytes).
-fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
-    let out = sh("tc", &["-s", "class", "show", "dev", iface]);
+/// The `tc` handle of class `class_id`'s leaf (in its group's qdisc).
+fn leaf_handle(class_id: u32) -> String {
     let leaf = pisa_daemon_common::htb_tree::leaf_handle(class_id);
-    let handle = format!("class htb {:x}:{:x} ", leaf >> 16, leaf & 0xFFFF);
+    format!("{:x}:{:x}", leaf >> 16, leaf & 0xFFFF)
+}
+
+/// `tc -s class show` for one HTB class leaf: (rate text, sent bytes).
+fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
+    tc_class_at(iface, &leaf_handle(class_id))
+}
+
+/// `tc -s class show` for the HTB class `handle`: (rate text, sent bytes).
+fn tc_class_at(iface: &str, handle: &str) -> Option<(String, u64)> {
+    let out = sh("tc", &["-s", "class", "show", "dev", iface]);
+    let handle = format!("class htb {handle} ");
     let mut lines = out.lines();
     while let Some(line) = lines.next() {
         if !line.starts_with(&handle) {
@@ -137,10 +147,14 @@ fn tc_class(iface: &str, class_id: u32) -> Option<(String, u64)> {
 /// Waits until an HTB class has sent `bytes`: its flow is established and
 /// past its initial burst, so a measurement from here sees the class rate.
 fn wait_for_class_bytes(iface: &str, class_id: u32, bytes: u64) {
+    wait_for_handle_bytes(iface, &leaf_handle(class_id), bytes);
+}
+
+fn wait_for_handle_bytes(iface: &str, handle: &str, bytes: u64) {
     wait_until(
-        &format!("class {class_id} on {iface} to send {bytes} bytes"),
+        &format!("class {handle} on {iface} to send {bytes} bytes"),
         Duration::from_secs(10),
-        || tc_class(iface, class_id).is_some_and(|(_, sent)| sent >= bytes),
+        || tc_class_at(iface, handle).is_some_and(|(_, sent)| sent >= bytes),
     );
 }
 
@@ -440,8 +454,9 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
 
 /// A node upgraded from the previous release: the new daemon takes over
 /// the pinned maps and links the old one left, swaps its own program into
-/// the live links (never a moment unattached), and traffic stays shaped
-/// across the whole change.
+/// the live links (never a moment unattached), moves the old flat HTB
+/// tree's leaves into groups, and traffic stays shaped across the whole
+/// change.
 #[test]
 fn an_upgrade_from_the_previous_release_takes_over_in_place() {
     let previous = previous_daemon_bin();
@@ -453,7 +468,9 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
     let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
     let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 12);
     let alpha = class_id_of(&old.state_file, "shop/alpha");
-    wait_for_class_bytes(s.topo.to_server(), alpha, 250_000);
+    // The previous release keeps every leaf straight under the link class.
+    let flat_leaf = format!("5150:{alpha:x}");
+    wait_for_handle_bytes(s.topo.to_server(), &flat_leaf, 250_000);
 
     let started = Instant::now();
     let start_bytes = tx_bytes(s.topo.to_server());
@@ -508,6 +525,26 @@ fn an_upgrade_from_the_previous_release_takes_over_in_place() {
         "not shaped across the upgrade: {:.2} Mbit/s",
         gap_bps / 1e6
     );
+    // The tree is this build's: the flat leaves are gone, alpha's leaf
+    // lives in its group with its rate and carries the traffic, and the
+    // root's filter hands packets to the groups.
+    let iface = s.topo.to_server();
+    let classes = sh("tc", &["class", "show", "dev", iface]);
+    let flat: Vec<&str> = classes
+        .lines()
+        .filter(|line| {
+            line.strip_prefix("class htb 5150:")
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|minor| u16::from_str_radix(minor, 16).ok())
+                .is_some_and(|minor| minor < 0x4000)
+        })
+        .collect();
+    assert!(flat.is_empty(), "flat leaves left behind: {flat:?}");
+    assert_eq!(tc_class(iface, alpha).expect("alpha's leaf").0, "10Mbit");
+    let (_, sent) = tc_class(iface, alpha).expect("alpha's leaf");
+    wait_for_class_bytes(iface, alpha, sent + 250_000);
+    let filters = sh("tc", &["filter", "show", "dev", iface, "parent", "5150:"]);
+    assert!(filters.contains("pisa_htb_group"), "{filters}");
 }
 
 /// `bpftool map show` of the pinned `FLOW_TAGS`.

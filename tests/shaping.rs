@@ -306,6 +306,19 @@ fn edt_guaranteed_class_keeps_its_rate_against_a_borrower() {
 
 #[test]
 fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contention() {
+    htb_borrowing_against(2);
+}
+
+/// The same, with the contender in another group (class ids 256..383):
+/// the guarantee then holds through the groups' classes at the root.
+#[test]
+fn htb_class_keeps_its_rate_against_a_borrower_in_another_group() {
+    htb_borrowing_against(300);
+}
+
+/// Class 1 (20 Mbit, ceil 100) alone and then against class `other` (80
+/// Mbit, ceil 100) flooding a 100 Mbit link.
+fn htb_borrowing_against(other: u32) {
     require_root();
     let topo = Routed::new();
     let root = BpffsRoot::new();
@@ -322,14 +335,14 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
     );
     class(
         &mut kernel,
-        2,
+        other,
         ShapingMode::Htb,
         80 * MBIT,
         100 * MBIT,
         64 * 1024,
     );
     to_server_port(&mut kernel, &topo, 5201, 1);
-    to_server(&mut kernel, &topo, Protocol::Udp, 5202, 2);
+    to_server(&mut kernel, &topo, Protocol::Udp, 5202, other);
     let _s1 = iperf3_server(&topo.server.ns, topo.server_ip(), 5201);
     let _s2 = iperf3_server(&topo.server.ns, topo.server_ip(), 5202);
 
@@ -357,7 +370,7 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
         &["-u", "-b", "200M"],
     );
     wait_until("the flood to fill class 2", Duration::from_secs(10), || {
-        class_bytes(&kernel, 2) >= 1_000_000
+        class_bytes(&kernel, other) >= 1_000_000
     });
     let before_class_1 = class_bytes(&kernel, 1);
     let _class_1 = iperf3_background(&topo.client.ns, topo.server_ip(), 5201, 12);
@@ -365,9 +378,12 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
         class_bytes(&kernel, 1) >= before_class_1 + 500_000
     });
     std::thread::sleep(Duration::from_secs(1));
-    let (start, started) = ([1, 2].map(|id| class_bytes(&kernel, id)), Instant::now());
+    let (start, started) = (
+        [1, other].map(|id| class_bytes(&kernel, id)),
+        Instant::now(),
+    );
     std::thread::sleep(Duration::from_secs(8));
-    let end = [1, 2].map(|id| class_bytes(&kernel, id));
+    let end = [1, other].map(|id| class_bytes(&kernel, id));
     let seconds = started.elapsed().as_secs_f64();
     let [class_1, class_2] = [0, 1].map(|i| (end[i] - start[i]) as f64 * 8.0 / seconds / 1e6);
     let entitled = (100.0 - class_2.min(100.0)).max(20.0);
@@ -384,6 +400,88 @@ fn htb_class_borrows_up_to_ceil_when_idle_and_falls_back_to_rate_under_contentio
         (0.85..=1.15).contains(&ratio),
         "class 1 under contention: {class_1:.1} Mbit/s, expected {entitled:.1} \
          (its 20 Mbit rate, or the link less class 2's {class_2:.1})"
+    );
+}
+
+/// The tree as `tc` shows it: each group's class under the link class
+/// guarantees the sum of its leaves' rates, the root's one filter is the
+/// group classifier, and a group left without leaves goes with its qdisc.
+#[test]
+fn htb_groups_guarantee_the_sum_of_their_leaves_and_go_when_empty() {
+    require_root();
+    let topo = Routed::new();
+    let root = BpffsRoot::new();
+    let mut kernel = Kernel::open(root.layout()).expect("loading");
+    kernel.set_link_rate(100 * MBIT);
+    kernel.attach(topo.to_server()).expect("attach");
+    let iface = topo.to_server();
+    for (id, rate) in [(1, 10), (2, 20), (300, 5)] {
+        class(
+            &mut kernel,
+            id,
+            ShapingMode::Htb,
+            rate * MBIT,
+            50 * MBIT,
+            64 * 1024,
+        );
+    }
+    let group_rate = |minor: &str| {
+        let classes = sh("tc", &["class", "show", "dev", iface]);
+        classes
+            .lines()
+            .find(|line| line.starts_with(&format!("class htb 5150:{minor} parent 5150:ffff ")))
+            .map(|line| {
+                line.split(" rate ")
+                    .nth(1)
+                    .unwrap()
+                    .split(' ')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+    };
+    assert_eq!(
+        group_rate("4000").as_deref(),
+        Some("30Mbit"),
+        "group 0: classes 1 and 2"
+    );
+    assert_eq!(
+        group_rate("4002").as_deref(),
+        Some("5Mbit"),
+        "group 2: class 300"
+    );
+    let classes = sh("tc", &["class", "show", "dev", iface]);
+    for leaf in [
+        "class htb 5200:1 parent 5200:ffff leaf 1001: prio 3 rate 10Mbit ceil 50Mbit",
+        "class htb 5200:2 parent 5200:ffff leaf 1002: prio 3 rate 20Mbit ceil 50Mbit",
+        "class htb 5202:12c parent 5202:ffff leaf 112c: prio 3 rate 5Mbit ceil 50Mbit",
+        "class htb 5202:ffff root rate 100Mbit ceil 100Mbit",
+    ] {
+        assert!(classes.contains(leaf), "{leaf} not in {classes}");
+    }
+    let filters = sh("tc", &["filter", "show", "dev", iface, "parent", "5150:"]);
+    assert!(
+        filters.contains("bpf") && filters.contains("pisa_htb_group"),
+        "{filters}"
+    );
+
+    kernel.delete_class(2).expect("delete class 2");
+    kernel.delete_class(300).expect("delete class 300");
+    kernel.flush().expect("flush");
+    assert_eq!(
+        group_rate("4000").as_deref(),
+        Some("10Mbit"),
+        "class 1 is left"
+    );
+    assert_eq!(group_rate("4002"), None, "group 2 is empty");
+    let qdiscs = sh("tc", &["qdisc", "show", "dev", iface]);
+    assert!(
+        qdiscs.contains("qdisc htb 5200: parent 5150:4000"),
+        "{qdiscs}"
+    );
+    assert!(
+        !qdiscs.contains("5202:"),
+        "group 2's qdisc stayed: {qdiscs}"
     );
 }
 

@@ -13,10 +13,12 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use aya::programs::SchedClassifier;
 use pisa_daemon_common::{
-    htb_tree::{group_class_minor, group_qdisc_major, GROUP_SHIFT, HTB_MAJOR, LINK_CLASS_MINOR},
+    htb_tree::{
+        group_class_minor, group_of, group_qdisc_major, GROUP_SHIFT, HTB_MAJOR, LINK_CLASS_MINOR,
+    },
     names::PROG_HTB_GROUP,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     default_burst,
@@ -176,6 +178,56 @@ impl Kernel {
                 if let Some(groups) = self.htb_groups.get_mut(iface_name) {
                     groups.remove(&group);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes over the HTB trees an earlier run left on the interfaces this
+    /// process adopted. Our own tree: its groups are written with their
+    /// sums, so later changes know them. An earlier release's flat tree:
+    /// every leaf is built in its group beside the old one, and then the
+    /// program is switched over and the old leaves go. On failure the old
+    /// tree keeps shaping and the next change of a class tries again.
+    pub(super) fn adopt_htb_trees(&mut self) {
+        let htb_classes: Vec<ClassSpec> = self
+            .classes
+            .values()
+            .filter(|class| class.mode == ShapingMode::Htb)
+            .copied()
+            .collect();
+        let Some(first) = htb_classes.first() else {
+            return;
+        };
+        for iface_name in self.ifaces.clone() {
+            if iface::lookup(&iface_name).is_err() {
+                continue; // vanished: `release_vanished_interfaces` handles it
+            }
+            let adopted = self.adopt_htb_tree(&iface_name, first.class_id, &htb_classes);
+            if let Err(error) = adopted {
+                warn!(iface = %iface_name, %error, "could not take over the HTB tree; it stays as it was");
+            }
+        }
+    }
+
+    fn adopt_htb_tree(
+        &mut self,
+        iface_name: &str,
+        class_id: u32,
+        htb_classes: &[ClassSpec],
+    ) -> Result<(), KernelError> {
+        let ifindex = self.ensure_htb_root(iface_name, class_id)?;
+        if self.flat_leaves.contains_key(iface_name) {
+            for class in htb_classes {
+                self.write_htb_leaf(iface_name, class, false)?;
+            }
+            return self.finish_flat_tree_migration(iface_name);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for class in htb_classes {
+            let group = group_of(class.class_id);
+            if seen.insert(group) {
+                self.ensure_group(iface_name, ifindex, group, class)?;
             }
         }
         Ok(())

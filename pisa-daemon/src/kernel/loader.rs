@@ -138,6 +138,7 @@ impl Kernel {
         };
         kernel.load_caches()?;
         kernel.refresh_attachments()?;
+        kernel.adopt_htb_trees();
         Ok(kernel)
     }
 
