@@ -406,6 +406,12 @@ pub fn delete_class(
 pub fn class_minors(nl: &mut RtNetlink, ifindex: u32) -> Result<Vec<u16>, NetlinkError> {
     let mut request = TcMessage::default();
     request.header.index = ifindex as i32;
+    // A parent major makes the kernel dump that qdisc's classes only
+    // (tc_dump_tclass_qdisc), not the 10,000 leaves in the groups.
+    request.header.parent = TcHandle {
+        major: HTB_MAJOR,
+        minor: 0,
+    };
     let replies = nl.dump(RouteNetlinkMessage::GetTrafficClass(request))?;
     let mut minors: Vec<u16> = replies
         .into_iter()

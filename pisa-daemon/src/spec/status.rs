@@ -107,7 +107,7 @@ pub struct NodeStatus {
     /// The claim's metadata.generation this entry describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// The kernel class (HTB class 5150:<id in hex>; the `class` metric label).
+    /// The kernel class (the HTB leaf <group>:<id in hex>; the `class` metric label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_id: Option<u32>,
     /// When `phase` last changed (RFC 3339).
