@@ -28,6 +28,10 @@ pub struct FakeDataplane {
     pub flow_tags: BTreeMap<FlowKey, FlowTag>,
     /// Most flow-tag entries the fake "kernel" map holds (0: no limit).
     pub flow_tag_capacity: usize,
+    /// How many batches were flushed (`Dataplane::flush`).
+    pub flushes: usize,
+    /// When set, the next flush fails with this interface error.
+    pub fail_flush: Option<String>,
 }
 
 impl FakeDataplane {
@@ -197,5 +201,13 @@ impl Dataplane for FakeDataplane {
         let count = self.flow_tags.len();
         self.flow_tags.clear();
         Ok(count)
+    }
+
+    fn flush(&mut self) -> Result<(), KernelError> {
+        self.flushes += 1;
+        match self.fail_flush.take() {
+            Some(iface) => Err(KernelError::InterfaceNotFound { iface }),
+            None => Ok(()),
+        }
     }
 }

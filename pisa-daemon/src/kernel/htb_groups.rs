@@ -47,8 +47,10 @@ fn group_class(
             cburst_bytes: default_burst(link_bytes),
             prio: 7,
         });
+        // The sums: every leaf keeps its rate and its burst (a burst all
+        // of them may spend at once) whatever the other groups do.
         group_class.rate_bytes = group_class.rate_bytes.saturating_add(leaf.rate_bytes);
-        group_class.burst_bytes = group_class.burst_bytes.max(leaf.burst_bytes);
+        group_class.burst_bytes = group_class.burst_bytes.saturating_add(leaf.burst_bytes);
         // Borrowing between groups goes by the group's priority: its most
         // urgent leaf's, so that leaf never waits behind a lower one.
         group_class.prio = group_class.prio.min(u32::from(leaf.priority.min(7)));
@@ -328,7 +330,7 @@ mod tests {
         assert_eq!(class.parent_minor, LINK_CLASS_MINOR);
         assert_eq!(class.rate_bytes, 3_500);
         assert_eq!(class.ceil_bytes, 125_000_000);
-        assert_eq!(class.burst_bytes, 16_390);
+        assert_eq!(class.burst_bytes, 16_385 + 16_390);
         assert_eq!(class.prio, 2);
     }
 

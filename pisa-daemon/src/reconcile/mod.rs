@@ -254,6 +254,25 @@ mod tests {
     }
 
     #[test]
+    fn every_batch_is_flushed_also_one_that_stopped_at_a_failure() {
+        let mut dp = FakeDataplane::default();
+        let wanted = ifaces(&["eth0"]);
+        let plan = plan_of(&[(7, 1000, "10.0.0.7")]);
+        dp.fail_next = Some("eth0".into());
+        converge(&mut dp, &plan, &wanted).unwrap_err();
+        assert_eq!(dp.flushes, 1, "what went in before the failure is flushed");
+        converge(&mut dp, &plan, &wanted).unwrap();
+        assert_eq!(dp.flushes, 2);
+        // A batch with nothing to do flushes too: what an earlier flush
+        // could not write is written then.
+        dp.fail_flush = Some("eth0".into());
+        let err = converge(&mut dp, &plan, &wanted).unwrap_err();
+        assert_eq!(err.op, Op::Flush);
+        converge(&mut dp, &plan, &wanted).unwrap();
+        assert_eq!(dp.flushes, 4);
+    }
+
+    #[test]
     fn interfaces_no_longer_wanted_are_detached_first() {
         let mut dp = FakeDataplane::default();
         converge(&mut dp, &Plan::default(), &ifaces(&["a", "b"])).unwrap();
