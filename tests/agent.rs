@@ -452,6 +452,44 @@ fn kernel_state_stays_in_force_across_sigterm_and_sigkill() {
     daemon.guard.assert_running();
 }
 
+/// Someone deletes the root qdisc while no daemon runs (`tc qdisc del`):
+/// the next start builds the whole tree again, leaves included, and the
+/// claims are shaped again without waiting for a change.
+#[test]
+fn a_tree_deleted_while_no_daemon_ran_is_built_whole_at_start() {
+    let s = Setup::new();
+    s.write_claims("10mbit", "20mbit");
+    let mut daemon = s.start(19472);
+    let alpha = class_id_of(&daemon.state_file, "shop/alpha");
+    let iface = s.topo.to_server();
+    assert_eq!(tc_class(iface, alpha).expect("alpha's leaf").0, "10Mbit");
+    assert!(daemon
+        .guard
+        .signal_and_wait(SIGTERM, Duration::from_secs(10))
+        .success());
+    sh("tc", &["qdisc", "del", "dev", iface, "root"]);
+    assert!(tc_class(iface, alpha).is_none(), "the tree is gone");
+
+    let mut daemon = s.start(19472);
+    assert_eq!(
+        tc_class(iface, alpha).expect("alpha's leaf, built again").0,
+        "10Mbit"
+    );
+    let _server = iperf3_server(&s.topo.server.ns, s.topo.server_ip(), 5201);
+    let _client = iperf3_background(&s.topo.client.ns, s.topo.server_ip(), 5201, 8);
+    wait_for_class_bytes(iface, alpha, 250_000);
+    let (start_bytes, started) = (tx_bytes(iface), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let bps = (tx_bytes(iface) - start_bytes) as f64 * 8.0 / started.elapsed().as_secs_f64();
+    eprintln!("after the tree was built again: {:.2} Mbit/s", bps / 1e6);
+    assert!(
+        (10e6 * 0.8..=10e6 * 1.05).contains(&bps),
+        "alpha not held to its 10 Mbit: {:.2} Mbit/s",
+        bps / 1e6
+    );
+    daemon.guard.assert_running();
+}
+
 /// A node upgraded from the previous release: the new daemon takes over
 /// the pinned maps and links the old one left, swaps its own program into
 /// the live links (never a moment unattached), moves the old flat HTB

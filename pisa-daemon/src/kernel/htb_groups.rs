@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 use super::{
     default_burst,
-    htb::{self, HtbClass},
+    htb::{self, HtbClass, RootQdisc},
     iface,
     maps::to_config,
     qdisc::{netlink_err, write_class_either_way},
@@ -189,8 +189,9 @@ impl Kernel {
     /// process adopted. Our own tree: its groups are written with their
     /// sums, so later changes know them. An earlier release's flat tree:
     /// every leaf is built in its group beside the old one, and then the
-    /// program is switched over and the old leaves go. On failure the old
-    /// tree keeps shaping and the next change of a class tries again.
+    /// program is switched over and the old leaves go. No tree at all (its
+    /// root was deleted by hand): it is built whole. On failure what is
+    /// there keeps shaping and the next change of a class tries again.
     pub(super) fn adopt_htb_trees(&mut self) {
         let htb_classes: Vec<ClassSpec> = self
             .classes
@@ -218,11 +219,17 @@ impl Kernel {
         class_id: u32,
         htb_classes: &[ClassSpec],
     ) -> Result<(), KernelError> {
+        let itf = iface::lookup(iface_name)?;
+        let root = htb::root_qdisc(self.netlink()?, itf.ifindex)
+            .map_err(netlink_err(iface_name, "reading root qdisc"))?;
         let ifindex = self.ensure_htb_root(iface_name, class_id)?;
-        if self.flat_leaves.contains_key(iface_name) {
+        // No tree of ours (its root qdisc was deleted while no daemon ran),
+        // or an earlier release's flat one: every leaf is built.
+        if root != RootQdisc::Ours || self.flat_leaves.contains_key(iface_name) {
             for class in htb_classes {
                 self.write_htb_leaf(iface_name, class, false)?;
             }
+            self.flush_groups()?;
             return self.finish_flat_tree_migration(iface_name);
         }
         let mut seen = std::collections::BTreeSet::new();
