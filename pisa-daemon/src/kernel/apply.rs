@@ -23,13 +23,7 @@ impl Dataplane for Kernel {
         // class change on every interface.
         self.refuse_foreign_root(iface_name)?;
         let attachment = self.attach_egress(iface_name)?;
-        let htb_classes: Vec<ClassSpec> = self
-            .classes
-            .values()
-            .filter(|c| c.mode == ShapingMode::Htb)
-            .copied()
-            .collect();
-        for class in &htb_classes {
+        for class in &self.htb_classes() {
             // Adopted interfaces already hold their leaves; new ones do not.
             self.write_htb_leaf(iface_name, class, attachment.adopted)?;
         }

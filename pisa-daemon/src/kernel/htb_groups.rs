@@ -82,6 +82,15 @@ impl Kernel {
             .filter(|class| class.mode == ShapingMode::Htb)
     }
 
+    /// The classes this process holds that have an HTB leaf.
+    pub(super) fn htb_classes(&self) -> Vec<ClassSpec> {
+        self.classes
+            .values()
+            .filter(|class| class.mode == ShapingMode::Htb)
+            .copied()
+            .collect()
+    }
+
     fn link_bytes(&self, iface_name: &str) -> u64 {
         match self.link_rates_in_force.get(iface_name) {
             Some(rate) => rate.bytes,
@@ -193,12 +202,7 @@ impl Kernel {
     /// root was deleted by hand): it is built whole. On failure what is
     /// there keeps shaping and the next change of a class tries again.
     pub(super) fn adopt_htb_trees(&mut self) {
-        let htb_classes: Vec<ClassSpec> = self
-            .classes
-            .values()
-            .filter(|class| class.mode == ShapingMode::Htb)
-            .copied()
-            .collect();
+        let htb_classes = self.htb_classes();
         let Some(first) = htb_classes.first() else {
             return;
         };
@@ -254,12 +258,7 @@ impl Kernel {
             return Ok(());
         };
         self.flush_groups()?;
-        let htb_classes: Vec<ClassSpec> = self
-            .classes
-            .values()
-            .filter(|class| class.mode == ShapingMode::Htb)
-            .copied()
-            .collect();
+        let htb_classes = self.htb_classes();
         for class in &htb_classes {
             self.write_class_config(class.class_id, to_config(class))?;
         }
